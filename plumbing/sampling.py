@@ -1,0 +1,56 @@
+"""A batch sampler whose order is a pure function of (seed, batch number).
+
+Training loops are Ignite engines that may be stopped and resumed at any
+iteration. :class:`ResumableBatchSampler` yields an endless stream of index
+batches: epoch ``e`` is the permutation drawn from ``(seed, e)`` and batch
+``b`` holds positions ``[b * B, (b + 1) * B)`` of the concatenated epochs.
+Starting it at ``start`` therefore continues exactly where an uninterrupted
+run would be, without saving any random state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from .seeding import generator
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Endless shuffled index batches, resumable at any batch number.
+
+    Args:
+        length: number of samples in the data set.
+        batch_size: indices per batch.
+        seed: seed of the epoch permutations.
+        start: number of the first batch to yield (the engine's iteration on resume).
+    """
+
+    def __init__(self, length: int, batch_size: int, seed: int, start: int = 0) -> None:
+        if length < 1 or batch_size < 1:
+            raise ValueError("length and batch_size must be positive")
+        self.length = length
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = start
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.length, generator=generator(self.seed, "epoch", epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start * self.batch_size
+        epoch, offset = divmod(position, self.length)
+        perm = self._permutation(epoch)
+        batch: list[int] = []
+        while True:
+            take = min(self.batch_size - len(batch), self.length - offset)
+            batch.extend(perm[offset : offset + take].tolist())
+            offset += take
+            if offset == self.length:
+                epoch, offset = epoch + 1, 0
+                perm = self._permutation(epoch)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []

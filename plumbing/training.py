@@ -1,0 +1,148 @@
+"""Ignite engine set-up shared by every trainer.
+
+:func:`attach_training_handlers` gives an engine, in this order of events:
+a finite-loss guard (a NaN or inf stops training with
+:class:`TrainingDiverged` before anything is saved, so the last checkpoint
+on disk is the last good one), atomic checkpoints every ``checkpoint_every``
+iterations (Ignite's :class:`~ignite.handlers.Checkpoint` with an atomic
+:class:`~ignite.handlers.DiskSaver`), a tqdm progress bar and TensorBoard
+scalars of the engine's output dict.
+
+Checkpoints hold only tensors and plain Python values, so
+:func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``:
+loading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
+
+from .cli import UserError
+
+CHECKPOINT_PREFIX = "checkpoint"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def prepare_run_dir(runs_dir: Path, name: str, resume: bool) -> Path:
+    """Create (or, with ``resume``, reuse) the run folder ``runs_dir/name``.
+
+    A folder that already holds checkpoints is refused without ``resume`` so a
+    new run never mixes with an old one; ``resume`` without a checkpoint is
+    refused too.
+    """
+    run_dir = runs_dir / name
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if resume and not has_checkpoint:
+        raise UserError(f"--resume: no checkpoint in {run_dir}")
+    if not resume and has_checkpoint:
+        raise UserError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror}") from exc
+    return run_dir
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoint_<iteration>.pt`` in ``run_dir``, or ``None``."""
+    if not run_dir.is_dir():
+        return None
+    found = []
+    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}_*.pt"):
+        try:
+            found.append((int(path.stem.rsplit("_", 1)[1]), path))
+        except ValueError:
+            continue
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint without executing code (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # pickle / zip errors of a damaged or foreign file
+        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+
+
+def restore(objects: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
+    """Load each object's state from a checkpoint dict (Ignite's ``Checkpoint.load_objects``)."""
+    missing = [k for k in objects if k not in checkpoint]
+    if missing:
+        raise UserError(f"checkpoint lacks {', '.join(missing)}; it was not written by this trainer")
+    Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(checkpoint))
+
+
+def _check_finite(engine: Engine) -> None:
+    output = engine.state.output
+    if isinstance(output, Mapping):
+        for key, value in output.items():
+            v = float(value)
+            if not math.isfinite(v):
+                raise TrainingDiverged(
+                    f"loss {key} became {v} at iteration {engine.state.iteration}; training stopped, "
+                    "the last checkpoint on disk is the last good one"
+                )
+
+
+def attach_training_handlers(
+    engine: Engine,
+    *,
+    run_dir: Path,
+    to_save: Mapping[str, Any],
+    checkpoint_every: int,
+    log_every: int = 10,
+    n_saved: int = 2,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> Checkpoint:
+    """Attach the finite-loss guard, checkpoints, a progress bar and TensorBoard logging.
+
+    The engine's ``process_function`` must return a ``dict`` of float losses.
+    Checkpoints are also written when the run completes.
+    """
+    engine.add_event_handler(Events.ITERATION_COMPLETED, _check_finite)
+    saver = Checkpoint(
+        dict(to_save),
+        DiskSaver(str(run_dir), require_empty=False, atomic=True),
+        filename_prefix="",
+        n_saved=n_saved,
+        global_step_transform=lambda eng, _: eng.state.iteration,
+        filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
+    )
+    engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, saver)
+    if progress:
+        ProgressBar(persist=True).attach(engine, output_transform=lambda out: {k: float(v) for k, v in out.items()})
+    if tensorboard:
+        tb = TensorboardLogger(log_dir=str(run_dir / "tb"))
+        tb.attach(
+            engine,
+            log_handler=OutputHandler(tag="train", output_transform=lambda out: {k: float(v) for k, v in out.items()}),
+            event_name=Events.ITERATION_COMPLETED(every=log_every),
+        )
+        engine.add_event_handler(Events.COMPLETED, lambda _: tb.close())
+        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda *_: tb.close())
+    return saver
