@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -28,13 +29,16 @@ class UserError(Exception):
     """
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors: ``prog: error: message`` and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose ``--help`` lists every default."""
-    return argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    """An ``ArgumentParser`` whose ``--help`` lists every default and whose errors fit on one line."""
+    return _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def default_device() -> str:

@@ -1,0 +1,40 @@
+"""The one sample convention of the project.
+
+Every data set yields a ``dict`` (MONAI's dictionary style) with these keys:
+
+============  ==========================================================
+key           value
+============  ==========================================================
+``image``     ``torch.float32`` tensor ``[C, H, W]`` with values in [0, 1];
+              C = 1 for radiographs (0 = black, i.e. no attenuation shown
+              dark as on a film: air is dark, bone is bright) and C = 3
+              (RGB) for ISIC dermoscopy.
+``label``     ``int`` class index of the active label task, ``-1`` when the
+              data set is read without a task.
+``findings``  ``torch.float32`` ``[K]`` finding vector of the data set's
+              :class:`~datasets.findings.FindingSchema` (1 / 0 / -1 / nan);
+              absent for data sets without findings (ISIC, SIIM-COVID).
+``id``        ``str`` sample identifier (relative path or image id).
+``mask``      optional ``torch.float32`` ``[1, H, W]`` binary lung mask.
+============  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import torch
+
+IMAGE = "image"
+LABEL = "label"
+FINDINGS = "findings"
+ID = "id"
+MASK = "mask"
+
+
+class Sample(TypedDict, total=False):
+    image: torch.Tensor
+    label: int
+    findings: torch.Tensor
+    id: str
+    mask: torch.Tensor

@@ -1,0 +1,7 @@
+"""Synthetic chest X-ray data sets: a class-conditional StyleGAN2-ADA-style GAN.
+
+``python -m synth.train`` trains the GAN on any registered data set (with
+progressive growing, ADA, lazy R1 and an EMA generator);
+``python -m synth.generate`` writes versioned Zarr stores through
+:mod:`datasets.synthetic`.
+"""
