@@ -1,0 +1,69 @@
+"""Rendering speed of the phantom radiographs.
+
+    python -m bench.phantom --resolutions 64 128 256 --batch 64 --repeats 3
+
+For each resolution it renders ``--batch`` images of real CheXpert label
+rows (``phantom`` domain, or ``--domain``) with
+:func:`datasets.phantoms.render.render_batch` ``--repeats`` times after one
+warm-up batch, and reports the best batch in images/s, with the time of one
+``PhantomDataset.__getitem__`` (batch of one) for comparison. Runs on the CPU
+with torch's current thread count (``--threads`` sets it), or on ``--device``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from datasets.label_tables import read_chexpert_table, read_nih_table
+from datasets.phantom import PhantomDataset
+from datasets.phantoms.render import DOMAIN_SCHEMAS, render_batch
+from plumbing.cli import make_parser, resolve_device, run_cli
+
+
+def best_rate(fn, repeats: int, count: int, device: torch.device) -> float:
+    """Best of ``repeats`` timed calls of ``fn`` as ``count`` items per second (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m bench.phantom", "Phantom radiographs rendered per second.")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256], help="image sides to time")
+    parser.add_argument("--batch", type=int, default=64, help="images per render_batch call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per resolution (best is reported)")
+    parser.add_argument("--domain", default="phantom", choices=sorted(DOMAIN_SCHEMAS), help="phantom domain")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--device", default="cpu", help="torch device to render on")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    table = (read_chexpert_table if args.domain == "phantom" else read_nih_table)()
+    rows = np.random.default_rng(0).choice(len(table), size=args.batch, replace=False)
+    vectors = table.vectors[rows]
+    seeds = np.arange(args.batch)
+    print(f"phantom rendering, domain {args.domain}, batch {args.batch}, device {device}, {torch.get_num_threads()} threads")
+    print(f"{'px':>5} {'batched img/s':>14} {'ms/img':>8} {'single img/s':>13}")
+    for res in args.resolutions:
+        rate = best_rate(lambda r=res: render_batch(vectors, seeds, r, args.domain, device=device), args.repeats, args.batch, device)
+        dataset = PhantomDataset(args.domain, resolution=res, length=8)
+        single = best_rate(lambda d=dataset: [d[i] for i in range(4)], args.repeats, 4, torch.device("cpu"))
+        print(f"{res:>5} {rate:>14.1f} {1000.0 / rate:>8.2f} {single:>13.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
