@@ -1,0 +1,191 @@
+"""Read speed of a synthetic Zarr store through the training loader versus PNG files.
+
+    python -m bench.read_store --n 2000 --resolutions 64 256
+
+For each resolution it writes ``n`` structured, noisy uint8 radiograph-like
+images once into a store (through :class:`SyntheticStoreWriter`) and once as
+PNG files, then reads one shuffled epoch of each into float32 [0, 1] batches:
+
+* PNG files with Pillow, one process (shuffled order, batches of 64);
+* PNG files through a DataLoader (``--workers`` workers, batch 64, shuffled;
+  persistent workers, the second epoch is timed so worker start-up is free);
+* the store through :class:`datasets.block_loader.BlockLoader` in process
+  (one read-ahead thread) and with ``--workers`` DataLoader workers;
+* the store by random access (``SyntheticDataset.__getitems__`` over a
+  shuffled sampler), the path the block loader replaces.
+
+Every row reports the best of ``--repeats`` epochs in images/s and its ratio
+to the PNG DataLoader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.block_loader import BlockLoader
+from datasets.findings import CHEXPERT
+from datasets.synthetic import SyntheticDataset, SyntheticStoreWriter, images_to_float, open_synthetic
+from plumbing.cli import make_parser, run_cli
+
+
+def test_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:
+    """uint8 ``[n, 1, r, r]`` radiograph-like test images.
+
+    Two dark elliptical "lungs" on a bright vignette, random low-frequency
+    texture and pixel noise (sd 2.5 grey levels).
+    """
+    rng = np.random.default_rng(seed)
+    r = resolution
+    y, x = np.meshgrid(np.linspace(-1, 1, r, dtype=np.float32), np.linspace(-1, 1, r, dtype=np.float32), indexing="ij")
+    base = 0.6 - 0.3 * (x**2 + y**2)
+    lungs = (((x - 0.4) / 0.3) ** 2 + (y / 0.6) ** 2 < 1) | (((x + 0.4) / 0.3) ** 2 + (y / 0.6) ** 2 < 1)
+    base = base - 0.3 * lungs
+    coarse = rng.normal(0.0, 0.08, size=(n, 1, 8, 8)).astype(np.float32)
+    texture = F.interpolate(torch.from_numpy(coarse), size=(r, r), mode="bicubic", align_corners=False).numpy()
+    noise = rng.normal(0.0, 0.01, size=(n, 1, r, r)).astype(np.float32)
+    img = base[None, None] + texture + noise
+    return (np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def write_store(url: str, images: np.ndarray) -> float:
+    """Write ``images`` as the train split of a store; returns images/s."""
+    n, _, r, _ = images.shape
+    t0 = time.perf_counter()
+    writer = SyntheticStoreWriter.open(
+        url,
+        attrs={"version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
+               "counts": {"train": {"No Finding": n, "Pneumothorax": 0}},
+               "condition_columns": list(CHEXPERT.columns), "seed": 0, "truncation": 1.0,
+               "generator": {"sha256": "benchmark", "config": {}, "training": {}, "demo": True}},
+        split_sizes={"train": n}, resolution=r, c_dim=len(CHEXPERT.columns), overwrite=True,
+    )
+    conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
+    for k in writer.pending_blocks("train"):
+        s, e = writer.block_range("train", k)
+        writer.write_block("train", k, images[s:e], np.zeros(e - s, np.int64), conditions[s:e], np.arange(s, e))
+    writer.finish()
+    return n / (time.perf_counter() - t0)
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> tuple[list[Path], float]:
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"{i:06d}.png"
+        Image.fromarray(img[0]).save(path)
+        paths.append(path)
+    return paths, len(images) / (time.perf_counter() - t0)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class PngFiles(Dataset):
+    """PNG files as float32 [1, H, W] in [0, 1] (the per-file reading a PNG data set does)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        with Image.open(self.paths[i]) as im:
+            arr = np.array(im, dtype=np.uint8)
+        return images_to_float(arr[None, None], arr.shape[-1])[0]
+
+
+def epoch_rate(batches: Callable[[], Iterable], n: int, repeats: int) -> float:
+    """Best images/s over ``repeats`` epochs; checks every image was delivered."""
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        seen = 0
+        for batch in batches():
+            x = batch["image"] if isinstance(batch, dict) else batch
+            seen += x.shape[0]
+        dt = time.perf_counter() - t0
+        if seen != n:
+            raise RuntimeError(f"an epoch delivered {seen} images, expected {n}")
+        best = max(best, n / dt)
+    return best
+
+
+def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp: Path) -> list[tuple[str, float]]:
+    images = test_images(n, r)
+    url = str(tmp / f"store_{r}.zarr")
+    zarr_write = write_store(url, images)
+    paths, png_write = write_pngs(tmp / f"png_{r}", images)
+    png = PngFiles(paths)
+    ds = SyntheticDataset(open_synthetic(url), "train", resolution=r)
+    rows: list[tuple[str, float]] = [
+        ("write: store (writer, incl. verification)", zarr_write),
+        ("write: PNG files", png_write),
+    ]
+    raw = images.nbytes
+    print(f"{r}x{r}: stored bytes / raw bytes: store {folder_bytes(Path(url) / 'train' / 'images') / raw:.2f}, "
+          f"PNG {folder_bytes(tmp / f'png_{r}') / raw:.2f}")
+
+    def png_single() -> Iterable:
+        order = np.random.default_rng(0).permutation(n)
+        for b in range(0, n, batch):
+            yield torch.stack([png[int(i)] for i in order[b : b + batch]])
+
+    png_loader = DataLoader(png, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    next(iter(png_loader))  # start the persistent workers outside the timing
+    rows.append(("read: PNG, 1 process", epoch_rate(png_single, n, repeats)))
+    rows.append((f"read: PNG, DataLoader {workers} workers", epoch_rate(lambda: png_loader, n, repeats)))
+
+    for w in (0, workers):
+        loader = BlockLoader(ds, batch, seed=0, num_workers=w)
+        epochs = iter(range(10**6))
+
+        def run(loader: BlockLoader = loader) -> Iterable:
+            loader.set_epoch(next(epochs))
+            return loader
+
+        label = "in process + read-ahead thread" if w == 0 else f"DataLoader {w} workers"
+        rows.append((f"read: store, block loader, {label}", epoch_rate(run, n, repeats)))
+
+    random_access = DataLoader(ds, batch_size=batch, shuffle=True)
+    rows.append(("read: store, random access (__getitems__), 1 process", epoch_rate(lambda: random_access, n, repeats)))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser: argparse.ArgumentParser = make_parser("bench.read_store", __doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000, help="images per resolution")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256], help="image sizes in px")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the multi-process rows")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs per row (the best is reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process (DataLoader workers use 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in args.resolutions:
+            rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp))
+            ref = dict(rows)[f"read: PNG, DataLoader {args.workers} workers"]
+            print(f"\n{args.n} images {r}x{r} uint8, batch {args.batch_size}")
+            print(f"| {'layout and access':<58} | {'images/s':>9} | {'x PNG DataLoader':>16} |")
+            print(f"|{'-' * 60}|{'-' * 11}|{'-' * 18}|")
+            for name, rate in rows:
+                ratio = f"{rate / ref:.2f}" if name.startswith("read") else ""
+                print(f"| {name:<58} | {rate:>9.0f} | {ratio:>16} |")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

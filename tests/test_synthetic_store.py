@@ -1,0 +1,331 @@
+"""Synthetic Zarr stores: schema, writer (resume, refusals, kill safety), reader, registry entry, block loader."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import datasets.synthetic  # noqa: F401  (registers "synthetic")
+from datasets.block_loader import BlockLoader, BlockStream
+from datasets.findings import CHEXPERT
+from datasets.label_tasks import assign_classes, label_task
+from datasets.registry import build_dataset
+from datasets.synthetic import (
+    StoreLayout,
+    SyntheticDataset,
+    SyntheticStoreWriter,
+    open_synthetic,
+)
+from plumbing.cli import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 32
+SIZES = {"train": 40, "val": 10}
+LAYOUT = StoreLayout(chunk_images=4, block_size=16)  # train: blocks of 16, 16, 8; val: one block of 10
+PTX = CHEXPERT.index("Pneumothorax")
+
+
+def make_attrs(seed: int = 7) -> dict:
+    return {
+        "version": 1,
+        "setting": "0s",
+        "classes": ["No Finding", "Pneumothorax"],
+        "counts": {"train": {"No Finding": 20, "Pneumothorax": 20}, "val": {"No Finding": 5, "Pneumothorax": 5}},
+        "condition_columns": list(CHEXPERT.columns),
+        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "training": {}, "demo": True},
+        "seed": seed,
+        "truncation": 1.0,
+    }
+
+
+def make_content(seed: int = 7) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per split: images uint8 [N,1,R,R], labels (alternating classes), conditions, seeds."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, n in SIZES.items():
+        labels = np.arange(n) % 2
+        conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
+        conditions[labels == 1, PTX] = 1.0
+        images = rng.integers(0, 256, size=(n, 1, RES, RES), dtype=np.uint8)
+        out[split] = (images, labels.astype(np.int64), conditions, 1000 + np.arange(n, dtype=np.int64))
+    return out
+
+
+CONTENT = make_content()
+
+
+def open_writer(
+    url: str | Path, *, seed: int = 7, overwrite: bool = False, layout: StoreLayout = LAYOUT
+) -> SyntheticStoreWriter:
+    return SyntheticStoreWriter.open(
+        url, attrs=make_attrs(seed), split_sizes=SIZES, resolution=RES, c_dim=len(CHEXPERT.columns),
+        overwrite=overwrite, layout=layout,
+    )
+
+
+def write_blocks(writer: SyntheticStoreWriter, split: str, blocks: list[int]) -> None:
+    images, labels, conditions, seeds = CONTENT[split]
+    for k in blocks:
+        s, e = writer.block_range(split, k)
+        writer.write_block(split, k, images[s:e], labels[s:e], conditions[s:e], seeds[s:e])
+
+
+def write_store(url: str | Path, layout: StoreLayout = LAYOUT) -> None:
+    writer = open_writer(url, layout=layout)
+    for split in SIZES:
+        write_blocks(writer, split, writer.pending_blocks(split))
+    writer.finish()
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("synthetic") / "store.zarr"
+    write_store(path)
+    return path
+
+
+def assert_store_matches(url: str | Path) -> None:
+    store = open_synthetic(url)
+    for split, (images, labels, conditions, seeds) in CONTENT.items():
+        part = store.split(split)
+        assert np.array_equal(part.read_images(0, len(part)), images)
+        assert np.array_equal(part.labels, labels)
+        assert np.array_equal(part.conditions, conditions)
+        assert np.array_equal(part.seeds, seeds)
+
+
+# ----------------------------------------------------------------- schema and reading
+
+
+def test_round_trip_and_plain_zarr(store_path: Path) -> None:
+    assert_store_matches(store_path)
+    group = zarr.open_group(str(store_path), mode="r")
+    assert group.attrs["format"] == "cxr-synthetic" and group.attrs["format_version"] == 1
+    assert group.attrs["complete"] is True and group.attrs["resolution"] == RES
+    assert set(group.attrs["library_versions"]) == {"torch", "zarr", "numpy", "project"}
+    images = group["train/images"]
+    assert images.shape == (40, 1, RES, RES) and images.dtype == np.uint8
+    assert images.chunks == (4, 1, RES, RES) and images.shards == (16, 1, RES, RES)
+    assert group["val/conditions"].shape == (10, 14) and group["val/conditions"].dtype == np.float32
+    assert group["train/labels"].dtype == np.int64 and group["train/seeds"].dtype == np.int64
+
+
+def test_default_layout_by_resolution() -> None:
+    assert StoreLayout.for_resolution(64) == StoreLayout(16, 1024)
+    assert StoreLayout.for_resolution(256) == StoreLayout(16, 256)
+    assert StoreLayout.for_resolution(512) == StoreLayout(4, 64)
+    assert StoreLayout.for_resolution(1024) == StoreLayout(1, 16)
+
+
+def test_dataset_samples(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "valid", resolution=RES)
+    images, labels, _, _ = CONTENT["val"]
+    sample = ds[3]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (1, RES, RES)
+    assert torch.equal((sample["image"] * 255).round().to(torch.uint8), torch.from_numpy(images[3]))
+    assert sample["label"] == 1 and sample["id"] == "val/000003"
+    # findings: the condition vector with "No Finding" restored, so the task policy gives the classes back
+    findings = ds.findings.numpy()
+    assert findings[3, PTX] == 1 and findings[3, CHEXPERT.index("No Finding")] == 0
+    assert findings[2, CHEXPERT.index("No Finding")] == 1 and np.nansum(findings[2]) == 1
+    assert np.array_equal(assign_classes(findings, CHEXPERT, label_task(1, "0s")), labels)
+    batch = ds.__getitems__([9, 0, 4])
+    assert [s["id"] for s in batch] == ["val/000009", "val/000000", "val/000004"]
+    small = SyntheticDataset(open_synthetic(store_path), "train", resolution=16)
+    assert small[0]["image"].shape == (1, 16, 16)
+
+
+def test_registered_data_set(store_path: Path) -> None:
+    ds = build_dataset("synthetic", root=store_path, split="val", resolution=RES)
+    assert len(ds) == 10 and ds[0]["findings"].shape == (14,)
+    assert len(build_dataset("synthetic", root=store_path, task=label_task(1, "0s"), resolution=RES)) == 40
+    with pytest.raises(UserError, match="cannot serve task v3-Xs"):
+        build_dataset("synthetic", root=store_path, task=label_task(3, "Xs"))
+    augmented = build_dataset("synthetic", root=store_path, split="val", resolution=RES, augment=True)[0]["image"]
+    assert augmented.shape == (1, RES, RES) and 0 <= augmented.min() and augmented.max() <= 1
+
+
+def test_memory_url_round_trip() -> None:
+    url = "memory://cxr-tests/store.zarr"
+    write_store(url)
+    assert_store_matches(url)
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no synthetic store"):
+        open_synthetic(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty"):
+        open_writer(tmp_path, overwrite=True)
+    assert (tmp_path / "notes.txt").exists()
+
+
+# ----------------------------------------------------------------- resume and refusals
+
+
+def test_incomplete_store_is_refused_and_resumes(tmp_path: Path) -> None:
+    url = tmp_path / "s.zarr"
+    writer = open_writer(url)
+    assert writer.block_size("train") == 16 and writer.pending_blocks("train") == [0, 1, 2]
+    write_blocks(writer, "train", [0, 2])
+    message = r"is incomplete \(generation was interrupted\); rerun the same synth.generate command to resume"
+    with pytest.raises(UserError, match=message):
+        open_synthetic(url)
+    resumed = open_writer(url)
+    assert resumed.pending_blocks("train") == [1] and resumed.pending_blocks("val") == [0]
+    with pytest.raises(ValueError, match="pending"):
+        resumed.finish()
+    write_blocks(resumed, "train", [1])
+    write_blocks(resumed, "val", [0])
+    resumed.finish()
+    assert_store_matches(url)
+
+
+def test_refusals_and_overwrite(tmp_path: Path) -> None:
+    url = tmp_path / "s.zarr"
+    write_blocks(open_writer(url), "train", [0])
+    with pytest.raises(UserError, match=r"seed differ\); use --overwrite"):
+        open_writer(url, seed=8)
+    fresh = open_writer(url, seed=8, overwrite=True)
+    assert fresh.pending_blocks("train") == [0, 1, 2]
+    for split in SIZES:
+        write_blocks(fresh, split, fresh.pending_blocks(split))
+    fresh.finish()
+    with pytest.raises(UserError, match="already complete; pass --overwrite"):
+        open_writer(url, seed=8)
+    assert open_writer(url, overwrite=True).pending_blocks("val") == [0]
+
+
+def test_interrupted_block_write_stays_pending(tmp_path: Path) -> None:
+    """A failure after a block's data but before its marker leaves the block pending; a resume rewrites it."""
+    url = tmp_path / "s.zarr"
+    writer = open_writer(url)
+    write_blocks(writer, "train", [0, 1])
+
+    class Killed(Exception):
+        pass
+
+    class FailingArray:
+        def __setitem__(self, key: object, value: object) -> None:
+            raise Killed
+
+    writer._arrays["train"].seeds = FailingArray()  # the last data write of a block
+    with pytest.raises(Killed):
+        write_blocks(writer, "train", [1])  # rewriting a done block clears its marker first
+    (url / "train" / "images" / "c" / "2" / "0" / "0" / "0.0123.partial").parent.mkdir(parents=True)
+    (url / "train" / "images" / "c" / "2" / "0" / "0" / "0.0123.partial").write_bytes(b"torn")
+    resumed = open_writer(url)
+    assert resumed.pending_blocks("train") == [1, 2]
+    assert not list(url.rglob("*.partial"))
+    for split in SIZES:
+        write_blocks(resumed, split, resumed.pending_blocks(split))
+    resumed.finish()
+    assert_store_matches(url)
+
+
+def test_finish_detects_a_damaged_block(tmp_path: Path) -> None:
+    url = tmp_path / "s.zarr"
+    writer = open_writer(url)
+    for split in SIZES:
+        write_blocks(writer, split, writer.pending_blocks(split))
+    shards = url / "train" / "images" / "c"
+    (shards / "1" / "0" / "0" / "0").write_bytes((shards / "0" / "0" / "0" / "0").read_bytes())
+    with pytest.raises(UserError, match="failed verification"):
+        writer.finish()
+    assert open_writer(url).pending_blocks("train") == [1]
+
+
+SMALL_BLOCKS = StoreLayout(chunk_images=2, block_size=2)  # 20 train blocks: a kill lands mid-way
+KILL_CHILD = textwrap.dedent(
+    """
+    import random, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_synthetic_store import SMALL_BLOCKS, open_writer, write_blocks
+    writer = open_writer({url!r}, layout=SMALL_BLOCKS)
+    for k in writer.pending_blocks("train"):
+        write_blocks(writer, "train", [k])
+        time.sleep(random.uniform(0.0, 0.002))
+    time.sleep(60)
+    """
+)
+
+
+def test_sigkill_mid_generation_then_resume(tmp_path: Path) -> None:
+    """Kill a writing process at a random moment, resume, and compare with an uninterrupted store."""
+    url = tmp_path / "killed.zarr"
+    child = KILL_CHILD.format(tests=str(Path(__file__).parent), url=str(url))
+    proc = subprocess.Popen([sys.executable, "-c", child], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    markers = url / "train" / "block_done" / "c"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not (markers.is_dir() and any(markers.iterdir())):
+        time.sleep(0.002)
+    time.sleep(np.random.default_rng().uniform(0.0, 0.02))
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    with pytest.raises(UserError, match="incomplete"):
+        open_synthetic(url)
+    resumed = open_writer(url, layout=SMALL_BLOCKS)
+    assert 0 < len(resumed.pending_blocks("train")) + len(resumed.pending_blocks("val")) < 25
+    for split in SIZES:
+        write_blocks(resumed, split, resumed.pending_blocks(split))
+    resumed.finish()
+    assert_store_matches(url)
+    write_store(tmp_path / "reference.zarr", layout=SMALL_BLOCKS)
+    ref, got = zarr.open_group(str(tmp_path / "reference.zarr"), mode="r"), zarr.open_group(str(url), mode="r")
+    for split in SIZES:
+        for name in ("images", "labels", "conditions", "seeds", "block_done"):
+            assert np.array_equal(ref[f"{split}/{name}"][:], got[f"{split}/{name}"][:])
+
+
+# ----------------------------------------------------------------- block loader
+
+
+def epoch_ids(loader: BlockLoader, epoch: int) -> list[str]:
+    loader.set_epoch(epoch)
+    return [i for batch in loader for i in batch["id"]]
+
+
+def test_block_loader_epochs(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES)
+    loader = BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8)
+    everything = sorted(f"train/{i:06d}" for i in range(40))
+    e0, e1 = epoch_ids(loader, 0), epoch_ids(loader, 1)
+    assert sorted(e0) == everything and sorted(e1) == everything
+    assert e0 != e1 and e0 != everything
+    assert epoch_ids(BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8), 0) == e0
+    assert epoch_ids(BlockLoader(ds, 6, seed=4, read_size=4, buffer_size=8), 0) != e0
+    loader.set_epoch(0)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 7 and [len(b["id"]) for b in batches][:-1] == [6] * 6
+    images, labels, _, _ = CONTENT["train"]
+    first = batches[0]
+    idx = [int(i.split("/")[1]) for i in first["id"]]
+    assert first["image"].shape == (6, 1, RES, RES) and first["image"].dtype == torch.float32
+    assert torch.equal((first["image"] * 255).round().to(torch.uint8), torch.from_numpy(images[idx]))
+    assert first["label"].tolist() == labels[idx].tolist()
+
+
+def test_block_loader_workers_and_ranks(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES)
+    everything = sorted(f"train/{i:06d}" for i in range(40))
+    with_workers = BlockLoader(ds, 5, seed=1, num_workers=2, read_size=4, buffer_size=8)
+    ids = epoch_ids(with_workers, 2)
+    assert sorted(ids) == everything and len(with_workers) == 9  # streams of 24 and 16 rows
+    ranks = [BlockLoader(ds, 4, seed=1, read_size=8, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
+    per_rank = [epoch_ids(r, 0) for r in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == 16 and not set(per_rank[0]) & set(per_rank[1])
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    stream = BlockStream(ds, 8)
+    assert stream.read_size == 16  # the store's block: one shard object per read
