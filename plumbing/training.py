@@ -19,7 +19,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +118,14 @@ def attach_training_handlers(
     n_saved: int = 2,
     progress: bool = True,
     tensorboard: bool = True,
+    on_checkpoint: Callable[[Engine], None] | None = None,
 ) -> Checkpoint:
     """Attach the finite-loss guard, checkpoints, a progress bar and TensorBoard logging.
 
     The engine's ``process_function`` must return a ``dict`` of float losses.
-    Checkpoints are also written when the run completes.
+    Checkpoints are also written when the run completes (once per iteration).
+    ``on_checkpoint(engine)`` runs just before each checkpoint, after the
+    finite-loss guard (for sample grids and exports of the same state).
     """
     engine.add_event_handler(Events.ITERATION_COMPLETED, _check_finite)
     saver = Checkpoint(
@@ -133,7 +136,17 @@ def attach_training_handlers(
         global_step_transform=lambda eng, _: eng.state.iteration,
         filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
     )
-    engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, saver)
+    saved_at = [-1]
+
+    def _save(eng: Engine) -> None:
+        if saved_at[0] == eng.state.iteration:
+            return
+        saved_at[0] = eng.state.iteration
+        if on_checkpoint is not None:
+            on_checkpoint(eng)
+        saver(eng)
+
+    engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, _save)
     if progress:
         ProgressBar(persist=True).attach(engine, output_transform=lambda out: {k: float(v) for k, v in out.items()})
     if tensorboard:

@@ -1,0 +1,107 @@
+"""Generator files: export an EMA generator, load one without executing code.
+
+A generator file is a safetensors file holding the EMA generator's tensors
+and, as string metadata, ``network`` (the network configuration as JSON),
+``training`` (the training configuration and the exact command) and
+``condition_columns``. A training checkpoint (``checkpoint_<n>.pt`` of
+``synth.train``) is accepted too and read with ``torch.load(weights_only=True)``.
+Neither path unpickles code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from plumbing.cli import UserError
+from plumbing.training import load_checkpoint
+
+from .networks import Generator, NetworkConfig
+
+DEMO_GENERATOR = Path(__file__).resolve().parent / "assets" / "phantom-demo-64.safetensors"
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator ready to sample, with the provenance a store records."""
+
+    generator: Generator
+    network: dict[str, Any]
+    training: dict[str, Any]
+    condition_columns: list[str]
+    sha256: str
+    path: str
+
+    @property
+    def demo(self) -> bool:
+        return bool(self.training.get("demo", False))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_generator(
+    path: Path, generator: Generator, network: dict[str, Any], training: dict[str, Any], condition_columns: list[str]
+) -> None:
+    """Write ``generator``'s state as a safetensors file with its configuration (atomically)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    metadata = {
+        "network": json.dumps(network, sort_keys=True),
+        "training": json.dumps(training, sort_keys=True),
+        "condition_columns": json.dumps(list(condition_columns)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _build(network: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> Generator:
+    try:
+        generator = Generator(NetworkConfig.from_dict(network))
+        generator.load_state_dict(state)
+    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{path} does not hold a generator of this version: {str(exc).splitlines()[0]}") from exc
+    return generator.eval().requires_grad_(False)
+
+
+def load_generator(path: Path, device: torch.device) -> LoadedGenerator:
+    """Load a generator file (.safetensors) or a ``synth.train`` checkpoint (.pt)."""
+    if not path.is_file():
+        raise UserError(f"generator {path} does not exist (give a .safetensors generator or a synth.train checkpoint)")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(path))
+            network = json.loads(meta["network"])
+            training = json.loads(meta.get("training", "{}"))
+            columns = json.loads(meta["condition_columns"])
+        except (KeyError, json.JSONDecodeError, OSError) as exc:
+            raise UserError(f"{path} is not a generator file of this project ({type(exc).__name__})") from exc
+        except Exception as exc:  # safetensors raises its own error type for damaged headers
+            raise UserError(f"cannot read generator {path}: {str(exc).splitlines()[0]}") from exc
+    else:
+        ckpt = load_checkpoint(path)
+        if "G_ema" not in ckpt or "run" not in ckpt:
+            raise UserError(f"{path} is not a synth.train checkpoint (no G_ema/run)")
+        config = ckpt["run"]["config"]
+        state, network, columns = ckpt["G_ema"], config["network"], list(config["condition_columns"])
+        training = dict(config["training"], command=config["command"], iteration=ckpt["run"]["iteration"])
+    generator = _build(network, state, path).to(device)
+    return LoadedGenerator(generator, network, training, columns, sha256_file(path), str(path))

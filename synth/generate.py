@@ -1,0 +1,177 @@
+"""``python -m synth.generate``: write a versioned synthetic data set (a Zarr store).
+
+For a label task (``--version`` 1/2/3, ``--setting`` 0s/Xs) it draws, per
+split, ``per_class x classes`` samples: sample ``i`` has class ``i mod C``,
+a condition vector from :mod:`synth.conditions`, a seed
+``derive_seed(seed, split, i)`` and a latent ``z_i ~ N(0, I)`` drawn from that
+seed alone. Images come from the generator with constant noise inputs and
+truncation ``w = w_avg + psi (w - w_avg)``, mapped from [-1, 1] to uint8 by
+``round((x + 1) * 127.5)``. Since nothing depends on the batch, another
+``--batch-size`` changes no label, condition or seed and pixels only by
+floating-point rounding (at most one grey level).
+
+The store is written block by block through
+:class:`datasets.synthetic.SyntheticStoreWriter`; a run killed at any moment
+and started again with the same arguments writes only the missing blocks and
+ends identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from datasets.findings import SCHEMAS
+from datasets.label_tables import read_chexpert_table, read_nih_table
+from datasets.label_tasks import SETTINGS, VERSIONS, label_task
+import fsspec
+from torchvision.utils import save_image
+
+from datasets.synthetic import StoreLayout, SyntheticStoreWriter, open_synthetic
+from plumbing.cli import UserError, add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.seeding import derive_seed, generator
+
+from .conditions import ConditionSampler
+from .export import DEMO_GENERATOR, LoadedGenerator, load_generator
+
+SPLITS = ("train", "val")
+
+
+def sample_latents(seed: int, split: str, indices: np.ndarray, z_dim: int) -> torch.Tensor:
+    """``[len(indices), z_dim]`` latents, ``z_i`` drawn from ``(seed, split, i)`` alone."""
+    return torch.stack([torch.randn(z_dim, generator=generator(seed, "z", split, int(i))) for i in indices])
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Map generator output in [-1, 1] to uint8 grey levels."""
+    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def render(
+    loaded: LoadedGenerator, z: torch.Tensor, c: torch.Tensor, truncation: float, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Images for latents ``z`` and conditions ``c``, ``batch_size`` at a time (uint8 [N,1,H,W])."""
+    out = []
+    for start in range(0, len(z), batch_size):
+        zb = z[start : start + batch_size].to(device)
+        cb = c[start : start + batch_size].to(device)
+        out.append(to_uint8(loaded.generator(zb, cb, psi=truncation, noise_mode="const")))
+    return np.concatenate(out)
+
+
+def write_contact_sheet(url: str, per_class: int = 8) -> str:
+    """A PNG beside the store: the first ``per_class`` validation images of each class, one row per class."""
+    store = open_synthetic(url)
+    split = store.split("val")
+    rows = []
+    for c in range(len(store.classes)):
+        idx = np.flatnonzero(split.labels == c)[:per_class]
+        tiles = np.zeros((per_class, *split.images.shape[1:]), dtype=np.uint8)
+        tiles[: len(idx)] = np.stack([split.read_images(int(i), int(i) + 1)[0] for i in idx])
+        rows.append(tiles)
+    sheet = torch.from_numpy(np.concatenate(rows)).float() / 255.0
+    path = url.rstrip("/").removesuffix(".zarr") + "-contact.png"
+    with fsspec.open(path, "wb") as f:
+        save_image(sheet, f, nrow=per_class, padding=2, pad_value=1.0, format="png")
+    return path
+
+
+def _condition_vectors(schema_name: str, csv: Path | None) -> np.ndarray:
+    if schema_name == "chexpert":
+        return read_chexpert_table(csv).vectors
+    return read_nih_table(csv).vectors
+
+
+def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
+    parser = make_parser(
+        "python -m synth.generate",
+        "Generate a versioned synthetic chest X-ray data set (a Zarr store) with a conditional GAN.",
+    )
+    parser.add_argument("--version", type=int, choices=sorted(VERSIONS), default=3, help="label-task version")
+    parser.add_argument("--setting", choices=SETTINGS, default="Xs", help="0s: isolated findings, Xs: combined findings")
+    parser.add_argument("--generator", type=Path, default=DEMO_GENERATOR, help="generator (.safetensors) or synth.train checkpoint (.pt); the default is the phantom demo generator")
+    parser.add_argument("--out", default=None, help="output store: a local path or an fsspec URL (default: synthetic-v<version>-<setting>.zarr)")
+    parser.add_argument("--train-per-class", type=int, default=4000, help="training images per class")
+    parser.add_argument("--val-per-class", type=int, default=1000, help="validation images per class")
+    parser.add_argument("--seed", type=int, default=0, help="seed of latents and conditions")
+    parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = none)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per generator call")
+    parser.add_argument("--labels-csv", type=Path, default=None, help="label CSV whose empirical finding distribution gives the Xs conditions (default: the CheXpert or NIH file bundled with torchxrayvision, by the generator's schema)")
+    parser.add_argument("--block-size", type=int, default=None, help="images per store block, the unit of writing and resuming (a power of two; default by resolution: 1024 up to 128 px, 256 at 256 px)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    add_device_arg(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.train_per_class < 1 or args.val_per_class < 1 or args.batch_size < 1:
+        raise UserError("--train-per-class, --val-per-class and --batch-size must be positive")
+    if not 0.0 <= args.truncation <= 2.0:
+        raise UserError("--truncation must lie in [0, 2]")
+    device = resolve_device(args.device)
+    task = label_task(args.version, args.setting)
+    out = args.out or f"synthetic-v{task.version}-{task.setting}.zarr"
+
+    loaded = load_generator(args.generator, device)
+    if loaded.demo:
+        print(f"using the phantom demo generator {args.generator.name} (trained on phantom radiographs, not real data)", file=sys.stderr)
+    schema = next((s for s in SCHEMAS.values() if list(s.columns) == loaded.condition_columns), None)
+    if schema is None or loaded.generator.c_dim != len(loaded.condition_columns):
+        raise UserError(
+            f"generator {args.generator} is conditioned on {loaded.generator.c_dim} values {loaded.condition_columns}; "
+            "expected the CheXpert (14) or NIH (15) finding columns"
+        )
+    sampler = ConditionSampler(task, schema, _condition_vectors(schema.name, args.labels_csv))
+    per_class = {"train": args.train_per_class, "val": args.val_per_class}
+    split_sizes = {s: per_class[s] * sampler.num_classes for s in SPLITS}
+    resolution = loaded.generator.img_resolution
+    attrs = {
+        "version": task.version,
+        "setting": task.setting,
+        "classes": list(task.classes),
+        "counts": {s: {c: per_class[s] for c in task.classes} for s in SPLITS},
+        "resolution": resolution,
+        "c_dim": len(schema.columns),
+        "condition_columns": list(schema.columns),
+        "generator": {"sha256": loaded.sha256, "config": loaded.network, "training": loaded.training, "demo": loaded.demo},
+        "seed": args.seed,
+        "truncation": args.truncation,
+    }
+    layout = StoreLayout.for_resolution(resolution)
+    if args.block_size is not None:
+        if args.block_size < 1 or args.block_size & (args.block_size - 1):
+            raise UserError(f"--block-size must be a power of two, got {args.block_size}")
+        layout = StoreLayout(chunk_images=min(layout.chunk_images, args.block_size), block_size=args.block_size)
+    try:
+        writer = SyntheticStoreWriter.open(
+            out, attrs=attrs, split_sizes=split_sizes, resolution=resolution, c_dim=len(schema.columns),
+            overwrite=args.overwrite, layout=layout,
+        )
+    except OSError as exc:
+        raise UserError(f"cannot write the store {out}: {exc.strerror or exc}") from exc
+    z_dim = loaded.generator.z_dim
+    for split in SPLITS:
+        size, block = split_sizes[split], writer.block_size(split)
+        pending = writer.pending_blocks(split)
+        for b in tqdm(pending, desc=f"{split} blocks", unit="block", disable=not pending):
+            idx = np.arange(b * block, min((b + 1) * block, size))
+            conditions = sampler.conditions(args.seed, split, idx)
+            seeds = np.array([derive_seed(args.seed, split, int(i)) for i in idx], dtype=np.int64)
+            z = sample_latents(args.seed, split, idx, z_dim)
+            images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device)
+            writer.write_block(split, b, images, sampler.labels(idx), conditions, seeds)
+    writer.finish()
+    sheet = write_contact_sheet(out)
+    print(f"wrote {out}: {split_sizes['train']} training and {split_sizes['val']} validation images of {', '.join(task.classes)}; contact sheet {sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

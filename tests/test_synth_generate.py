@@ -1,0 +1,137 @@
+"""synth.generate: complete stores, determinism, batch-size invariance, kill-and-resume, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from datasets.findings import CHEXPERT
+from datasets.synthetic import open_synthetic
+from plumbing.cli import UserError
+from synth.export import export_generator
+from synth.generate import main
+from synth.networks import Generator, NetworkConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _generator_file(path: Path, c_dim: int = 14, columns: list[str] | None = None) -> Path:
+    torch.manual_seed(0)
+    config = NetworkConfig.preset("tiny", resolution=32, c_dim=c_dim)
+    G = Generator(config).eval()
+    export_generator(path, G, config.to_dict(), {"command": "test", "demo": True}, columns or list(CHEXPERT.columns))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _generator_file(tmp_path_factory.mktemp("gen") / "g.safetensors")
+
+
+def _generate(gen: Path, out: Path, *extra: str) -> None:
+    main(["--generator", str(gen), "--out", str(out), "--train-per-class", "6", "--val-per-class", "2",
+          "--device", "cpu", *extra])
+
+
+def test_complete_store_opens_with_plain_zarr(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v3.zarr"
+    _generate(gen_file, out, "--version", "3", "--setting", "Xs")
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["complete"] is True and group.attrs["classes"] == ["No Finding", "Pneumothorax", "Pneumonia", "Cardiomegaly"]
+    assert group["train/images"].shape == (24, 1, 32, 32) and group["train/images"].dtype == np.uint8
+    assert group["val/images"].shape == (8, 1, 32, 32)
+    labels = group["train/labels"][:]
+    assert np.bincount(labels).tolist() == [6, 6, 6, 6]
+    cond = group["train/conditions"][:]
+    assert not cond[labels == 0].any()  # No Finding -> all-zero condition
+    ptx = CHEXPERT.index("Pneumothorax")
+    assert (cond[labels == 1, ptx] == 1).all()
+    assert (tmp_path / "v3-contact.png").is_file()
+    assert group.attrs["generator"]["sha256"] and group.attrs["generator"]["demo"] is True
+
+
+def test_0s_conditions_are_the_class_findings_only(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v1.zarr"
+    _generate(gen_file, out, "--version", "1", "--setting", "0s")
+    store = open_synthetic(out)
+    split = store.split("train")
+    ptx = CHEXPERT.index("Pneumothorax")
+    expected = np.zeros(14, np.float32)
+    expected[ptx] = 1
+    assert (split.conditions[split.labels == 1] == expected).all()
+    assert not split.conditions[split.labels == 0].any()
+
+
+def test_deterministic_and_batch_size_invariant(gen_file: Path, tmp_path: Path) -> None:
+    _generate(gen_file, tmp_path / "a.zarr", "--batch-size", "5")
+    _generate(gen_file, tmp_path / "b.zarr", "--batch-size", "5")
+    _generate(gen_file, tmp_path / "c.zarr", "--batch-size", "3")
+    a, b, c = (open_synthetic(tmp_path / f"{n}.zarr").split("train") for n in "abc")
+    assert np.array_equal(a.read_images(0, len(a)), b.read_images(0, len(b)))
+    for key in ("labels", "conditions", "seeds"):
+        assert np.array_equal(getattr(a, key), getattr(c, key))
+    diff = np.abs(a.read_images(0, len(a)).astype(int) - c.read_images(0, len(c)).astype(int))
+    assert diff.max() <= 1
+
+
+def test_complete_store_is_not_overwritten(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    _generate(gen_file, out)
+    with pytest.raises(UserError, match="--overwrite"):
+        _generate(gen_file, out)
+    _generate(gen_file, out, "--overwrite")
+
+
+def test_kill_and_resume_equals_uninterrupted(gen_file: Path, tmp_path: Path) -> None:
+    args = ["--generator", str(gen_file), "--train-per-class", "16", "--val-per-class", "4", "--block-size", "4",
+            "--device", "cpu", "--version", "3", "--setting", "Xs"]
+    _generate_ref = [sys.executable, "-m", "synth.generate", "--out", str(tmp_path / "ref.zarr"), *args]
+    subprocess.run(_generate_ref, cwd=REPO, check=True, capture_output=True, timeout=300)
+
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "synth.generate", "--out", str(out), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done_path = out / "train" / "block_done" / "c"
+    while time.time() < deadline and not (done_path.is_dir() and len(os.listdir(done_path)) >= 5):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(UserError, match="incomplete"):
+        open_synthetic(out)
+    subprocess.run([sys.executable, "-m", "synth.generate", "--out", str(out), *args], cwd=REPO, check=True,
+                   capture_output=True, timeout=300)
+    ref, got = open_synthetic(tmp_path / "ref.zarr"), open_synthetic(out)
+    for split in ("train", "val"):
+        r, g = ref.split(split), got.split(split)
+        assert np.array_equal(r.read_images(0, len(r)), g.read_images(0, len(g)))
+        for key in ("labels", "conditions", "seeds"):
+            assert np.array_equal(getattr(r, key), getattr(g, key))
+
+
+def test_bad_inputs(gen_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in (["--version", "7"], ["--setting", "5s"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(bad)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and bad[1] in err
+    wrong = _generator_file(tmp_path / "wrong.safetensors", c_dim=3, columns=["a", "b", "c"])
+    with pytest.raises(UserError, match="conditioned on 3"):
+        _generate(wrong, tmp_path / "w.zarr")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write"):
+        _generate(gen_file, blocker / "out.zarr")
+    assert not (tmp_path / "w.zarr").exists()
+    with pytest.raises(UserError, match="does not exist"):
+        _generate(tmp_path / "missing.safetensors", tmp_path / "m.zarr")
