@@ -83,13 +83,13 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
         writer = SyntheticStoreWriter.open(f"{tmp}/bench.zarr", attrs=attrs, split_sizes={"train": n}, resolution=resolution,
                                            c_dim=len(CHEXPERT.columns), overwrite=False, layout=layout)
         cond = torch.zeros(n, len(CHEXPERT.columns))
-        render(loaded, sample_latents(0, "warm", np.arange(batch), network.z_dim), cond[:batch], 1.0, batch, device)
+        render(loaded, sample_latents(np.arange(batch), network.z_dim), cond[:batch], 1.0, batch, device)
         _sync(device)
         start = time.perf_counter()
         for k in writer.pending_blocks("train"):
             s, e = writer.block_range("train", k)
             idx = np.arange(s, e)
-            images = render(loaded, sample_latents(0, "train", idx, network.z_dim), cond[s:e], 1.0, batch, device)
+            images = render(loaded, sample_latents(idx, network.z_dim), cond[s:e], 1.0, batch, device)
             writer.write_block("train", k, images, np.zeros(e - s, np.int64), cond[s:e].numpy(), idx.astype(np.int64))
         _sync(device)
         return n / (time.perf_counter() - start)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plumbing.cli import UserError, make_parser, run_cli
+from plumbing.files import atomic_path
 from plumbing.seeding import derive_seed
 
 from .findings import FindingSchema
@@ -328,17 +328,12 @@ def check_output(out: Path) -> Path:
 
 def save_atomically(image: Any, out: Path) -> None:
     """Write a PNG to ``out`` via a temporary file in the same folder, so nothing half-written remains."""
-    folder = check_output(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=folder)
-    os.close(fd)
+    check_output(out)
     try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            image.save(tmp, format="PNG")
     except OSError as exc:
         raise UserError(f"--out {out} could not be written ({exc.strerror or exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

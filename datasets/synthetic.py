@@ -106,6 +106,8 @@ CONTENT_KEYS: tuple[str, ...] = (
     "condition_columns",
     "seed",
     "truncation",
+    "truncation_center",
+    "condition_source",
 )
 
 #: Root attributes the generator must supply (the writer adds the others).

@@ -15,10 +15,7 @@ loading never executes code.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,14 +52,6 @@ def prepare_run_dir(runs_dir: Path, name: str, resume: bool) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror}") from exc
     return run_dir
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -157,5 +146,11 @@ def attach_training_handlers(
             event_name=Events.ITERATION_COMPLETED(every=log_every),
         )
         engine.add_event_handler(Events.COMPLETED, lambda _: tb.close())
-        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda *_: tb.close())
+
+        def _close_and_reraise(_: Engine, exc: BaseException) -> None:
+            # Ignite re-raises only when no EXCEPTION_RAISED handler exists, so this one must.
+            tb.close()
+            raise exc
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, _close_and_reraise)
     return saver

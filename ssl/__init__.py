@@ -7,12 +7,11 @@ finds this package before the standard library's TLS module, which ``torch``,
 working, this ``__init__`` executes the standard library's ``ssl.py`` in its
 own namespace: ``ssl.create_default_context``, ``ssl.SSLContext`` and every
 other public name are the real ones, and the package's ``__path__`` still
-exposes the project's sub-modules (``ssl.curriculum``, ...).
+exposes the project's own sub-modules (the curricular SSL pipeline).
 
 When the standard module was imported first (the repository root was not
-first on ``sys.path``), the project's sub-modules are reached through
-``sys.path`` as usual only from the repository root; the commands are run
-from there.
+first on ``sys.path``), the project's sub-modules are not reachable; the
+commands are run from the repository root.
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from plumbing.cli import UserError
+from plumbing.files import atomic_path
 from plumbing.training import load_checkpoint
 
 from .networks import Generator, NetworkConfig
@@ -42,8 +41,18 @@ class LoadedGenerator:
     path: str
 
     @property
-    def demo(self) -> bool:
-        return bool(self.training.get("demo", False))
+    def trained_on_phantoms(self) -> bool:
+        return bool(self.training.get("trained_on_phantoms", False))
+
+    def check_fully_grown(self) -> None:
+        """Refuse a progressive generator exported before its last resolution had faded in."""
+        active = int(self.training.get("active_resolution", self.generator.img_resolution))
+        alpha = float(self.training.get("alpha", 1.0))
+        if active != self.generator.img_resolution or alpha < 1.0:
+            raise UserError(
+                f"generator {self.path} stopped growing at {active} px (fade {alpha:.2f}) of "
+                f"{self.generator.img_resolution} px; train it further (synth.train --resume --kimg ...) before generating"
+            )
 
 
 def sha256_file(path: Path) -> str:
@@ -64,11 +73,8 @@ def export_generator(
         "training": json.dumps(training, sort_keys=True),
         "condition_columns": json.dumps(list(condition_columns)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def _build(network: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> Generator:

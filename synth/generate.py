@@ -2,11 +2,14 @@
 
 For a label task (``--version`` 1/2/3, ``--setting`` 0s/Xs) it draws, per
 split, ``per_class x classes`` samples: sample ``i`` has class ``i mod C``,
-a condition vector from :mod:`synth.conditions`, a seed
-``derive_seed(seed, split, i)`` and a latent ``z_i ~ N(0, I)`` drawn from that
-seed alone. Images come from the generator with constant noise inputs and
-truncation ``w = w_avg + psi (w - w_avg)``, mapped from [-1, 1] to uint8 by
-``round((x + 1) * 127.5)``. Since nothing depends on the batch, another
+a condition vector ``c_i`` from :mod:`synth.conditions`, a seed
+``s_i = derive_seed(seed, split, i)`` (stored in the ``seeds`` array) and a
+latent ``z_i ~ N(0, I)`` drawn from a generator seeded with ``s_i`` alone.
+Images come from the generator with constant noise inputs and truncation
+``w = w_avg(c_i) + psi (w - w_avg(c_i))`` toward the average w of the sample's
+own condition (``--truncation-center condition``, estimated from 1000
+latents seeded by the condition) or the global average, and are mapped from
+[-1, 1] to uint8 by ``round((x + 1) * 127.5)``. Since nothing depends on the batch, another
 ``--batch-size`` changes no label, condition or seed and pixels only by
 floating-point rounding (at most one grey level).
 
@@ -18,6 +21,7 @@ ends identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +46,32 @@ from .export import DEMO_GENERATOR, LoadedGenerator, load_generator
 SPLITS = ("train", "val")
 
 
-def sample_latents(seed: int, split: str, indices: np.ndarray, z_dim: int) -> torch.Tensor:
-    """``[len(indices), z_dim]`` latents, ``z_i`` drawn from ``(seed, split, i)`` alone."""
-    return torch.stack([torch.randn(z_dim, generator=generator(seed, "z", split, int(i))) for i in indices])
+def sample_seeds(seed: int, split: str, indices: np.ndarray) -> np.ndarray:
+    """Per-sample seeds ``s_i = derive_seed(seed, split, i)`` (int64)."""
+    return np.array([derive_seed(seed, split, int(i)) for i in indices], dtype=np.int64)
+
+
+def sample_latents(seeds: np.ndarray, z_dim: int) -> torch.Tensor:
+    """``[len(seeds), z_dim]`` latents, ``z_i`` drawn from a generator seeded with ``seeds[i]`` alone."""
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+class ConditionCenters:
+    """Per-condition average w, estimated once per distinct condition from latents seeded by it."""
+
+    def __init__(self, loaded: LoadedGenerator, seed: int, device: torch.device, n: int = 1000) -> None:
+        self.loaded, self.seed, self.device, self.n = loaded, seed, device, n
+        self._cache: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, conditions: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for c in conditions:
+            key = c.numpy().astype(np.float32).tobytes()
+            if key not in self._cache:
+                gen = generator(self.seed, "w_avg", key.hex(), device=self.device)
+                self._cache[key] = self.loaded.generator.mean_w(c[None].to(self.device), n=self.n, generator=gen)[0]
+            rows.append(self._cache[key])
+        return torch.stack(rows)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -54,14 +81,24 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render(
-    loaded: LoadedGenerator, z: torch.Tensor, c: torch.Tensor, truncation: float, batch_size: int, device: torch.device
+    loaded: LoadedGenerator,
+    z: torch.Tensor,
+    c: torch.Tensor,
+    truncation: float,
+    batch_size: int,
+    device: torch.device,
+    centers: ConditionCenters | None = None,
 ) -> np.ndarray:
-    """Images for latents ``z`` and conditions ``c``, ``batch_size`` at a time (uint8 [N,1,H,W])."""
+    """Images for latents ``z`` and conditions ``c``, ``batch_size`` at a time (uint8 [N,1,H,W]).
+
+    ``centers`` gives per-condition truncation centres; ``None`` uses the global average w.
+    """
     out = []
     for start in range(0, len(z), batch_size):
         zb = z[start : start + batch_size].to(device)
-        cb = c[start : start + batch_size].to(device)
-        out.append(to_uint8(loaded.generator(zb, cb, psi=truncation, noise_mode="const")))
+        cb = c[start : start + batch_size]
+        w_avg = centers(cb) if centers is not None and truncation != 1.0 else None
+        out.append(to_uint8(loaded.generator(zb, cb.to(device), psi=truncation, w_avg=w_avg, noise_mode="const")))
     return np.concatenate(out)
 
 
@@ -101,6 +138,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     parser.add_argument("--val-per-class", type=int, default=1000, help="validation images per class")
     parser.add_argument("--seed", type=int, default=0, help="seed of latents and conditions")
     parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = none)")
+    parser.add_argument("--truncation-center", choices=("condition", "global"), default="condition", help="truncate toward the average w of each sample's condition, or the global average w")
     parser.add_argument("--batch-size", type=int, default=64, help="images per generator call")
     parser.add_argument("--labels-csv", type=Path, default=None, help="label CSV whose empirical finding distribution gives the Xs conditions (default: the CheXpert or NIH file bundled with torchxrayvision, by the generator's schema)")
     parser.add_argument("--block-size", type=int, default=None, help="images per store block, the unit of writing and resuming (a power of two; default by resolution: 1024 up to 128 px, 256 at 256 px)")
@@ -120,15 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or f"synthetic-v{task.version}-{task.setting}.zarr"
 
     loaded = load_generator(args.generator, device)
-    if loaded.demo:
-        print(f"using the phantom demo generator {args.generator.name} (trained on phantom radiographs, not real data)", file=sys.stderr)
+    if args.generator == DEMO_GENERATOR:
+        print(f"using the phantom demo generator {args.generator.name}: trained on phantom radiographs, not on real data", file=sys.stderr)
+    elif loaded.trained_on_phantoms:
+        print(f"note: {args.generator} was trained on phantom radiographs, not on real data", file=sys.stderr)
+    loaded.check_fully_grown()
     schema = next((s for s in SCHEMAS.values() if list(s.columns) == loaded.condition_columns), None)
     if schema is None or loaded.generator.c_dim != len(loaded.condition_columns):
         raise UserError(
             f"generator {args.generator} is conditioned on {loaded.generator.c_dim} values {loaded.condition_columns}; "
             "expected the CheXpert (14) or NIH (15) finding columns"
         )
-    sampler = ConditionSampler(task, schema, _condition_vectors(schema.name, args.labels_csv))
+    vectors = _condition_vectors(schema.name, args.labels_csv)
+    sampler = ConditionSampler(task, schema, vectors)
     per_class = {"train": args.train_per_class, "val": args.val_per_class}
     split_sizes = {s: per_class[s] * sampler.num_classes for s in SPLITS}
     resolution = loaded.generator.img_resolution
@@ -140,7 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "resolution": resolution,
         "c_dim": len(schema.columns),
         "condition_columns": list(schema.columns),
-        "generator": {"sha256": loaded.sha256, "config": loaded.network, "training": loaded.training, "demo": loaded.demo},
+        "generator": {"sha256": loaded.sha256, "config": loaded.network, "training": loaded.training, "trained_on_phantoms": loaded.trained_on_phantoms},
+        "condition_source": {
+            "file": str(args.labels_csv) if args.labels_csv else f"torchxrayvision bundled {schema.name} labels",
+            "sha256": hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest(),
+        },
+        "truncation_center": args.truncation_center,
         "seed": args.seed,
         "truncation": args.truncation,
     }
@@ -154,18 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, attrs=attrs, split_sizes=split_sizes, resolution=resolution, c_dim=len(schema.columns),
             overwrite=args.overwrite, layout=layout,
         )
-    except OSError as exc:
-        raise UserError(f"cannot write the store {out}: {exc.strerror or exc}") from exc
+    except (OSError, ValueError, ImportError) as exc:  # fsspec: unknown protocol -> ValueError, missing backend -> ImportError
+        raise UserError(f"cannot write the store {out}: {getattr(exc, 'strerror', None) or exc}") from exc
     z_dim = loaded.generator.z_dim
+    centers = ConditionCenters(loaded, args.seed, device) if args.truncation_center == "condition" else None
     for split in SPLITS:
         size, block = split_sizes[split], writer.block_size(split)
         pending = writer.pending_blocks(split)
         for b in tqdm(pending, desc=f"{split} blocks", unit="block", disable=not pending):
             idx = np.arange(b * block, min((b + 1) * block, size))
             conditions = sampler.conditions(args.seed, split, idx)
-            seeds = np.array([derive_seed(args.seed, split, int(i)) for i in idx], dtype=np.int64)
-            z = sample_latents(args.seed, split, idx, z_dim)
-            images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device)
+            seeds = sample_seeds(args.seed, split, idx)
+            z = sample_latents(seeds, z_dim)
+            images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device, centers)
             writer.write_block(split, b, images, sampler.labels(idx), conditions, seeds)
     writer.finish()
     sheet = write_contact_sheet(out)

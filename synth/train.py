@@ -6,16 +6,18 @@ finding vectors through :meth:`FindingSchema.condition`):
 
 * G: ``L_G = softplus(-D(A(G(z, c)), c))`` (non-saturating logistic), plus
   the path-length penalty every 4 steps when ``--pl-weight`` > 0;
-* D: ``L_D = softplus(D(A(G(z, c)), c)) + softplus(-D(A(x), c))``, plus lazy
-  R1 every ``k = --r1-interval`` steps: ``k * gamma/2 * ||grad_x D(A(x), c)||^2``
-  (Adam's lr and betas scaled by ``k/(k+1)`` as in StyleGAN2);
+* D: ``L_D = softplus(D(A(G(z, c)), c)) + softplus(-D(A(x), c))`` on the
+  fakes of the G step (detached; saves a generator forward), plus lazy R1
+  every ``k = --r1-interval`` steps: ``k * gamma/2 * ||grad_x D(A(x), c)||^2``,
+  folded into that step's loss (so Adam keeps its plain lr and betas (0, 0.99));
 * ``A`` is the ADA pipeline; its probability moves toward
   ``E[sign D(A(x))] = --ada-target`` every 4 steps;
 * the EMA generator follows ``G`` with a half-life of ``--ema-kimg``.
 
 Progressive growing (``--start-resolution`` below ``--resolution``) follows
 :class:`synth.schedule.ProgressiveSchedule`; the real images are
-area-downsampled to the active resolution. Every random draw of step ``t``
+area-downsampled to the active resolution and, during a fade, blended as the
+generator's output is (:func:`synth.networks.fade_images`). Every random draw of step ``t``
 comes from a generator seeded by ``(seed, t)`` and the minibatch order from
 :class:`plumbing.sampling.ResumableBatchSampler`, so on the CPU ``k`` steps,
 a resume and ``k`` more steps equal ``2k`` uninterrupted steps exactly.
@@ -45,6 +47,7 @@ from datasets.cache import CachedDataset
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec, names
 from plumbing.cli import UserError, add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.files import atomic_path, write_json_atomic
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed, generator
 from plumbing.training import (
@@ -54,13 +57,12 @@ from plumbing.training import (
     load_checkpoint,
     prepare_run_dir,
     restore,
-    write_json_atomic,
 )
 
 from .augment import AdaController, AugmentPipe
 from .export import export_generator
 from .losses import d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty
-from .networks import PRESETS, Discriminator, Generator, NetworkConfig, build_networks
+from .networks import PRESETS, RESOLUTIONS, Discriminator, Generator, NetworkConfig, build_networks, fade_images
 from .schedule import ProgressiveSchedule
 
 GRID_FINDINGS = ("Cardiomegaly", "Pneumothorax", "Pneumonia", "Pleural Effusion", "Effusion", "Edema", "Support Devices")
@@ -76,14 +78,16 @@ class RunState:
         self.config = config
         self.iteration = 0
         self.pl_mean = torch.zeros(())
+        self.pl_resolution = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "iteration": self.iteration, "pl_mean": self.pl_mean}
+        return {"config": self.config, "iteration": self.iteration, "pl_mean": self.pl_mean, "pl_resolution": self.pl_resolution}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.config = state["config"]
         self.iteration = int(state["iteration"])
         self.pl_mean = state["pl_mean"]
+        self.pl_resolution = int(state["pl_resolution"])
 
 
 def grid_conditions(schema: FindingSchema) -> torch.Tensor:
@@ -150,9 +154,8 @@ def _training_config(args: Any) -> dict[str, Any]:
     return cfg
 
 
-def _lazy_adam(params: Any, lr: float, interval: int) -> torch.optim.Adam:
-    ratio = interval / (interval + 1) if interval > 0 else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(0.0, 0.99**ratio), eps=1e-8)
+def _adam(params: Any, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99), eps=1e-8)
 
 
 class GanTrainer:
@@ -166,15 +169,14 @@ class GanTrainer:
         self.D: Discriminator = D.to(device)
         self.G_ema: Generator = Generator(network).to(device).eval().requires_grad_(False)
         self.G_ema.load_state_dict(self.G.state_dict())
-        self.opt_G = _lazy_adam(self.G.parameters(), cfg["lr"], PL_INTERVAL if cfg["pl_weight"] > 0 else 0)
-        self.opt_D = _lazy_adam(self.D.parameters(), cfg["lr"], cfg["r1_interval"])
+        self.opt_G = _adam(self.G.parameters(), cfg["lr"])
+        self.opt_D = _adam(self.D.parameters(), cfg["lr"])
         self.augment = AugmentPipe(p=0.0).to(device)
         self.ada = None if cfg["no_ada"] else AdaController(
             self.augment, batch_size=cfg["batch_size"], target=cfg["ada_target"], ada_kimg=cfg["ada_kimg"]
         )
         self.schedule = ProgressiveSchedule(cfg["start_resolution"], cfg["resolution"], cfg["fade_kimg"], cfg["stable_kimg"])
         self.state = RunState({})
-        self._no_finding = schema.index("No Finding")
 
     def objects(self) -> dict[str, Any]:
         """Everything a checkpoint holds, by name."""
@@ -192,10 +194,8 @@ class GanTrainer:
         return contextlib.nullcontext()
 
     def conditions(self, findings: torch.Tensor) -> torch.Tensor:
-        """``1[v == 1]`` with "No Finding" cleared (as :meth:`FindingSchema.condition`)."""
-        c = (findings == 1).float()
-        c[:, self._no_finding] = 0.0
-        return c
+        """Condition vectors of a batch of finding vectors (:meth:`FindingSchema.condition`)."""
+        return torch.from_numpy(self.schema.condition(findings.cpu().numpy())).to(self.device)
 
     def step(self, iteration: int, batch: dict[str, Any]) -> dict[str, float]:
         """One G and one D update; ``iteration`` counts from 0."""
@@ -207,7 +207,8 @@ class GanTrainer:
         real = batch["image"].to(self.device, non_blocking=True) * 2.0 - 1.0
         if real.shape[-1] != res:
             real = F.interpolate(real, size=(res, res), mode="area")
-        c = self.conditions(batch["findings"].to(self.device))
+        real = fade_images(real, alpha)
+        c = self.conditions(batch["findings"])
         z = torch.randn(real.shape[0], self.G.z_dim, device=self.device, generator=gen)
 
         # Generator step.
@@ -223,6 +224,8 @@ class GanTrainer:
             half = max(1, real.shape[0] // 2)
             ws = self.G.compute_ws(z[:half], c[:half], resolution=res, generator=gen)
             img = self.G.synthesis(ws, resolution=res, alpha=alpha, generator=gen)
+            if self.state.pl_resolution != res:  # the running mean depends on the resolution
+                self.state.pl_mean, self.state.pl_resolution = torch.zeros(()), res
             out = path_length_penalty(img, ws, self.state.pl_mean.to(self.device), generator=gen)
             self.state.pl_mean = out.pl_mean.detach().cpu()
             (out.penalty * cfg["pl_weight"] * PL_INTERVAL).backward()
@@ -264,10 +267,8 @@ class GanTrainer:
         zz = z.repeat(len(conds), 1)
         cc = conds.repeat_interleave(columns, dim=0)
         images = self.G_ema(zz, cc, resolution=res, alpha=alpha, noise_mode="const")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}")
-        save_image(images.float().clamp(-1, 1), tmp, nrow=columns, normalize=True, value_range=(-1, 1), format="png")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_image(images.float().clamp(-1, 1), tmp, nrow=columns, normalize=True, value_range=(-1, 1), format="png")
 
 
 def _network_config(args: Any, schema: FindingSchema, channels: int) -> NetworkConfig:
@@ -289,15 +290,39 @@ def _dataset(cfg: dict[str, Any], data_root: str | None) -> Any:
     return spec, build_dataset(spec.name, root=data_root, split="train", resolution=cfg["resolution"], **options)
 
 
+def _validate(args: Any) -> None:
+    """One-line errors for option values the trainer cannot use."""
+    checks = [
+        (args.resolution in RESOLUTIONS, f"--resolution must be one of {RESOLUTIONS}"),
+        (args.start_resolution is None or 4 <= args.start_resolution <= args.resolution,
+         "--start-resolution must be at least 4 and at most --resolution"),
+        (args.batch_size >= 1 and args.kimg > 0 and args.snapshot_kimg > 0, "--batch-size, --kimg and --snapshot-kimg must be positive"),
+        (args.lr > 0, "--lr must be positive"),
+        (args.workers >= 0 and args.r1_interval >= 0, "--workers and --r1-interval must be >= 0"),
+        (args.fade_kimg > 0 and args.stable_kimg >= 0, "--fade-kimg must be positive and --stable-kimg >= 0"),
+        (args.gamma is None or args.gamma >= 0, "--gamma must be >= 0"),
+        (args.pl_weight >= 0, "--pl-weight must be >= 0"),
+        (0.0 <= args.mixing <= 1.0, "--mixing must lie in [0, 1]"),
+        (args.ema_kimg is None or args.ema_kimg > 0, "--ema-kimg must be positive"),
+        (-1.0 <= args.ada_target <= 1.0 and args.ada_kimg > 0, "--ada-target must lie in [-1, 1] and --ada-kimg be positive"),
+        (args.data_length is None or args.data_length >= 1, "--data-length must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
-    if args.batch_size < 1 or args.kimg <= 0 or args.snapshot_kimg <= 0:
-        raise UserError("--batch-size, --kimg and --snapshot-kimg must be positive")
+    _validate(args)
     name = args.name or f"gan-{args.data}-{args.resolution}"
     run_dir = prepare_run_dir(args.runs_dir, name, args.resume)
     checkpoint = load_checkpoint(latest_checkpoint(run_dir)) if args.resume else None
+    if checkpoint is not None and not isinstance(checkpoint.get("run"), dict):
+        raise UserError(f"{latest_checkpoint(run_dir)} is not a synth.train checkpoint")
     if checkpoint is not None:
+        print("resuming: the run's saved settings apply; only --kimg, --workers and --device are taken from this command", file=sys.stderr)
         saved = checkpoint["run"]["config"]
         cfg, network = saved["training"], NetworkConfig.from_dict(saved["network"])
         cfg["kimg"] = args.kimg
@@ -355,12 +380,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _snapshot(eng: Engine) -> None:
         it = eng.state.iteration
         trainer.sample_grid(run_dir / "samples" / f"grid-{it * B / 1000:08.2f}kimg.png", it)
+        active, alpha = trainer.schedule.state(it * B)
         training = dict(
             trainer.state.config["training"],
             command=trainer.state.config["command"],
             iteration=it,
             kimg_done=it * B / 1000,
-            demo=spec.env_var is None,
+            active_resolution=active,
+            alpha=alpha,
+            trained_on_phantoms=spec.env_var is None,
         )
         export_generator(run_dir / "generator.safetensors", trainer.G_ema, network.to_dict(), training, list(spec.schema.columns))
 

@@ -67,11 +67,13 @@ def test_checkpoints_and_resume(tmp_path: Path) -> None:
     assert torch.equal(fresh.model.weight, eng.model.weight)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tensorboard", [False, True])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, tensorboard: bool) -> None:
     run = prepare_run_dir(tmp_path, "nan", resume=False)
     eng = _engine([1.0, 1.0, 1.0, 1.0, float("nan"), 1.0])
     attach_training_handlers(
-        eng, run_dir=run, to_save={"model": eng.model, "trainer": eng}, checkpoint_every=2, progress=False, tensorboard=False
+        eng, run_dir=run, to_save={"model": eng.model, "trainer": eng}, checkpoint_every=2, progress=False,
+        tensorboard=tensorboard,
     )
     with pytest.raises(TrainingDiverged, match="iteration 5"):
         eng.run(epoch_length=6, max_epochs=1)

@@ -17,18 +17,19 @@ import zarr
 from datasets.findings import CHEXPERT
 from datasets.synthetic import open_synthetic
 from plumbing.cli import UserError
-from synth.export import export_generator
-from synth.generate import main
+from synth.export import export_generator, load_generator
+from synth.generate import main, render, sample_latents
 from synth.networks import Generator, NetworkConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _generator_file(path: Path, c_dim: int = 14, columns: list[str] | None = None) -> Path:
+def _generator_file(path: Path, c_dim: int = 14, columns: list[str] | None = None, **training: object) -> Path:
     torch.manual_seed(0)
     config = NetworkConfig.preset("tiny", resolution=32, c_dim=c_dim)
     G = Generator(config).eval()
-    export_generator(path, G, config.to_dict(), {"command": "test", "demo": True}, columns or list(CHEXPERT.columns))
+    info = {"command": "test", "trained_on_phantoms": True, **training}
+    export_generator(path, G, config.to_dict(), info, columns or list(CHEXPERT.columns))
     return path
 
 
@@ -56,7 +57,7 @@ def test_complete_store_opens_with_plain_zarr(gen_file: Path, tmp_path: Path) ->
     ptx = CHEXPERT.index("Pneumothorax")
     assert (cond[labels == 1, ptx] == 1).all()
     assert (tmp_path / "v3-contact.png").is_file()
-    assert group.attrs["generator"]["sha256"] and group.attrs["generator"]["demo"] is True
+    assert group.attrs["generator"]["sha256"] and group.attrs["generator"]["trained_on_phantoms"] is True
 
 
 def test_0s_conditions_are_the_class_findings_only(gen_file: Path, tmp_path: Path) -> None:
@@ -135,3 +136,32 @@ def test_bad_inputs(gen_file: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "w.zarr").exists()
     with pytest.raises(UserError, match="does not exist"):
         _generate(tmp_path / "missing.safetensors", tmp_path / "m.zarr")
+
+
+def test_stored_seed_reproduces_the_image(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seed.zarr"
+    _generate(gen_file, out)
+    split = open_synthetic(out).split("val")
+    loaded = load_generator(gen_file, torch.device("cpu"))
+    i = 5
+    z = sample_latents(split.seeds[i : i + 1], loaded.generator.z_dim)
+    c = torch.from_numpy(split.conditions[i : i + 1])
+    again = render(loaded, z, c, 1.0, 1, torch.device("cpu"))
+    assert np.abs(again.astype(int) - split.read_images(i, i + 1).astype(int)).max() <= 1
+
+
+def test_per_condition_truncation_centres_each_class(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "trunc.zarr"
+    _generate(gen_file, out, "--version", "1", "--setting", "0s", "--truncation", "0")
+    split = open_synthetic(out).split("train")
+    images = split.read_images(0, len(split)).astype(int)
+    for c in (0, 1):  # psi = 0: every image of a class is its condition's average-w image
+        same = images[split.labels == c]
+        assert (same == same[0]).all()
+    assert not np.array_equal(images[split.labels == 0][0], images[split.labels == 1][0])
+
+
+def test_generator_that_stopped_growing_is_refused(tmp_path: Path) -> None:
+    young = _generator_file(tmp_path / "young.safetensors", active_resolution=16, alpha=0.5)
+    with pytest.raises(UserError, match="stopped growing at 16 px"):
+        _generate(young, tmp_path / "y.zarr")
