@@ -54,17 +54,23 @@ def prepare_run_dir(runs_dir: Path, name: str, resume: bool) -> Path:
     return run_dir
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoint_<iteration>.pt`` in ``run_dir``, or ``None``."""
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """``checkpoint_<iteration>.pt`` files of ``run_dir``, oldest first."""
     if not run_dir.is_dir():
-        return None
+        return []
     found = []
     for path in run_dir.glob(f"{CHECKPOINT_PREFIX}_*.pt"):
         try:
             found.append((int(path.stem.rsplit("_", 1)[1]), path))
         except ValueError:
             continue
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``checkpoint_<iteration>.pt`` in ``run_dir``, or ``None``."""
+    found = _checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -134,6 +140,8 @@ def attach_training_handlers(
         if on_checkpoint is not None:
             on_checkpoint(eng)
         saver(eng)
+        for old in _checkpoints(run_dir)[:-n_saved]:  # also those of earlier (resumed) processes
+            old.unlink(missing_ok=True)
 
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, _save)
     if progress:

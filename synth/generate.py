@@ -133,7 +133,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     parser.add_argument("--version", type=int, choices=sorted(VERSIONS), default=3, help="label-task version")
     parser.add_argument("--setting", choices=SETTINGS, default="Xs", help="0s: isolated findings, Xs: combined findings")
     parser.add_argument("--generator", type=Path, default=DEMO_GENERATOR, help="generator (.safetensors) or synth.train checkpoint (.pt); the default is the phantom demo generator")
-    parser.add_argument("--out", default=None, help="output store: a local path or an fsspec URL (default: synthetic-v<version>-<setting>.zarr)")
+    parser.add_argument("--out", default="synthetic-v{version}-{setting}.zarr", help="output store: a local path or an fsspec URL; {version} and {setting} are filled in")
     parser.add_argument("--train-per-class", type=int, default=4000, help="training images per class")
     parser.add_argument("--val-per-class", type=int, default=1000, help="validation images per class")
     parser.add_argument("--seed", type=int, default=0, help="seed of latents and conditions")
@@ -155,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--truncation must lie in [0, 2]")
     device = resolve_device(args.device)
     task = label_task(args.version, args.setting)
-    out = args.out or f"synthetic-v{task.version}-{task.setting}.zarr"
+    try:
+        out = args.out.format(version=task.version, setting=task.setting)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--out {args.out!r}: only {{version}} and {{setting}} may be filled in ({exc})") from None
 
     loaded = load_generator(args.generator, device)
     if args.generator == DEMO_GENERATOR:
@@ -208,13 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split in SPLITS:
         size, block = split_sizes[split], writer.block_size(split)
         pending = writer.pending_blocks(split)
-        for b in tqdm(pending, desc=f"{split} blocks", unit="block", disable=not pending):
+        todo = sum(min((b + 1) * block, size) - b * block for b in pending)
+        bar = tqdm(total=size, initial=size - todo, desc=split, unit="img", disable=not pending)
+        for b in pending:
             idx = np.arange(b * block, min((b + 1) * block, size))
             conditions = sampler.conditions(args.seed, split, idx)
             seeds = sample_seeds(args.seed, split, idx)
             z = sample_latents(seeds, z_dim)
             images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device, centers)
             writer.write_block(split, b, images, sampler.labels(idx), conditions, seeds)
+            bar.update(len(idx))
+        bar.close()
     writer.finish()
     sheet = write_contact_sheet(out)
     print(f"wrote {out}: {split_sizes['train']} training and {split_sizes['val']} validation images of {', '.join(task.classes)}; contact sheet {sheet}")

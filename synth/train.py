@@ -145,7 +145,8 @@ def _training_config(args: Any) -> dict[str, Any]:
     """The options that define the run (saved in checkpoints; fixed across resumes except ``kimg``)."""
     keys = (
         "data", "data_length", "resolution", "start_resolution", "fade_kimg", "stable_kimg", "batch_size", "lr",
-        "gamma", "r1_interval", "pl_weight", "mixing", "ema_kimg", "no_ada", "ada_target", "ada_kimg", "seed",
+        "gamma", "r1_interval", "pl_weight", "mixing", "ema_kimg", "no_ada", "ada_target", "ada_kimg", "seed", "cache",
+        "snapshot_kimg",
     )
     cfg = {k: getattr(args, k) for k in keys}
     cfg["start_resolution"] = cfg["start_resolution"] or args.resolution
@@ -333,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     spec, dataset = _dataset(cfg, args.data_root)
-    if args.cache:
+    if cfg.get("cache", args.cache):
         dataset = CachedDataset(dataset, progress=not args.no_progress)
     if checkpoint is None:
         network = _network_config(args, spec.schema, spec.channels)
@@ -349,12 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
         trainer.state.config["training"]["kimg"] = args.kimg
+        trainer.state.config.setdefault("resumed_with", []).append(command)
     start = trainer.state.iteration
     B = cfg["batch_size"]
     total = math.ceil(cfg["kimg"] * 1000 / B)
     if start >= total:
         raise UserError(f"the run already trained {start * B / 1000:.2f} kimg; pass a larger --kimg to continue")
-    snapshot = max(1, round(args.snapshot_kimg * 1000 / B))
+    snapshot = max(1, round(cfg.get("snapshot_kimg", args.snapshot_kimg) * 1000 / B))
     write_json_atomic(run_dir / "config.json", trainer.state.config)
 
     loader = DataLoader(
@@ -384,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         training = dict(
             trainer.state.config["training"],
             command=trainer.state.config["command"],
+            resumed_with=trainer.state.config.get("resumed_with", []),
             iteration=it,
             kimg_done=it * B / 1000,
             active_resolution=active,

@@ -38,7 +38,7 @@ def gen_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _generator_file(tmp_path_factory.mktemp("gen") / "g.safetensors")
 
 
-def _generate(gen: Path, out: Path, *extra: str) -> None:
+def _generate(gen: Path, out: Path | str, *extra: str) -> None:
     main(["--generator", str(gen), "--out", str(out), "--train-per-class", "6", "--val-per-class", "2",
           "--device", "cpu", *extra])
 
@@ -165,3 +165,13 @@ def test_generator_that_stopped_growing_is_refused(tmp_path: Path) -> None:
     young = _generator_file(tmp_path / "young.safetensors", active_resolution=16, alpha=0.5)
     with pytest.raises(UserError, match="stopped growing at 16 px"):
         _generate(young, tmp_path / "y.zarr")
+
+
+def test_fsspec_url_output(gen_file: Path) -> None:
+    url = "memory://stores/v2.zarr"
+    _generate(gen_file, url, "--version", "2", "--setting", "Xs")
+    split = open_synthetic(url).split("train")
+    assert len(split) == 12 and np.bincount(split.labels).tolist() == [6, 6]
+    import fsspec
+
+    assert fsspec.filesystem("memory").exists("/stores/v2-contact.png")

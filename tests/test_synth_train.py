@@ -45,6 +45,9 @@ def test_train_writes_artifacts_and_resume_is_exact(tmp_path: Path) -> None:
     assert latest_checkpoint(split).name == "checkpoint_4.pt"
     _run(tmp_path, "split", "0.064", "--resume")
 
+    resumed = load_generator(split / "generator.safetensors", torch.device("cpu")).training
+    assert "--kimg 0.032" in resumed["command"] and "--resume" in resumed["resumed_with"][0]
+    assert sorted(p.name for p in split.glob("checkpoint_*.pt")) == ["checkpoint_4.pt", "checkpoint_8.pt"]
     a, b = _final_state(full), _final_state(split)
     assert a["it"] == b["it"] == 8
     for net in ("G", "D", "G_ema", "augment"):
