@@ -32,7 +32,7 @@ from .findings import CHEXPERT
 from .label_tables import read_chexpert_table
 from .label_tasks import LabelTask
 from .registry import DataSetSpec, register
-from .tabular import Records, RecordDataset, apply_task, layout_error, make_dataset, reader_options, require_file, split_name
+from .tabular import RecordDataset, table_records, layout_error, make_dataset, reader_options, require_file, split_name
 
 NAME = "chexpert"
 ENV_VAR = "CXR_CHEXPERT_ROOT"
@@ -78,13 +78,7 @@ def chexpert_dataset(
         raise layout_error(NAME, ENV_VAR, LAYOUT, str(exc)) from None
     if len(table) == 0:
         raise UserError(f"{NAME}: {csv} has no rows with the views {opts.views}")
-    records = Records(
-        paths=resolve_paths(root, table.ids),
-        ids=table.ids,
-        labels=np.full(len(table), -1, dtype=np.int64),
-        findings=table.vectors,
-    )
-    records = apply_task(records, CHEXPERT, task)
+    records = table_records(resolve_paths(root, table.ids), table, task)
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 
 

@@ -34,7 +34,7 @@ from .findings import NIH
 from .label_tables import read_nih_table
 from .label_tasks import LabelTask
 from .registry import DataSetSpec, register
-from .tabular import Records, RecordDataset, apply_task, layout_error, make_dataset, reader_options, split_name
+from .tabular import RecordDataset, table_records, layout_error, make_dataset, reader_options, split_name
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,7 @@ def nih_dataset(
     table = table.subset(split_rows(root, canonical, table.ids))
     if len(table) == 0:
         raise UserError(f"{NAME}: no rows of {csv} in the {canonical} split with the views {opts.views}")
-    records = Records(
-        paths=image_paths(root, table.ids),
-        ids=table.ids,
-        labels=np.full(len(table), -1, dtype=np.int64),
-        findings=table.vectors,
-    )
-    records = apply_task(records, NIH, task)
+    records = table_records(image_paths(root, table.ids), table, task)
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 
 

@@ -47,6 +47,7 @@ from plumbing.cli import UserError
 
 from .findings import FindingSchema
 from .image_io import ImageDecodeError
+from .label_tables import LabelTable
 from .label_tasks import LabelTask, assign_classes
 from .sample import FINDINGS, ID, IMAGE, LABEL, Sample
 from .transforms import compose, load_transform
@@ -88,6 +89,17 @@ class Records:
             labels=self.labels[rows],
             findings=None if self.findings is None else self.findings[rows],
         )
+
+
+def table_records(paths: np.ndarray, table: LabelTable, task: LabelTask | None) -> Records:
+    """Records of a label table's rows (image paths given), filtered and labelled by ``task``."""
+    records = Records(
+        paths=paths,
+        ids=table.ids,
+        labels=np.full(len(table), -1, dtype=np.int64),
+        findings=table.vectors,
+    )
+    return apply_task(records, table.schema, task)
 
 
 def apply_task(records: Records, schema: FindingSchema, task: LabelTask | None) -> Records:
