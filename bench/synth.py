@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from synth.export import LoadedGenerator
 from synth.generate import render, sample_latents
 from synth.networks import PRESETS, NetworkConfig
-from synth.train import GanTrainer
+from synth.train import GanTrainer, training_config, build_parser
 
 
 def _sync(device: torch.device) -> None:
@@ -37,14 +38,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _config(resolution: int, batch: int) -> dict[str, Any]:
+    """The trainer's default configuration (``synth.train``'s option defaults) at a resolution and batch size."""
+    args = build_parser().parse_args(["--resolution", str(resolution), "--batch-size", str(batch)])
+    return training_config(args)
+
+
 def bench_training(device: torch.device, resolution: int, preset: str, batch: int, steps: int, warmup: int) -> float:
     """Seconds per kimg of training steps."""
-    cfg = {
-        "seed": 0, "lr": 0.0025, "pl_weight": 0.0, "r1_interval": 16, "no_ada": False, "batch_size": batch,
-        "ada_target": 0.6, "ada_kimg": 500.0, "start_resolution": resolution, "resolution": resolution,
-        "fade_kimg": 1.0, "stable_kimg": 1.0, "mixing": 0.9, "gamma": 0.0002 * resolution**2 / batch,
-        "ema_kimg": batch * 10 / 32,
-    }
+    cfg = _config(resolution, batch)
     network = NetworkConfig.preset(preset, resolution=resolution, c_dim=len(CHEXPERT.columns))
     trainer = GanTrainer(cfg, network, CHEXPERT, device, amp=device.type == "cuda")
     trainer.augment.p.fill_(0.5)
@@ -70,9 +72,7 @@ def bench_training(device: torch.device, resolution: int, preset: str, batch: in
 def bench_generation(device: torch.device, resolution: int, preset: str, n: int, batch: int) -> float:
     """Images per second rendered and written into a Zarr store."""
     network = NetworkConfig.preset(preset, resolution=resolution, c_dim=len(CHEXPERT.columns))
-    trainer = GanTrainer({"seed": 0, "lr": 0.002, "pl_weight": 0, "r1_interval": 16, "no_ada": True, "batch_size": 1,
-                          "start_resolution": resolution, "resolution": resolution, "fade_kimg": 1, "stable_kimg": 1},
-                         network, CHEXPERT, device, amp=False)
+    trainer = GanTrainer(_config(resolution, 1), network, CHEXPERT, device, amp=False)
     loaded = LoadedGenerator(trainer.G_ema, network.to_dict(), {}, list(CHEXPERT.columns), "0" * 64, "bench")
     tmp = tempfile.mkdtemp()
     try:

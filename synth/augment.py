@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plumbing.cli import UserError
+from plumbing.config import dataclass_from_dict
 
 from .layers import autocast_off
 
@@ -150,11 +151,7 @@ class AugmentSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"unknown augmentation keys {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "augmentation")
 
     def geometric(self) -> bool:
         return any(getattr(self, n) > 0 for n in ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac"))

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from plumbing.cli import UserError
+from plumbing.config import dataclass_from_dict
 
 from .layers import (
     NOISE_MODES,
@@ -140,11 +141,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetworkConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`UserError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise UserError(f"unknown network config keys {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "network config")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NetworkConfig:

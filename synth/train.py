@@ -141,7 +141,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     return parser
 
 
-def _training_config(args: Any) -> dict[str, Any]:
+def training_config(args: Any) -> dict[str, Any]:
     """The options that define the run (saved in checkpoints; fixed across resumes except ``kimg``)."""
     keys = (
         "data", "data_length", "resolution", "start_resolution", "fade_kimg", "stable_kimg", "batch_size", "lr",
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, network = saved["training"], NetworkConfig.from_dict(saved["network"])
         cfg["kimg"] = args.kimg
     else:
-        cfg = _training_config(args) | {"kimg": args.kimg}
+        cfg = training_config(args) | {"kimg": args.kimg}
     try:
         ProgressiveSchedule(cfg["start_resolution"], cfg["resolution"], cfg["fade_kimg"], cfg["stable_kimg"])
     except ValueError as exc:
@@ -345,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "network": network.to_dict(),
         "training": cfg,
         "condition_columns": list(spec.schema.columns),
+        "augment": trainer.augment.spec.to_dict(),
         "command": command,
     }
     if checkpoint is not None:
