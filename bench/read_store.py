@@ -1,21 +1,27 @@
 """Read speed of a synthetic Zarr store through the training loader versus PNG files.
 
-    python -m bench.read_store --n 2000 --resolutions 64 256
+    python -m bench.read_store --n 4096 --resolutions 64 256
 
 For each resolution it writes ``n`` structured, noisy uint8 radiograph-like
 images once into a store (through :class:`SyntheticStoreWriter`) and once as
-PNG files, then reads one shuffled epoch of each into float32 [0, 1] batches:
+PNG files, then reads shuffled epochs of each into float32 [0, 1] batches:
 
 * PNG files with Pillow, one process (shuffled order, batches of 64);
 * PNG files through a DataLoader (``--workers`` workers, batch 64, shuffled;
-  persistent workers, the second epoch is timed so worker start-up is free);
+  persistent workers started before the timing);
 * the store through :class:`datasets.block_loader.BlockLoader` in process
-  (one read-ahead thread) and with ``--workers`` DataLoader workers;
+  (a read-ahead thread, and a producer thread preparing batches; then
+  without the producer thread) and with ``--workers`` DataLoader workers;
 * the store by random access (``SyntheticDataset.__getitems__`` over a
-  shuffled sampler), the path the block loader replaces.
+  shuffled sampler), the path the block loader replaces (one epoch).
 
-Every row reports the best of ``--repeats`` epochs in images/s and its ratio
-to the PNG DataLoader.
+A second table runs a fixed CPU workload on every batch (a stand-in for a
+training step) to show how much of the loading each reader hides behind it.
+
+Rows are measured in interleaved rounds (one epoch of each reader per round)
+and report the best of ``--repeats`` rounds in images/s, with the ratio to
+the PNG DataLoader. An epoch's first read is not overlapped with anything,
+so short epochs understate the block loader: use ``n`` of a few thousand.
 """
 
 from __future__ import annotations
@@ -107,20 +113,47 @@ class PngFiles(Dataset):
         return images_to_float(arr[None, None], arr.shape[-1])[0]
 
 
-def epoch_rate(batches: Callable[[], Iterable], n: int, repeats: int) -> float:
-    """Best images/s over ``repeats`` epochs; checks every image was delivered."""
-    best = 0.0
+def count_images(batches: Iterable, step: Callable[[torch.Tensor], object] | None = None) -> int:
+    """Images in one epoch of ``batches``, running ``step`` on each batch's images."""
+    seen = 0
+    for batch in batches:
+        x = batch["image"] if isinstance(batch, dict) else batch
+        if step is not None:
+            step(x)
+        seen += x.shape[0]
+    return seen
+
+
+def epoch_rates(
+    readers: dict[str, Callable[[], Iterable]], n: int, repeats: int, step: Callable[[torch.Tensor], object] | None = None
+) -> dict[str, float]:
+    """Best images/s of each reader over ``repeats`` rounds; checks every image was delivered.
+
+    A round runs one epoch of every reader in turn, so a change in the
+    machine's speed during the run (shared CPUs) touches all readers alike.
+    """
+    best = dict.fromkeys(readers, 0.0)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        seen = 0
-        for batch in batches():
-            x = batch["image"] if isinstance(batch, dict) else batch
-            seen += x.shape[0]
-        dt = time.perf_counter() - t0
-        if seen != n:
-            raise RuntimeError(f"an epoch delivered {seen} images, expected {n}")
-        best = max(best, n / dt)
+        for name, batches in readers.items():
+            t0 = time.perf_counter()
+            seen = count_images(batches(), step)
+            dt = time.perf_counter() - t0
+            if seen != n:
+                raise RuntimeError(f"{name}: an epoch delivered {seen} images, expected {n}")
+            best[name] = max(best[name], n / dt)
     return best
+
+
+def training_step_stand_in(resolution: int) -> Callable[[torch.Tensor], object]:
+    """A fixed CPU workload per batch (a 3x3 convolution to 8 channels on a 64 px crop), like a training step."""
+    conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+    size = min(64, resolution)
+
+    @torch.no_grad()
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return conv(x[..., :size, :size])
+
+    return step
 
 
 def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp: Path) -> list[tuple[str, float]]:
@@ -145,28 +178,44 @@ def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp
 
     png_loader = DataLoader(png, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
     next(iter(png_loader))  # start the persistent workers outside the timing
-    rows.append(("read: PNG, 1 process", epoch_rate(png_single, n, repeats)))
-    rows.append((f"read: PNG, DataLoader {workers} workers", epoch_rate(lambda: png_loader, n, repeats)))
+    epochs = iter(range(10**6))
 
-    for w in (0, workers):
-        loader = BlockLoader(ds, batch, seed=0, num_workers=w)
-        epochs = iter(range(10**6))
+    def block_loader(**options: int) -> Callable[[], Iterable]:
+        loader = BlockLoader(ds, batch, seed=0, **options)
 
-        def run(loader: BlockLoader = loader) -> Iterable:
+        def epoch() -> Iterable:
             loader.set_epoch(next(epochs))
             return loader
 
-        label = "in process + read-ahead thread" if w == 0 else f"DataLoader {w} workers"
-        rows.append((f"read: store, block loader, {label}", epoch_rate(run, n, repeats)))
+        return epoch
 
+    readers = {
+        "read: PNG, 1 process": png_single,
+        f"read: PNG, DataLoader {workers} workers": lambda: png_loader,
+        "read: store, block loader, in process (read-ahead + producer threads)": block_loader(),
+        "read: store, block loader, in process, no producer thread": block_loader(prefetch=0),
+        f"read: store, block loader, DataLoader {workers} workers": block_loader(num_workers=workers),
+    }
+    rows += list(epoch_rates(readers, n, repeats).items())
     random_access = DataLoader(ds, batch_size=batch, shuffle=True)
-    rows.append(("read: store, random access (__getitems__), 1 process", epoch_rate(lambda: random_access, n, repeats)))
+    rows += list(epoch_rates({"read: store, random access (__getitems__), 1 process": lambda: random_access}, n, 1).items())
+
+    step = training_step_stand_in(r)
+    in_memory = torch.from_numpy(images[:batch]).float() / 255.0
+    step_alone = [in_memory[: min(batch, n - b)] for b in range(0, n, batch)]
+    with_step = {
+        "step alone (one batch held in memory)": lambda: step_alone,
+        f"step + PNG, DataLoader {workers} workers": lambda: png_loader,
+        "step + store, block loader, in process": block_loader(),
+        "step + store, block loader, no producer thread": block_loader(prefetch=0),
+    }
+    rows += list(epoch_rates(with_step, n, repeats, step).items())
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser = make_parser("bench.read_store", __doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="images per resolution")
+    parser.add_argument("--n", type=int, default=4096, help="images per resolution")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256], help="image sizes in px")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the multi-process rows")
@@ -177,13 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in args.resolutions:
             rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp))
-            ref = dict(rows)[f"read: PNG, DataLoader {args.workers} workers"]
+            refs = {"read": f"read: PNG, DataLoader {args.workers} workers",
+                    "step": f"step + PNG, DataLoader {args.workers} workers"}
+            rates = dict(rows)
             print(f"\n{args.n} images {r}x{r} uint8, batch {args.batch_size}")
-            print(f"| {'layout and access':<58} | {'images/s':>9} | {'x PNG DataLoader':>16} |")
-            print(f"|{'-' * 60}|{'-' * 11}|{'-' * 18}|")
+            print(f"| {'layout and access':<70} | {'images/s':>9} | {'x PNG DataLoader':>16} |")
+            print(f"|{'-' * 72}|{'-' * 11}|{'-' * 18}|")
             for name, rate in rows:
-                ratio = f"{rate / ref:.2f}" if name.startswith("read") else ""
-                print(f"| {name:<58} | {rate:>9.0f} | {ratio:>16} |")
+                ref = refs.get(name.split(":")[0].split(" ")[0])
+                ratio = f"{rate / rates[ref]:.2f}" if ref and "alone" not in name else ""
+                print(f"| {name:<70} | {rate:>9.0f} | {ratio:>16} |")
     return 0
 
 

@@ -33,7 +33,8 @@ Two levels:
 * :class:`BlockLoader`, the training loader: iterates a stream in process
   (``num_workers = 0``, one read-ahead thread; usually the fastest, see
   performance.md) or through a DataLoader with workers, and turns each raw
-  batch into a batched sample dict with the source's ``make_batch`` (as
+  batch into a batched sample dict with the source's ``make_batch``, in a
+  producer thread that works ``prefetch`` batches ahead of the consumer (as
   ``default_collate`` would make it: ``image`` [B, C, H, W] float32,
   ``label`` [B], ``findings`` [B, K], ``id`` list of str). Call
   :meth:`BlockLoader.set_epoch` before each epoch, as with
@@ -52,6 +53,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from plumbing.prefetch import prefetch_in_thread
 
 
 @runtime_checkable
@@ -228,6 +231,10 @@ class BlockLoader:
             and converts the uint8 batches here.
         read_size, buffer_size, drop_last, rank, world_size: see :class:`BlockStream`.
         pin_memory: pin each batch's tensors (faster copies to a GPU).
+        prefetch: batches prepared ahead by a producer thread (cutting the
+            raw batches, ``make_batch``, pinning), so that work overlaps the
+            consumer's; 0 prepares each batch in the consumer's thread when
+            it is asked for. The batches and their order do not depend on it.
     """
 
     def __init__(
@@ -243,7 +250,10 @@ class BlockLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        prefetch: int = 2,
     ) -> None:
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.source = source
         self.stream = BlockStream(
             source, batch_size, seed=seed, read_size=read_size, buffer_size=buffer_size,
@@ -251,6 +261,7 @@ class BlockLoader:
         )
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
+        self.prefetch = int(prefetch)
 
     @property
     def epoch(self) -> int:
@@ -272,7 +283,7 @@ class BlockLoader:
         for rows, idx in loader:
             yield rows.numpy(), idx.numpy()
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _batches(self) -> Iterator[dict[str, Any]]:
         s = self.stream
         generator = torch_generator(s.seed, s.epoch, s.rank)
         for rows, idx in self._raw():
@@ -280,3 +291,8 @@ class BlockLoader:
             if self.pin_memory:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             yield batch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.prefetch == 0:
+            return self._batches()
+        return prefetch_in_thread(self._batches(), self.prefetch, name="block-loader")

@@ -116,15 +116,18 @@ def test_round_trip_and_plain_zarr(store_path: Path) -> None:
     images = group["train/images"]
     assert images.shape == (40, 1, RES, RES) and images.dtype == np.uint8
     assert images.chunks == (4, 1, RES, RES) and images.shards == (16, 1, RES, RES)
+    (codec,) = images.compressors
+    assert (codec.cname.value, codec.shuffle.value) == ("lz4", "bitshuffle")
     assert group["val/conditions"].shape == (10, 14) and group["val/conditions"].dtype == np.float32
     assert group["train/labels"].dtype == np.int64 and group["train/seeds"].dtype == np.int64
 
 
 def test_default_layout_by_resolution() -> None:
-    assert StoreLayout.for_resolution(64) == StoreLayout(16, 1024)
-    assert StoreLayout.for_resolution(256) == StoreLayout(16, 256)
-    assert StoreLayout.for_resolution(512) == StoreLayout(4, 64)
-    assert StoreLayout.for_resolution(1024) == StoreLayout(1, 16)
+    assert StoreLayout.for_resolution(64) == StoreLayout(1024, 1024)
+    assert StoreLayout.for_resolution(128) == StoreLayout(256, 1024)
+    assert StoreLayout.for_resolution(256) == StoreLayout(64, 256)
+    assert StoreLayout.for_resolution(512) == StoreLayout(16, 64)
+    assert StoreLayout.for_resolution(1024) == StoreLayout(4, 16)
 
 
 def test_dataset_samples(store_path: Path) -> None:
@@ -315,6 +318,20 @@ def test_block_loader_epochs(store_path: Path) -> None:
     assert first["image"].shape == (6, 1, RES, RES) and first["image"].dtype == torch.float32
     assert torch.equal((first["image"] * 255).round().to(torch.uint8), torch.from_numpy(images[idx]))
     assert first["label"].tolist() == labels[idx].tolist()
+
+
+def test_block_loader_prefetch_gives_the_same_batches(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES, augment=True)
+    runs = []
+    for prefetch in (0, 1, 3):
+        loader = BlockLoader(ds, 6, seed=2, read_size=4, buffer_size=8, prefetch=prefetch)
+        loader.set_epoch(1)
+        runs.append(list(loader))
+    for other in runs[1:]:
+        assert [b["id"] for b in other] == [b["id"] for b in runs[0]]
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(runs[0], other))
+    with pytest.raises(ValueError, match="prefetch"):
+        BlockLoader(ds, 6, prefetch=-1)
 
 
 def test_block_loader_workers_and_ranks(store_path: Path) -> None:
