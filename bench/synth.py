@@ -27,6 +27,7 @@ import torch
 from datasets.findings import CHEXPERT
 from datasets.synthetic import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.precision import use_bf16_autocast
 from synth.export import LoadedGenerator
 from synth.generate import render, sample_latents
 from synth.networks import PRESETS, NetworkConfig
@@ -48,12 +49,9 @@ def bench_training(device: torch.device, resolution: int, preset: str, batch: in
     """Seconds per kimg of training steps."""
     cfg = _config(resolution, batch)
     network = NetworkConfig.preset(preset, resolution=resolution, c_dim=len(CHEXPERT.columns))
-    trainer = GanTrainer(cfg, network, CHEXPERT, device, amp=device.type == "cuda")
+    trainer = GanTrainer(cfg, network, CHEXPERT, device, use_bf16_autocast("auto", device))
     trainer.augment.p.fill_(0.5)
     trainer.ada = None  # keep p fixed while timing
-    if device.type == "cuda":
-        trainer.G.to(memory_format=torch.channels_last)
-        trainer.D.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     batch_data = {
         "image": torch.rand(batch, 1, resolution, resolution, generator=g).to(device),

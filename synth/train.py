@@ -22,6 +22,10 @@ comes from a generator seeded by ``(seed, t)`` and the minibatch order from
 :class:`plumbing.sampling.ResumableBatchSampler`, so on the CPU ``k`` steps,
 a resume and ``k`` more steps equal ``2k`` uninterrupted steps exactly.
 
+On a GPU the networks are channels_last and, with ``--amp auto`` on a GPU
+with native bf16 (:mod:`plumbing.precision`), run under bf16 autocast (which
+parts stay fp32: :mod:`synth.networks`).
+
 Every ``--snapshot-kimg`` the run folder receives an atomic checkpoint, a
 sample grid (fixed latents, one row per condition) and
 ``generator.safetensors`` (the EMA generator, what ``synth.generate`` reads).
@@ -48,6 +52,7 @@ from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec, names
 from plumbing.cli import UserError, add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
 from plumbing.files import atomic_path, write_json_atomic
+from plumbing.precision import AMP_CHOICES, use_bf16_autocast
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed, generator
 from plumbing.training import (
@@ -129,7 +134,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     opt.add_argument("--no-ada", action="store_true", help="disable adaptive discriminator augmentation")
     opt.add_argument("--ada-target", type=float, default=0.6, help="ADA target of E[sign D(real)]")
     opt.add_argument("--ada-kimg", type=float, default=100.0, help="kimg for the ADA probability to move from 0 to 1")
-    opt.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on for CUDA)")
+    opt.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for GPUs with native bf16)")
     run = parser.add_argument_group("run")
     run.add_argument("--name", default=None, help="run folder name (default: gan-<data>-<resolution>)")
     run.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
@@ -166,9 +171,11 @@ class GanTrainer:
         self.cfg, self.schema, self.device, self.amp = cfg, schema, device, amp
         torch.manual_seed(derive_seed(cfg["seed"], "init"))
         G, D = build_networks(network)
-        self.G: Generator = G.to(device)
-        self.D: Discriminator = D.to(device)
-        self.G_ema: Generator = Generator(network).to(device).eval().requires_grad_(False)
+        # channels_last feeds the GPU's tensor cores without layout transposes; CPUs keep NCHW
+        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.G: Generator = G.to(device, memory_format=layout)
+        self.D: Discriminator = D.to(device, memory_format=layout)
+        self.G_ema: Generator = Generator(network).to(device, memory_format=layout).eval().requires_grad_(False)
         self.G_ema.load_state_dict(self.G.state_dict())
         self.opt_G = _adam(self.G.parameters(), cfg["lr"])
         self.opt_D = _adam(self.D.parameters(), cfg["lr"])
@@ -338,8 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = CachedDataset(dataset, progress=not args.no_progress)
     if checkpoint is None:
         network = _network_config(args, spec.schema, spec.channels)
-    amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
-    trainer = GanTrainer(cfg, network, spec.schema, device, amp)
+    trainer = GanTrainer(cfg, network, spec.schema, device, use_bf16_autocast(args.amp, device))
     command = "python -m synth.train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     trainer.state.config = {
         "network": network.to_dict(),

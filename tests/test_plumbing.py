@@ -90,3 +90,18 @@ def test_damaged_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read checkpoint"):
         load_checkpoint(bad)
+
+
+def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from plumbing.precision import use_bf16_autocast
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert not use_bf16_autocast("auto", cpu) and not use_bf16_autocast("off", cpu)
+    with pytest.raises(UserError, match="no native bf16"):
+        use_bf16_autocast("on", cpu)
+    for supported in (True, False):  # an A100/H100 and a V100/T4, without touching a real GPU
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert use_bf16_autocast("auto", gpu) is supported and not use_bf16_autocast("off", gpu)
+    assert not use_bf16_autocast("auto", gpu)
+    with pytest.raises(UserError, match="use --amp off"):
+        use_bf16_autocast("on", gpu)

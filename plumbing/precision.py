@@ -1,0 +1,38 @@
+"""Mixed precision: which autocast dtype a run uses (``--amp auto|on|off``).
+
+bf16 autocast needs no loss scaling, so it is the only mode: ``auto`` turns it
+on for CUDA devices that support bf16 (compute capability 8.0 and later:
+A100, H100, H200, RTX 30xx/40xx) and leaves older GPUs (V100, T4) and CPUs in
+fp32; ``on`` demands it and refuses a device without bf16 support.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .cli import UserError
+
+AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+
+log = logging.getLogger(__name__)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 autocast natively (CUDA only; CPUs emulate it slowly)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def use_bf16_autocast(choice: str, device: torch.device) -> bool:
+    """Resolve ``--amp`` (``auto``, ``on``, ``off``) for ``device``; ``on`` without bf16 support is a :class:`UserError`."""
+    if choice not in AMP_CHOICES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, not {choice!r}")
+    if choice == "off":
+        return False
+    supported = bf16_supported(device)
+    if choice == "on" and not supported:
+        raise UserError(f"--amp on: {device} has no native bf16 support; use --amp off (or auto)")
+    if choice == "auto" and device.type == "cuda" and not supported:
+        log.info("bf16 autocast is off: %s has no native bf16 support; training in fp32", device)
+    return supported
