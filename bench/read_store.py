@@ -12,6 +12,7 @@ PNG files, then reads shuffled epochs of each into float32 [0, 1] batches:
 * the store through :class:`datasets.block_loader.BlockLoader` in process
   (a read-ahead thread, and a producer thread preparing batches; then
   without the producer thread) and with ``--workers`` DataLoader workers;
+* the same with the training augmentation (:mod:`datasets.augment`, batched);
 * the store by random access (``SyntheticDataset.__getitems__`` over a
   shuffled sampler), the path the block loader replaces (one epoch).
 
@@ -180,8 +181,8 @@ def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp
     next(iter(png_loader))  # start the persistent workers outside the timing
     epochs = iter(range(10**6))
 
-    def block_loader(**options: int) -> Callable[[], Iterable]:
-        loader = BlockLoader(ds, batch, seed=0, **options)
+    def block_loader(source: SyntheticDataset = ds, **options: int) -> Callable[[], Iterable]:
+        loader = BlockLoader(source, batch, seed=0, **options)
 
         def epoch() -> Iterable:
             loader.set_epoch(next(epochs))
@@ -195,6 +196,9 @@ def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp
         "read: store, block loader, in process (read-ahead + producer threads)": block_loader(),
         "read: store, block loader, in process, no producer thread": block_loader(prefetch=0),
         f"read: store, block loader, DataLoader {workers} workers": block_loader(num_workers=workers),
+        "read: store, block loader, in process, + training augmentation": block_loader(
+            SyntheticDataset(open_synthetic(url), "train", resolution=r, augment=True)
+        ),
     }
     rows += list(epoch_rates(readers, n, repeats).items())
     random_access = DataLoader(ds, batch_size=batch, shuffle=True)

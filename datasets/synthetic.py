@@ -95,6 +95,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from plumbing.cli import UserError
 
+from .augment import BatchAugment
 from .findings import CHEXPERT, NO_FINDING, FindingSchema
 from .label_tasks import LabelTask, label_task
 from .registry import DataSetSpec, register
@@ -678,7 +679,7 @@ class SyntheticDataset(Dataset):
     """One split of a store in the project's sample convention.
 
     ``image`` float32 [1, r, r] in [0, 1] (with ``augment``, the shared
-    :func:`datasets.transforms.train_augment`); ``label`` the store's class index
+    training augmentation, batched: :class:`datasets.augment.BatchAugment`); ``label`` the store's class index
     (the store has its own classes: its version and setting); ``findings``
     :func:`conditions_to_findings` over CHEXPERT; ``id`` ``"<split>/<index>"``.
 
@@ -693,11 +694,7 @@ class SyntheticDataset(Dataset):
         self.store = store
         self.data = store.split(split)
         self.resolution = int(resolution)
-        self.augment = None
-        if augment:
-            from .transforms import train_augment  # imports MONAI, which plain reading does not need
-
-            self.augment = train_augment(1, self.resolution)
+        self.augment = BatchAugment(1) if augment else None
         findings = conditions_to_findings(self.data.conditions, store.condition_columns, CHEXPERT)
         self.findings = torch.from_numpy(findings)
         self.labels = torch.from_numpy(self.data.labels.astype(np.int64))
@@ -732,9 +729,8 @@ class SyntheticDataset(Dataset):
         return {IMAGE: x, LABEL: self.labels[idx], FINDINGS: self.findings[idx], ID: ids}
 
     def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """:func:`datasets.transforms.train_augment` per image, seeded from ``generator`` (else torch's global RNG)."""
-        self.augment.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        return torch.stack([self.augment({IMAGE: img})[IMAGE] for img in x]).as_subclass(torch.Tensor)
+        """:class:`datasets.augment.BatchAugment` on the batch, drawing from ``generator`` (else torch's global RNG)."""
+        return self.augment(x, generator)[0]
 
     # map-style access
 

@@ -11,20 +11,16 @@ when present, ``mask``) and end with plain ``torch.float32`` tensors
   ``resolution x resolution``, so the aspect ratio is kept. Images use
   bilinear interpolation with antialiasing (an area-like low-pass filter when
   shrinking), masks nearest neighbour, so a mask stays binary.
-* :func:`train_augment`: a random affine applied identically to image and
-  mask (rotation uniform in +-10 degrees, isotropic scale uniform in
-  [0.9, 1.1], translation uniform in +-5 % of the side, zero padding), then
+* :func:`train_augment`: the training augmentation of :mod:`datasets.augment`
+  (random rotation, scale and shift applied identically to image and mask;
+  brightness and gamma for radiographs; horizontal flips for dermoscopy
+  only) as a MONAI dictionary transform for one sample. Batches go through
+  :class:`datasets.augment.BatchAugment` directly, the same code.
 
-  - ``channels == 1`` (radiographs): brightness ``x * (1 + a)``,
-    ``a ~ U(-0.1, 0.1)``, and contrast by a gamma ``g ~ U(0.8, 1.25)`` applied
-    between the image's own minimum and maximum, each with probability 0.5,
-    then clipping to [0, 1]. No flips: a radiograph's left and right are
-    anatomy (heart on the patient's left).
-  - ``channels == 3`` (dermoscopy): horizontal flip with probability 0.5.
-
-Randomness comes from MONAI's per-transform generators: ``set_random_state``
-on the composed transform (``seed=`` in :func:`compose`) makes a sequence of
-augmentations reproducible. In a multi-worker ``DataLoader`` each worker
+Randomness comes from MONAI's per-transform generator (``R``), which seeds a
+``torch.Generator`` per sample: ``set_random_state`` on the composed
+transform (``seed=`` in :func:`compose`) makes a sequence of augmentations
+reproducible. In a multi-worker ``DataLoader`` each worker
 holds a copy of the same generators; use ``monai.data.DataLoader`` or
 ``worker_init_fn=monai.data.utils.worker_init_fn`` so workers draw
 different augmentations.
@@ -32,33 +28,18 @@ different augmentations.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.transforms import (
-    Compose,
-    EnsureTyped,
-    Lambdad,
-    MapTransform,
-    RandAdjustContrastd,
-    RandAffined,
-    RandFlipd,
-    RandScaleIntensityd,
-)
+from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
+from .augment import apply, sample_params
 from .image_io import read_image
 from .sample import IMAGE, MASK
 
 SPATIAL_KEYS: tuple[str, ...] = (IMAGE, MASK)
-ROTATION_DEG = 10.0
-SCALE_RANGE = 0.1
-TRANSLATE_FRACTION = 0.05
-BRIGHTNESS_RANGE = 0.1
-GAMMA_RANGE = (0.8, 1.25)
 
 
 class LoadImaged(MapTransform):
@@ -122,34 +103,40 @@ def resize(resolution: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> SquareRe
     return SquareResized(keys, resolution)
 
 
-def train_augment(channels: int, resolution: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> Compose:
-    """The training augmentations for ``channels`` 1 (radiographs) or 3 (dermoscopy); see the module docstring."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
-    keys = tuple(keys)
-    modes = tuple("nearest" if k == MASK else "bilinear" for k in keys)
-    shift = TRANSLATE_FRACTION * resolution
-    steps: list[Any] = [
-        RandAffined(
-            keys,
-            prob=1.0,
-            rotate_range=math.radians(ROTATION_DEG),
-            scale_range=(SCALE_RANGE, SCALE_RANGE),
-            translate_range=(shift, shift),
-            mode=modes,
-            padding_mode="zeros",
-            allow_missing_keys=True,
-        )
-    ]
-    if channels == 1:
-        steps += [
-            RandScaleIntensityd(IMAGE, factors=BRIGHTNESS_RANGE, prob=0.5),
-            RandAdjustContrastd(IMAGE, prob=0.5, gamma=GAMMA_RANGE),
-        ]
-    else:
-        steps.append(RandFlipd(keys, prob=0.5, spatial_axis=1, allow_missing_keys=True))
-    steps.append(Lambdad(IMAGE, func=functools.partial(torch.clamp, min=0.0, max=1.0)))
-    return Compose(steps)
+def _plain(x: Any) -> torch.Tensor:
+    """A plain float32 tensor (MONAI's MetaTensor metadata is not needed by the augmentation)."""
+    return torch.as_tensor(x).as_subclass(torch.Tensor).float()
+
+
+class TrainAugmentd(Randomizable, MapTransform):
+    """:mod:`datasets.augment` on one sample: ``image`` [C, H, W] and, when present, ``mask`` [1, H, W]."""
+
+    def __init__(self, channels: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {channels}")
+        super().__init__(tuple(keys), allow_missing_keys=True)
+        self.channels = channels
+        self._seed = 0
+
+    def randomize(self, data: Any = None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        self.randomize()
+        out = dict(data)
+        params = sample_params(1, self.channels, torch.Generator().manual_seed(self._seed))
+        image = _plain(out[IMAGE])
+        mask = _plain(out[MASK]) if MASK in self.keys and MASK in out else None
+        image, mask = apply(image[None], params, None if mask is None else mask[None])
+        out[IMAGE] = image[0]
+        if mask is not None:
+            out[MASK] = mask[0]
+        return out
+
+
+def train_augment(channels: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> TrainAugmentd:
+    """The training augmentation for ``channels`` 1 (radiographs) or 3 (dermoscopy); see :mod:`datasets.augment`."""
+    return TrainAugmentd(channels, keys)
 
 
 def compose(
@@ -166,7 +153,7 @@ def compose(
     """
     steps: list[Any] = [resize(resolution, keys)]
     if augment:
-        steps.append(train_augment(channels, resolution, keys))
+        steps.append(train_augment(channels, keys))
     steps.append(EnsureTyped(tuple(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True))
     pipeline = Compose(steps)
     if seed is not None:

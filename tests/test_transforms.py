@@ -105,4 +105,4 @@ def test_flips_only_for_colour_images() -> None:
 
 def test_invalid_channels() -> None:
     with pytest.raises(ValueError):
-        train_augment(2, 32)
+        train_augment(2)
