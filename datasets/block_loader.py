@@ -46,6 +46,7 @@ A *source* is any map-style data set with the :class:`BlockSource` members
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
@@ -167,10 +168,11 @@ class BlockStream(IterableDataset):
         start = int(unit) * self.read_size
         return start, min(start + self.read_size, len(self.source))
 
-    def stream_windows(self, stream: int, streams: int) -> list[tuple[int, np.ndarray]]:
-        """``(window number, unit numbers)`` of stream ``stream`` of ``streams`` this epoch."""
+    def stream_windows(self, stream: int, streams: int, epoch: int | None = None) -> list[tuple[int, np.ndarray]]:
+        """``(window number, unit numbers)`` of stream ``stream`` of ``streams`` in ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
         windows = epoch_windows(
-            len(self.source), self.read_size, self.window_units, self.seed, self.epoch, self.rank, self.world_size
+            len(self.source), self.read_size, self.window_units, self.seed, epoch, self.rank, self.world_size
         )
         return [(w, units) for w, units in enumerate(windows) if w % streams == stream]
 
@@ -189,9 +191,12 @@ class BlockStream(IterableDataset):
         indices = np.concatenate([np.arange(s, e, dtype=np.int64) for s, e in spans])
         return rows, indices
 
-    def batches(self, stream: int = 0, streams: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The raw batches of one stream (step 4 of the module docstring)."""
-        windows = self.stream_windows(stream, streams)
+    def batches(
+        self, stream: int = 0, streams: int = 1, epoch: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The raw batches of one stream in ``epoch`` (default: the current one; step 4 of the module docstring)."""
+        epoch = self.epoch if epoch is None else epoch  # fixed for the whole pass
+        windows = self.stream_windows(stream, streams, epoch)
         if not windows:
             return
         carry_rows: np.ndarray | None = None
@@ -204,7 +209,7 @@ class BlockStream(IterableDataset):
                     future = pool.submit(self._read_window, windows[i + 1][1])
                 if carry_rows is not None and len(carry_idx):
                     rows, idx = np.concatenate([carry_rows, rows]), np.concatenate([carry_idx, idx])
-                perm = _rng(self.seed, self.epoch, self.rank, w).permutation(len(idx))
+                perm = _rng(self.seed, epoch, self.rank, w).permutation(len(idx))
                 n_full = len(perm) // self.batch_size * self.batch_size
                 for b in range(0, n_full, self.batch_size):
                     sel = perm[b : b + self.batch_size]
@@ -275,24 +280,27 @@ class BlockLoader:
         """Batches per epoch (exact for the current epoch)."""
         return self.stream.num_batches(max(1, self.num_workers))
 
-    def _raw(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _raw(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.num_workers == 0:
-            yield from self.stream.batches()
+            yield from self.stream.batches(epoch=epoch)
             return
-        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers)
+        stream = copy.copy(self.stream)  # the workers get this pass's epoch
+        stream.set_epoch(epoch)
+        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers)
         for rows, idx in loader:
             yield rows.numpy(), idx.numpy()
 
-    def _batches(self) -> Iterator[dict[str, Any]]:
+    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         s = self.stream
-        generator = torch_generator(s.seed, s.epoch, s.rank)
-        for rows, idx in self._raw():
+        generator = torch_generator(s.seed, epoch, s.rank)
+        for rows, idx in self._raw(epoch):
             batch = self.source.make_batch(rows, idx, generator)
             if self.pin_memory:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             yield batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = self._batches(self.epoch)  # the epoch is fixed here, whatever set_epoch does during the pass
         if self.prefetch == 0:
-            return self._batches()
-        return prefetch_in_thread(self._batches(), self.prefetch, name="block-loader")
+            return batches
+        return prefetch_in_thread(batches, self.prefetch, name="block-loader")

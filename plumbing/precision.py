@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 def bf16_supported(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 autocast natively (CUDA only; CPUs emulate it slowly)."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):  # is_bf16_supported asks the current device
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def use_bf16_autocast(choice: str, device: torch.device) -> bool:

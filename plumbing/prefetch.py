@@ -45,8 +45,9 @@ def prefetch_in_thread(items: Iterable[T], depth: int, *, name: str = "prefetch"
         return False
 
     def produce() -> None:
-        source = iter(items)
+        source: Iterator[T] | None = None
         try:
+            source = iter(items)
             for item in source:
                 if not put((True, item)):
                     return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="no native bf16"):
         use_bf16_autocast("on", cpu)
     for supported in (True, False):  # an A100/H100 and a V100/T4, without touching a real GPU
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s and not including_emulation)
         assert use_bf16_autocast("auto", gpu) is supported and not use_bf16_autocast("off", gpu)
     assert not use_bf16_autocast("auto", gpu)
     with pytest.raises(UserError, match="use --amp off"):

@@ -54,3 +54,13 @@ def test_stopping_early_closes_the_source_in_the_producer_thread() -> None:
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth"):
         next(prefetch_in_thread(range(3), 0))
+
+
+def test_a_source_that_cannot_be_iterated_fails_instead_of_hanging() -> None:
+    class Broken:
+        def __iter__(self) -> Iterator[int]:
+            raise OSError("store unreachable")
+
+    with pytest.raises(OSError, match="store unreachable"):
+        list(prefetch_in_thread(Broken(), 2))
+    assert not producer_threads()

@@ -123,11 +123,11 @@ def test_round_trip_and_plain_zarr(store_path: Path) -> None:
 
 
 def test_default_layout_by_resolution() -> None:
-    assert StoreLayout.for_resolution(64) == StoreLayout(1024, 1024)
-    assert StoreLayout.for_resolution(128) == StoreLayout(256, 1024)
-    assert StoreLayout.for_resolution(256) == StoreLayout(64, 256)
-    assert StoreLayout.for_resolution(512) == StoreLayout(16, 64)
-    assert StoreLayout.for_resolution(1024) == StoreLayout(4, 16)
+    assert StoreLayout.for_resolution(64) == StoreLayout(256, 1024)
+    assert StoreLayout.for_resolution(128) == StoreLayout(64, 1024)
+    assert StoreLayout.for_resolution(256) == StoreLayout(16, 256)
+    assert StoreLayout.for_resolution(512) == StoreLayout(4, 64)
+    assert StoreLayout.for_resolution(1024) == StoreLayout(1, 16)
 
 
 def test_dataset_samples(store_path: Path) -> None:
@@ -171,6 +171,13 @@ def test_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not empty"):
         open_writer(tmp_path, overwrite=True)
     assert (tmp_path / "notes.txt").exists()
+    with pytest.raises(UserError, match="cannot open the synthetic store nosuch://x"):
+        open_synthetic("nosuch://x")
+    damaged = tmp_path / "damaged.zarr"
+    damaged.mkdir()
+    (damaged / "zarr.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot open the synthetic store"):
+        open_synthetic(damaged)
 
 
 # ----------------------------------------------------------------- resume and refusals
@@ -332,6 +339,19 @@ def test_block_loader_prefetch_gives_the_same_batches(store_path: Path) -> None:
         assert all(torch.equal(a["image"], b["image"]) for a, b in zip(runs[0], other))
     with pytest.raises(ValueError, match="prefetch"):
         BlockLoader(ds, 6, prefetch=-1)
+
+
+def test_set_epoch_during_a_pass_waits_for_the_next_one(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES)
+    expected = epoch_ids(BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8), 0)
+    for prefetch in (0, 2):
+        loader = BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8, prefetch=prefetch)
+        loader.set_epoch(0)
+        ids = []
+        for batch in loader:
+            ids += batch["id"]
+            loader.set_epoch(1)  # e.g. an epoch handler that fires mid-pass
+        assert ids == expected and loader.epoch == 1
 
 
 def test_block_loader_workers_and_ranks(store_path: Path) -> None:
