@@ -97,14 +97,14 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.synth", "Benchmark GAN training (s/kimg) and store generation (img/s).")
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--resolution", type=int, default=64, help="image size in px (trained at this size, no growing)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="network widths (synth.networks presets)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
     parser.add_argument("--gen-images", type=int, default=1024, help="images generated into the store")
     parser.add_argument("--gen-batch", type=int, default=64, help="generation batch size")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none given: torch's choice)")
     add_device_arg(parser)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
