@@ -115,12 +115,11 @@ def apply(
     if images.ndim != 4 or len(params) != images.shape[0]:
         raise ValueError(f"images must be [B, C, H, W] with B = {len(params)}, got {tuple(images.shape)}")
     device = images.device
-    matrix = params.matrix.to(device)
-    flip = params.flip.to(device)
-    if bool(flip.any()):  # a horizontal flip of the output: negate the x output coordinate
+    matrix = params.matrix  # the parameters stay on the CPU until the grid is built: no device sync
+    if bool(params.flip.any()):  # a horizontal flip of the output: negate the x output coordinate
         matrix = matrix.clone()
-        matrix[flip, :, 0] = -matrix[flip, :, 0]
-    grid = _sampling_grid(matrix, *images.shape[-2:])
+        matrix[params.flip, :, 0] = -matrix[params.flip, :, 0]
+    grid = _sampling_grid(matrix.to(device), *images.shape[-2:])
     x = _resample(images, grid, "bilinear")
     if masks is not None:
         masks = _resample(masks, grid, "nearest")

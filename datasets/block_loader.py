@@ -33,10 +33,15 @@ Two levels:
 * :class:`BlockLoader`, the training loader: iterates a stream in process
   (``num_workers = 0``, one read-ahead thread; usually the fastest, see
   performance.md) or through a DataLoader with workers, and turns each raw
-  batch into a batched sample dict with the source's ``make_batch``, in a
-  producer thread that works ``prefetch`` batches ahead of the consumer (as
-  ``default_collate`` would make it: ``image`` [B, C, H, W] float32,
-  ``label`` [B], ``findings`` [B, K], ``id`` list of str). Call
+  batch into a batched sample dict (as ``default_collate`` would make it:
+  ``image`` [B, C, H, W] float32, ``label`` [B], ``findings`` [B, K], ``id``
+  list of str) in two steps of the source: ``collate`` (the stored uint8
+  rows as tensors) and ``finish`` (float conversion, resizing, augmentation,
+  on whatever device the batch is on). A producer thread works ``prefetch``
+  batches ahead of the consumer. For a CPU consumer it runs both steps; for
+  a GPU it collates and pins, and the consumer's thread copies the uint8
+  batch to the GPU (a quarter of the bytes of float32) and finishes it
+  there, so the host does no per-pixel work beyond decoding. Call
   :meth:`BlockLoader.set_epoch` before each epoch, as with
   ``DistributedSampler``.
 
@@ -78,10 +83,12 @@ class BlockSource(Protocol):
         """The stored rows ``[start, stop)`` (e.g. uint8 images ``[n, C, H, W]``)."""
         ...
 
-    def make_batch(
-        self, rows: np.ndarray, indices: np.ndarray, generator: torch.Generator | None = None
-    ) -> dict[str, Any]:
-        """A collated batch from stored rows and their row indices; ``generator`` drives augmentation."""
+    def collate(self, rows: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
+        """A batch of stored rows and their row indices, as CPU tensors (the images still as stored)."""
+        ...
+
+    def finish(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """The training batch from a collated one, on the batch's device; ``generator`` drives augmentation."""
         ...
 
 
@@ -235,11 +242,13 @@ class BlockLoader:
             W > 0 reads in W DataLoader worker processes (started per epoch)
             and converts the uint8 batches here.
         read_size, buffer_size, drop_last, rank, world_size: see :class:`BlockStream`.
-        pin_memory: pin each batch's tensors (faster copies to a GPU).
-        prefetch: batches prepared ahead by a producer thread (cutting the
-            raw batches, ``make_batch``, pinning), so that work overlaps the
-            consumer's; 0 prepares each batch in the consumer's thread when
-            it is asked for. The batches and their order do not depend on it.
+        device: where the batches are delivered (default: the CPU). For
+            another device the collated batch is pinned (CUDA), copied
+            without blocking and finished on that device (module docstring).
+        prefetch: batches prepared ahead by a producer thread, so that work
+            overlaps the consumer's; 0 prepares each batch in the consumer's
+            thread when it is asked for. The batches and their order do not
+            depend on it.
     """
 
     def __init__(
@@ -254,7 +263,7 @@ class BlockLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        pin_memory: bool = False,
+        device: torch.device | str | None = None,
         prefetch: int = 2,
     ) -> None:
         if prefetch < 0:
@@ -265,7 +274,7 @@ class BlockLoader:
             drop_last=drop_last, rank=rank, world_size=world_size,
         )
         self.num_workers = int(num_workers)
-        self.pin_memory = pin_memory
+        self.device = torch.device("cpu" if device is None else device)
         self.prefetch = int(prefetch)
 
     @property
@@ -290,17 +299,33 @@ class BlockLoader:
         for rows, idx in loader:
             yield rows.numpy(), idx.numpy()
 
-    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        s = self.stream
-        generator = torch_generator(s.seed, epoch, s.rank)
+    def _prepared(self, epoch: int, generator: torch.Generator) -> Iterator[dict[str, Any]]:
+        """The producer's part: collated batches, finished here for a CPU consumer, else pinned (CUDA)."""
+        on_host, pin = self.device.type == "cpu", self.device.type == "cuda"
         for rows, idx in self._raw(epoch):
-            batch = self.source.make_batch(rows, idx, generator)
-            if self.pin_memory:
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            yield batch
+            batch = self.source.collate(rows, idx)
+            if on_host:
+                yield self.source.finish(batch, generator)
+            else:
+                yield {k: v.pin_memory() if pin and isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _on_device(self, batches: Iterator[dict[str, Any]], generator: torch.Generator) -> Iterator[dict[str, Any]]:
+        """The consumer's part for a device other than the CPU: copy, then finish there."""
+        try:
+            for batch in batches:
+                moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                         for k, v in batch.items()}
+                yield self.source.finish(moved, generator)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        batches = self._batches(self.epoch)  # the epoch is fixed here, whatever set_epoch does during the pass
-        if self.prefetch == 0:
-            return batches
-        return prefetch_in_thread(batches, self.prefetch, name="block-loader")
+        epoch = self.epoch  # fixed for the pass, whatever set_epoch does meanwhile
+        s = self.stream
+        generator = torch_generator(s.seed, epoch, s.rank)
+        batches = self._prepared(epoch, generator)
+        if self.prefetch:
+            batches = prefetch_in_thread(batches, self.prefetch, name="block-loader")
+        return batches if self.device.type == "cpu" else self._on_device(batches, generator)

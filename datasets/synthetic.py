@@ -667,11 +667,15 @@ def conditions_to_findings(
 def images_to_float(images: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
     """uint8 ``[B, C, h, w]`` -> float32 ``[B, C, r, r]`` in [0, 1]: x / 255, resized as every reader resizes.
 
-    The scaling runs in numpy (as fast as torch's single-threaded cast, without
-    intra-op thread start-up, which dominates at these sizes); a size change
-    uses :func:`datasets.transforms.square_resize` (antialiased bilinear).
+    Host arrays are scaled in numpy (as fast as torch's single-threaded cast,
+    without intra-op thread start-up, which dominates at these sizes);
+    tensors on a GPU are scaled there. A size change uses
+    :func:`datasets.transforms.square_resize` (antialiased bilinear).
     """
-    x = torch.from_numpy(np.multiply(np.asarray(images), np.float32(1.0 / 255.0), dtype=np.float32))
+    if isinstance(images, torch.Tensor) and images.device.type != "cpu":
+        x = images.to(torch.float32).mul_(1.0 / 255.0)
+    else:
+        x = torch.from_numpy(np.multiply(np.asarray(images), np.float32(1.0 / 255.0), dtype=np.float32))
     b, c, h, w = x.shape
     if h != resolution or w != resolution:
         from .transforms import square_resize  # imports MONAI, which writers and plain readers do not need
@@ -690,7 +694,8 @@ class SyntheticDataset(Dataset):
 
     Random access (``__getitem__``) reads one chunk per image; for epochs use
     :class:`datasets.block_loader.BlockLoader`, which reads contiguous blocks
-    through :meth:`read_rows` and batches them with :meth:`make_batch`.
+    through :meth:`read_rows` and batches them with :meth:`collate` and
+    :meth:`finish`.
     """
 
     def __init__(
@@ -722,20 +727,21 @@ class SyntheticDataset(Dataset):
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return self.data.read_images(start, stop)
 
-    def make_batch(
-        self, rows: np.ndarray, indices: np.ndarray, generator: torch.Generator | None = None
-    ) -> dict[str, Any]:
-        """A collated batch (what ``default_collate`` makes of the samples) from uint8 rows and their indices."""
-        x = images_to_float(rows, self.resolution)
-        if self.augment is not None:
-            x = self._augment(x, generator)
+    def collate(self, rows: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
+        """The stored uint8 rows and their labels as a batch of CPU tensors (no copy of the images)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         ids = [self._id_format.format(int(i)) for i in idx]
-        return {IMAGE: x, LABEL: self.labels[idx], FINDINGS: self.findings[idx], ID: ids}
+        return {IMAGE: torch.from_numpy(np.asarray(rows)), LABEL: self.labels[idx], FINDINGS: self.findings[idx], ID: ids}
 
-    def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """:class:`datasets.augment.BatchAugment` on the batch, drawing from ``generator`` (else torch's global RNG)."""
-        return self.augment(x, generator)[0]
+    def finish(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Images as float32 in [0, 1] at ``resolution``, augmented when asked, on the batch's device.
+
+        ``generator`` (a CPU generator) drives the augmentation (else torch's global RNG).
+        """
+        x = images_to_float(batch[IMAGE], self.resolution)
+        if self.augment is not None:
+            x = self.augment(x, generator)[0]
+        return {**batch, IMAGE: x}
 
     # map-style access
 
@@ -759,7 +765,7 @@ class SyntheticDataset(Dataset):
             rows = self.read_rows(lo, hi)[idx - lo]
         else:
             rows = np.stack([self.read_rows(int(i), int(i) + 1)[0] for i in idx])
-        batch = self.make_batch(rows, idx)
+        batch = self.finish(self.collate(rows, idx))
         return [
             {IMAGE: batch[IMAGE][j], LABEL: int(batch[LABEL][j]), FINDINGS: batch[FINDINGS][j], ID: batch[ID][j]}
             for j in range(len(idx))

@@ -341,6 +341,21 @@ def test_block_loader_prefetch_gives_the_same_batches(store_path: Path) -> None:
         BlockLoader(ds, 6, prefetch=-1)
 
 
+def test_block_loader_device_path(store_path: Path) -> None:
+    ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES)
+    on_host = epoch_ids(BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8, device="cpu"), 0)
+    assert on_host == epoch_ids(BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8), 0)
+    # Another device: the uint8 batch is copied and finished (augmented too) there; the meta device stands in for a GPU.
+    augmented = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES, augment=True)
+    for prefetch, source in ((0, ds), (2, augmented)):
+        loader = BlockLoader(source, 6, seed=3, read_size=4, buffer_size=8, device="meta", prefetch=prefetch)
+        batches = list(loader)
+        assert [i for b in batches for i in b["id"]] == on_host
+        first = batches[0]
+        assert first["image"].device.type == "meta" and first["image"].dtype == torch.float32
+        assert first["image"].shape == (6, 1, RES, RES) and first["label"].device.type == "meta"
+
+
 def test_set_epoch_during_a_pass_waits_for_the_next_one(store_path: Path) -> None:
     ds = SyntheticDataset(open_synthetic(store_path), "train", resolution=RES)
     expected = epoch_ids(BlockLoader(ds, 6, seed=3, read_size=4, buffer_size=8), 0)
