@@ -13,6 +13,8 @@ PNG files, then reads shuffled epochs of each into float32 [0, 1] batches:
   (a read-ahead thread, and a producer thread preparing batches; then
   without the producer thread) and with ``--workers`` DataLoader workers;
 * the same with the training augmentation (:mod:`datasets.augment`, batched);
+* with ``--device cuda``: the block loader delivering to the GPU (uint8
+  copies, float conversion and augmentation there);
 * the store by random access (``SyntheticDataset.__getitems__`` over a
   shuffled sampler), the path the block loader replaces (one epoch).
 
@@ -32,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from datasets.block_loader import BlockLoader
 from datasets.findings import CHEXPERT
 from datasets.synthetic import SyntheticDataset, SyntheticStoreWriter, images_to_float, open_synthetic
-from plumbing.cli import make_parser, run_cli
+from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 
 
 def test_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:
@@ -138,6 +141,8 @@ def epoch_rates(
         for name, batches in readers.items():
             t0 = time.perf_counter()
             seen = count_images(batches(), step)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # batches delivered to a GPU are finished there asynchronously
             dt = time.perf_counter() - t0
             if seen != n:
                 raise RuntimeError(f"{name}: an epoch delivered {seen} images, expected {n}")
@@ -157,7 +162,9 @@ def training_step_stand_in(resolution: int) -> Callable[[torch.Tensor], object]:
     return step
 
 
-def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp: Path) -> list[tuple[str, float]]:
+def bench_resolution(
+    r: int, n: int, batch: int, workers: int, repeats: int, tmp: Path, device: torch.device
+) -> list[tuple[str, float]]:
     images = test_images(n, r)
     url = str(tmp / f"store_{r}.zarr")
     zarr_write = write_store(url, images)
@@ -177,11 +184,12 @@ def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp
         for b in range(0, n, batch):
             yield torch.stack([png[int(i)] for i in order[b : b + batch]])
 
+    augmented = SyntheticDataset(open_synthetic(url), "train", resolution=r, augment=True)
     png_loader = DataLoader(png, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
     next(iter(png_loader))  # start the persistent workers outside the timing
     epochs = iter(range(10**6))
 
-    def block_loader(source: SyntheticDataset = ds, **options: int) -> Callable[[], Iterable]:
+    def block_loader(source: SyntheticDataset = ds, **options: Any) -> Callable[[], Iterable]:
         loader = BlockLoader(source, batch, seed=0, **options)
 
         def epoch() -> Iterable:
@@ -196,10 +204,13 @@ def bench_resolution(r: int, n: int, batch: int, workers: int, repeats: int, tmp
         "read: store, block loader, in process (read-ahead + producer threads)": block_loader(),
         "read: store, block loader, in process, no producer thread": block_loader(prefetch=0),
         f"read: store, block loader, DataLoader {workers} workers": block_loader(num_workers=workers),
-        "read: store, block loader, in process, + training augmentation": block_loader(
-            SyntheticDataset(open_synthetic(url), "train", resolution=r, augment=True)
-        ),
+        "read: store, block loader, in process, + training augmentation": block_loader(augmented),
     }
+    if device.type != "cpu":
+        readers[f"read: store, block loader -> {device.type} (uint8 copy, float there)"] = block_loader(device=device)
+        readers[f"read: store, block loader -> {device.type}, + training augmentation there"] = block_loader(
+            augmented, device=device
+        )
     rows += list(epoch_rates(readers, n, repeats).items())
     random_access = DataLoader(ds, batch_size=batch, shuffle=True)
     rows += list(epoch_rates({"read: store, random access (__getitems__), 1 process": lambda: random_access}, n, 1).items())
@@ -225,11 +236,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the multi-process rows")
     parser.add_argument("--repeats", type=int, default=3, help="epochs per row (the best is reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process (DataLoader workers use 1)")
+    add_device_arg(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for r in args.resolutions:
-            rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp))
+            rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp), resolve_device(args.device))
             refs = {"read": f"read: PNG, DataLoader {args.workers} workers",
                     "step": f"step + PNG, DataLoader {args.workers} workers"}
             rates = dict(rows)
