@@ -61,6 +61,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when none are asked for: 0 on a CPU (training uses every core), else min(8, CPUs - 1)."""
+    if device.type == "cpu":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
+
+
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",

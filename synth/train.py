@@ -50,7 +50,7 @@ from torchvision.utils import save_image
 from datasets.cache import CachedDataset
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec, names
-from plumbing.cli import UserError, add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.cli import UserError, add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
 from plumbing.sampling import ResumableBatchSampler
@@ -112,7 +112,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     data.add_argument("--data", default="phantom", help=f"registered data set with finding vectors ({', '.join(names())})")
     data.add_argument("--data-root", default=None, help="root of a real data set (else its environment variable)")
     data.add_argument("--data-length", type=int, default=None, help="number of images: phantom data set size, or a deterministic subset of a real one")
-    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    data.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (none given: 0 on a CPU, which trains on every core; min(8, CPUs - 1) with a GPU)")
     data.add_argument("--cache", action="store_true", help="read the whole data set into memory once (uint8) before training; worth it for phantoms, which are costly to draw")
     net = parser.add_argument_group("networks")
     net.add_argument("--resolution", type=int, default=64, help="target resolution")
@@ -306,7 +306,7 @@ def _validate(args: Any) -> None:
          "--start-resolution must be at least 4 and at most --resolution"),
         (args.batch_size >= 1 and args.kimg > 0 and args.snapshot_kimg > 0, "--batch-size, --kimg and --snapshot-kimg must be positive"),
         (args.lr > 0, "--lr must be positive"),
-        (args.workers >= 0 and args.r1_interval >= 0, "--workers and --r1-interval must be >= 0"),
+        ((args.workers or 0) >= 0 and args.r1_interval >= 0, "--workers and --r1-interval must be >= 0"),
         (args.fade_kimg > 0 and args.stable_kimg >= 0, "--fade-kimg must be positive and --stable-kimg >= 0"),
         (args.gamma is None or args.gamma >= 0, "--gamma must be >= 0"),
         (args.pl_weight >= 0, "--pl-weight must be >= 0"),
@@ -366,12 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     snapshot = max(1, round(cfg.get("snapshot_kimg", args.snapshot_kimg) * 1000 / B))
     write_json_atomic(run_dir / "config.json", trainer.state.config)
 
+    workers = args.workers if args.workers is not None else default_workers(device)
     loader = DataLoader(
         dataset,
         batch_sampler=ResumableBatchSampler(len(dataset), B, cfg["seed"], start=start),
-        num_workers=args.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        persistent_workers=workers > 0,
     )
 
     def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:

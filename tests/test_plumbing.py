@@ -107,3 +107,11 @@ def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not use_bf16_autocast("auto", gpu)
     with pytest.raises(UserError, match="use --amp off"):
         use_bf16_autocast("on", gpu)
+
+
+def test_default_workers() -> None:
+    from plumbing.cli import default_workers
+
+    assert default_workers(torch.device("cpu")) == 0
+    gpu_workers = default_workers(torch.device("cuda", 0))  # only counts CPUs; needs no GPU
+    assert 0 <= gpu_workers <= 8
