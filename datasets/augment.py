@@ -104,35 +104,54 @@ def _sampling_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tenso
     return grid
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without waiting for the device: pinned, copied without blocking."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="zeros", align_corners=False)
+    """``grid_sample`` in float32 (half-precision grids misplace pixels; CPU half kernels return NaN), cast back."""
+    out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out.to(x.dtype)
 
 
 def apply(
     images: torch.Tensor, params: AugmentParams, masks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augment ``images`` [B, C, H, W] (float, in [0, 1]) and ``masks`` [B, 1, H, W] with ``params`` of ``B`` images."""
-    if images.ndim != 4 or len(params) != images.shape[0]:
-        raise ValueError(f"images must be [B, C, H, W] with B = {len(params)}, got {tuple(images.shape)}")
-    device = images.device
-    matrix = params.matrix  # the parameters stay on the CPU until the grid is built: no device sync
+    """Augment ``images`` [B, C, H, W] (floating, in [0, 1]) and ``masks`` [B, K, H, W] (any dtype) with ``params``.
+
+    The parameters reach the images' device in one non-blocking copy of one
+    small tensor, so nothing here waits for the device. The intensity steps
+    run in float32; the results keep the inputs' dtypes.
+    """
+    b, h, w = len(params), *images.shape[-2:]
+    if images.ndim != 4 or images.shape[0] != b:
+        raise ValueError(f"images must be [B, C, H, W] with B = {b}, got {tuple(images.shape)}")
+    if masks is not None and (masks.ndim != 4 or masks.shape[0] != b or masks.shape[-2:] != (h, w)):
+        raise ValueError(f"masks must be [B, K, H, W] with B = {b}, H, W = {h}, {w}, got {tuple(masks.shape)}")
+    matrix = params.matrix
     if bool(params.flip.any()):  # a horizontal flip of the output: negate the x output coordinate
         matrix = matrix.clone()
         matrix[params.flip, :, 0] = -matrix[params.flip, :, 0]
-    grid = _sampling_grid(matrix.to(device), *images.shape[-2:])
-    x = _resample(images, grid, "bilinear")
+    todo = torch.nonzero(params.gamma != 1).flatten()  # images whose gamma is drawn, decided on the CPU
+    packed = torch.cat([matrix.reshape(b, 6), params.brightness[:, None], params.gamma[:, None]], 1).float()
+    on_device = _to_device(packed, images.device)
+    grid = _sampling_grid(on_device[:, :6].reshape(b, 2, 3), h, w)
+    x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if masks is not None:
         masks = _resample(masks, grid, "nearest")
     shape = (-1, 1, 1, 1)
-    x = x * params.brightness.to(device, x.dtype).reshape(shape)
-    todo = torch.nonzero(params.gamma != 1).flatten().to(device)
+    x = x * on_device[:, 6].reshape(shape)
     if len(todo):
+        todo = _to_device(todo, images.device)
         sub = x[todo]
-        gamma = params.gamma.to(device, x.dtype)[todo].reshape(shape)
+        gamma = on_device[todo, 7].reshape(shape)
         lo = sub.amin(dim=(1, 2, 3), keepdim=True)
         span = sub.amax(dim=(1, 2, 3), keepdim=True) - lo
         x[todo] = ((sub - lo) / (span + _EPS)).clamp_min_(0).pow_(gamma) * span + lo
-    return x.clamp_(0.0, 1.0), masks
+    return x.clamp_(0.0, 1.0).to(images.dtype), masks
 
 
 class BatchAugment:

@@ -673,7 +673,7 @@ def images_to_float(images: np.ndarray | torch.Tensor, resolution: int) -> torch
     :func:`datasets.transforms.square_resize` (antialiased bilinear).
     """
     if isinstance(images, torch.Tensor) and images.device.type != "cpu":
-        x = images.to(torch.float32).mul_(1.0 / 255.0)
+        x = images.to(torch.float32) * (1.0 / 255.0)  # a new tensor even when the input is float32 already
     else:
         x = torch.from_numpy(np.multiply(np.asarray(images), np.float32(1.0 / 255.0), dtype=np.float32))
     b, c, h, w = x.shape

@@ -109,7 +109,11 @@ def _plain(x: Any) -> torch.Tensor:
 
 
 class TrainAugmentd(Randomizable, MapTransform):
-    """:mod:`datasets.augment` on one sample: ``image`` [C, H, W] and, when present, ``mask`` [1, H, W]."""
+    """:mod:`datasets.augment` on one sample: ``keys[0]`` is the image [C, H, W], the other keys masks.
+
+    Masks (e.g. ``mask`` [1, H, W]) follow the image's geometry with
+    nearest-neighbour sampling; a sample without the image passes unchanged.
+    """
 
     def __init__(self, channels: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> None:
         if channels not in (1, 3):
@@ -122,15 +126,19 @@ class TrainAugmentd(Randomizable, MapTransform):
         self._seed = int(self.R.randint(0, 2**31 - 1))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        self.randomize()
         out = dict(data)
+        image_key, *mask_keys = self.keys
+        if image_key not in out:
+            return out
+        self.randomize()
         params = sample_params(1, self.channels, torch.Generator().manual_seed(self._seed))
-        image = _plain(out[IMAGE])
-        mask = _plain(out[MASK]) if MASK in self.keys and MASK in out else None
-        image, mask = apply(image[None], params, None if mask is None else mask[None])
-        out[IMAGE] = image[0]
-        if mask is not None:
-            out[MASK] = mask[0]
+        present = [k for k in mask_keys if k in out]
+        masks = [_plain(out[k]) for k in present]
+        stacked = torch.cat(masks)[None] if masks else None
+        image, stacked = apply(_plain(out[image_key])[None], params, stacked)
+        out[image_key] = image[0]
+        if stacked is not None:
+            out.update(zip(present, torch.split(stacked[0], [len(m) for m in masks])))
         return out
 
 

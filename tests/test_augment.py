@@ -51,7 +51,8 @@ def test_scale_magnifies_about_the_centre() -> None:
 def test_rotation_by_a_quarter_turn_is_rot90() -> None:
     x = torch.rand(1, 1, 8, 8)
     out, _ = apply(x, params(theta_deg=90.0))
-    assert any(torch.allclose(out, torch.rot90(x, k, dims=(2, 3)), atol=1e-5) for k in (1, -1))
+    # A = R(theta): the output at (x, y) reads the input at (-y, x), which is rot90 from rows toward columns
+    assert torch.allclose(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5)
 
 
 def test_image_and_mask_share_the_geometry_and_masks_stay_binary() -> None:
@@ -121,3 +122,28 @@ def test_bad_input() -> None:
         sample_params(2, 4)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         apply(torch.rand(2, 1, 8, 8), params(3))
+
+
+def test_half_precision_inputs_and_integer_masks() -> None:
+    x = torch.rand(2, 1, 64, 64)
+    p = sample_params(2, 1, torch.Generator().manual_seed(5))
+    reference, _ = apply(x, p)
+    for dtype in (torch.bfloat16, torch.float16):
+        out, _ = apply(x.to(dtype), p)
+        assert out.dtype == dtype and torch.isfinite(out.float()).all()
+        assert (out.float() - reference).abs().max() < 0.02
+    mask = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)
+    mask[:, :, 16:48, 16:48] = 1
+    _, moved = apply(x, p, mask)
+    _, as_float = apply(x, p, mask.float())
+    assert moved.dtype == torch.uint8 and torch.equal(moved.float(), as_float)
+    with pytest.raises(ValueError, match="masks"):
+        apply(x, p, torch.zeros(3, 1, 64, 64))
+
+
+def test_apply_leaves_its_inputs_alone() -> None:
+    x = torch.rand(3, 1, 16, 16)
+    before = x.clone()
+    apply(x, sample_params(3, 1, torch.Generator().manual_seed(0)))
+    assert torch.equal(x, before)
+

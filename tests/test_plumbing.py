@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -109,9 +110,11 @@ def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         use_bf16_autocast("on", gpu)
 
 
-def test_default_workers() -> None:
+def test_default_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     from plumbing.cli import default_workers
 
     assert default_workers(torch.device("cpu")) == 0
-    gpu_workers = default_workers(torch.device("cuda", 0))  # only counts CPUs; needs no GPU
-    assert 0 <= gpu_workers <= 8
+    gpu = torch.device("cuda", 0)  # only CPUs are counted; no GPU needed
+    for cpus, workers in ((1, 0), (2, 1), (6, 5), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert default_workers(gpu) == workers

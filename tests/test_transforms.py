@@ -106,3 +106,14 @@ def test_flips_only_for_colour_images() -> None:
 def test_invalid_channels() -> None:
     with pytest.raises(ValueError):
         train_augment(2)
+
+
+def test_augmentation_follows_the_keys() -> None:
+    image, mask = ramp(1, 32, 32), square_mask(32, 32)
+    out = train_augment(1, keys=("img", "seg"))
+    out.set_random_state(seed=2)
+    got = out({"img": image, "seg": mask, "other": 1})
+    assert not torch.equal(got["img"], image) and set(got["seg"].unique().tolist()) <= {0.0, 1.0}
+    assert got["other"] == 1 and got["seg"].shape == (1, 32, 32)
+    assert out({"seg": mask})["seg"] is mask  # no image: nothing to do
+
