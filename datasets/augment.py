@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .sample import check_channels
+
 ROTATION_DEG = 10.0
 SCALE_RANGE = 0.1
 TRANSLATE_FRACTION = 0.05
@@ -67,8 +69,7 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator | None)
 
 def sample_params(n: int, channels: int, generator: torch.Generator | None = None) -> AugmentParams:
     """Draw the parameters of ``n`` images with ``channels`` 1 or 3 (a CPU ``generator``; else torch's global RNG)."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    check_channels(channels)
     theta = torch.deg2rad(_uniform(n, -ROTATION_DEG, ROTATION_DEG, generator))
     scale = _uniform(n, 1.0 - SCALE_RANGE, 1.0 + SCALE_RANGE, generator)
     shift = _uniform(2 * n, -TRANSLATE_FRACTION, TRANSLATE_FRACTION, generator).reshape(n, 2)
@@ -112,9 +113,8 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-    """``grid_sample`` in float32 (half-precision grids misplace pixels; CPU half kernels return NaN), cast back."""
-    out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return out.to(x.dtype)
+    """``grid_sample`` in float32, whatever ``x``'s dtype (half-precision grids misplace pixels; CPU half kernels return NaN)."""
+    return F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def apply(
@@ -139,9 +139,9 @@ def apply(
     packed = torch.cat([matrix.reshape(b, 6), params.brightness[:, None], params.gamma[:, None]], 1).float()
     on_device = _to_device(packed, images.device)
     grid = _sampling_grid(on_device[:, :6].reshape(b, 2, 3), h, w)
-    x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = _resample(images, grid, "bilinear")
     if masks is not None:
-        masks = _resample(masks, grid, "nearest")
+        masks = _resample(masks, grid, "nearest").to(masks.dtype)
     shape = (-1, 1, 1, 1)
     x = x * on_device[:, 6].reshape(shape)
     if len(todo):
@@ -158,8 +158,7 @@ class BatchAugment:
     """:func:`sample_params` then :func:`apply` for batches of ``channels``-channel images."""
 
     def __init__(self, channels: int) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, not {channels}")
+        check_channels(channels)
         self.channels = channels
 
     def __call__(

@@ -46,6 +46,8 @@ from PIL import Image, UnidentifiedImageError
 
 from plumbing.cli import UserError
 
+from .sample import check_channels
+
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _PROBE_LIMIT_BITS = 16  # probe every stored value up to 2**16 of them; beyond, the two extremes
 
@@ -61,8 +63,7 @@ class MissingDecoderError(UserError):
 def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
     """Read an image file as ``float32 [channels, H, W]`` in [0, 1] (see the module docstring)."""
     path = Path(path)
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    check_channels(channels)
     if not path.is_file():
         raise ImageDecodeError(f"image file {path} does not exist")
     if path.suffix.lower() in DICOM_SUFFIXES:

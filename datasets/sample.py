@@ -30,6 +30,13 @@ LABEL = "label"
 FINDINGS = "findings"
 ID = "id"
 MASK = "mask"
+CHANNELS: tuple[int, ...] = (1, 3)
+
+
+def check_channels(channels: int) -> None:
+    """Refuse channel counts other than 1 (radiographs) and 3 (dermoscopy) with a ``ValueError``."""
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
 
 
 class Sample(TypedDict, total=False):

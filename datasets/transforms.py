@@ -37,7 +37,7 @@ from monai.transforms import Compose, EnsureTyped, MapTransform, Randomizable
 
 from .augment import apply, sample_params
 from .image_io import read_image
-from .sample import IMAGE, MASK
+from .sample import IMAGE, MASK, check_channels
 
 SPATIAL_KEYS: tuple[str, ...] = (IMAGE, MASK)
 
@@ -116,8 +116,7 @@ class TrainAugmentd(Randomizable, MapTransform):
     """
 
     def __init__(self, channels: int, keys: Sequence[Hashable] = SPATIAL_KEYS) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, not {channels}")
+        check_channels(channels)
         super().__init__(tuple(keys), allow_missing_keys=True)
         self.channels = channels
         self._seed = 0
