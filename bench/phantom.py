@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from datasets.label_tables import read_chexpert_table, read_nih_table
-from datasets.phantom import PhantomDataset
+from datasets.phantoms.dataset import PhantomDataset
 from datasets.phantoms.render import DOMAIN_SCHEMAS, render_batch
 from plumbing.cli import make_parser, resolve_device, run_cli
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datasets.block_loader import BlockLoader
 from datasets.findings import CHEXPERT
+from datasets.sample import to_uint8
 from datasets.synthetic import SyntheticDataset, SyntheticStoreWriter, images_to_float, open_synthetic
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 
@@ -64,7 +65,7 @@ def test_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:
     texture = F.interpolate(torch.from_numpy(coarse), size=(r, r), mode="bicubic", align_corners=False).numpy()
     noise = rng.normal(0.0, 0.01, size=(n, 1, r, r)).astype(np.float32)
     img = base[None, None] + texture + noise
-    return (np.clip(img, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return to_uint8(torch.from_numpy(img)).numpy()
 
 
 def write_store(url: str, images: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from plumbing.precision import use_bf16_autocast
 from synth.export import LoadedGenerator
 from synth.generate import render, sample_latents
 from synth.networks import PRESETS, NetworkConfig
-from synth.train import GanTrainer, training_config, build_parser
+from synth.train import GanTrainer, build_parser, training_config
 
 
 def _sync(device: torch.device) -> None:

@@ -8,7 +8,7 @@ epoch, and mixes them in a buffer (the quasi-random order FFCV and WebDataset
 use):
 
 1. Rows ``0..N-1`` are cut into units ``[u * read_size, (u + 1) * read_size)``.
-2. Per epoch the units are permuted by ``rng(seed, epoch)``; with
+2. Per epoch the units are permuted by ``numpy_rng(seed, "block-order", epoch)`` (:mod:`plumbing.seeding`); with
    ``world_size > 1`` the short tail unit is dropped and the permuted units
    are dealt round-robin to the ranks, each keeping the same count (so every
    rank yields the same number of batches; up to ``world_size`` units are
@@ -18,7 +18,7 @@ use):
    ``w, w + W, ...`` (one *stream* per worker, or one in process).
 4. A stream reads its next window in a background thread while it emits the
    current one: the rows of the window plus those carried over from the
-   previous window are permuted by ``rng(seed, epoch, rank, window)``; full
+   previous window are permuted by ``numpy_rng(seed, "window", epoch, rank, window)``; full
    batches are emitted and the remainder is carried over; the stream's last
    partial batch is emitted unless ``drop_last``.
 
@@ -61,6 +61,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from plumbing.prefetch import prefetch_in_thread
+from plumbing.seeding import generator as seeded_generator
+from plumbing.seeding import numpy_rng
 
 
 @runtime_checkable
@@ -92,20 +94,6 @@ class BlockSource(Protocol):
         ...
 
 
-def _seed_sequence(*key: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(k) for k in key])
-
-
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng(_seed_sequence(*key))
-
-
-def torch_generator(*key: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from the integers ``key``."""
-    state = _seed_sequence(*key).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
-
-
 def epoch_windows(
     n: int, read_size: int, window_units: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
 ) -> list[np.ndarray]:
@@ -114,7 +102,7 @@ def epoch_windows(
     Unit ``u`` covers rows ``[u * read_size, min((u + 1) * read_size, n))``.
     """
     n_units = -(-n // read_size)
-    order = _rng(seed, epoch).permutation(n_units)
+    order = numpy_rng(seed, "block-order", epoch).permutation(n_units)
     if world_size > 1:
         if n % read_size:
             order = order[order != n_units - 1]
@@ -216,7 +204,7 @@ class BlockStream(IterableDataset):
                     future = pool.submit(self._read_window, windows[i + 1][1])
                 if carry_rows is not None and len(carry_idx):
                     rows, idx = np.concatenate([carry_rows, rows]), np.concatenate([carry_idx, idx])
-                perm = _rng(self.seed, epoch, self.rank, w).permutation(len(idx))
+                perm = numpy_rng(self.seed, "window", epoch, self.rank, w).permutation(len(idx))
                 n_full = len(perm) // self.batch_size * self.batch_size
                 for b in range(0, n_full, self.batch_size):
                     sel = perm[b : b + self.batch_size]
@@ -324,7 +312,7 @@ class BlockLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch  # fixed for the pass, whatever set_epoch does meanwhile
         s = self.stream
-        generator = torch_generator(s.seed, epoch, s.rank)
+        generator = seeded_generator(s.seed, "augment", epoch, s.rank)
         batches = self._prepared(epoch, generator)
         if self.prefetch:
             batches = prefetch_in_thread(batches, self.prefetch, name="block-loader")

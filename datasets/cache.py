@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .sample import FINDINGS, ID, IMAGE, LABEL
+from .sample import FINDINGS, ID, IMAGE, LABEL, to_uint8
 
 
 class CachedDataset(Dataset):
@@ -32,7 +32,7 @@ class CachedDataset(Dataset):
             for start in range(0, n, batch_size):
                 indices = list(range(start, min(start + batch_size, n)))
                 samples = fetch(indices) if fetch is not None else [dataset[i] for i in indices]
-                images.append(torch.stack([(s[IMAGE] * 255.0).round().clamp(0, 255).to(torch.uint8) for s in samples]))
+                images.append(torch.stack([to_uint8(s[IMAGE]) for s in samples]))
                 if FINDINGS in samples[0]:
                     findings.append(torch.stack([torch.as_tensor(s[FINDINGS], dtype=torch.float32) for s in samples]))
                 labels.extend(int(s.get(LABEL, -1)) for s in samples)

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .findings import CHEXPERT
 from .label_tables import read_chexpert_table
 from .label_tasks import LabelTask
-from .registry import DataSetSpec, register
-from .tabular import RecordDataset, table_records, layout_error, make_dataset, reader_options, require_file, split_name
+from .spec import DataSetSpec
+from .tabular import RecordDataset, layout_error, make_dataset, reader_options, require_file, split_name, table_records
 
 NAME = "chexpert"
 ENV_VAR = "CXR_CHEXPERT_ROOT"
@@ -82,15 +82,13 @@ def chexpert_dataset(
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 
 
-SPEC = register(
-    DataSetSpec(
-        name=NAME,
-        description="CheXpert v1.0(-small) chest radiographs with 14 finding labels",
-        layout=LAYOUT,
-        env_var=ENV_VAR,
-        channels=1,
-        schema=CHEXPERT,
-        classes=None,
-        factory=chexpert_dataset,
-    )
+SPEC = DataSetSpec(
+    name=NAME,
+    description="CheXpert v1.0(-small) chest radiographs with 14 finding labels",
+    layout=LAYOUT,
+    env_var=ENV_VAR,
+    channels=1,
+    schema=CHEXPERT,
+    classes=None,
+    factory=chexpert_dataset,
 )

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .sample import check_channels
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .label_tasks import LabelTask
-from .registry import DataSetSpec, register
+from .spec import DataSetSpec
 from .tabular import (
-    Records,
     RecordDataset,
+    Records,
     layout_error,
     make_dataset,
     read_layout_csv,
@@ -90,15 +90,13 @@ def isic_dataset(
     return make_dataset(records, opts, channels=3, resolution=resolution, augment=augment)
 
 
-SPEC = register(
-    DataSetSpec(
-        name=NAME,
-        description="ISIC 2019 dermoscopy images (RGB) with 8 diagnostic classes",
-        layout=LAYOUT,
-        env_var=ENV_VAR,
-        channels=3,
-        schema=None,
-        classes=CLASSES,
-        factory=isic_dataset,
-    )
+SPEC = DataSetSpec(
+    name=NAME,
+    description="ISIC 2019 dermoscopy images (RGB) with 8 diagnostic classes",
+    layout=LAYOUT,
+    env_var=ENV_VAR,
+    channels=3,
+    schema=None,
+    classes=CLASSES,
+    factory=isic_dataset,
 )

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .findings import CHEXPERT, NIH, NO_FINDING, FindingSchema
 
@@ -162,7 +162,7 @@ def _nih_table(path: Path) -> LabelTable:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundled_table(name: str) -> LabelTable:
     path = bundled_csv(name)
     table = _chexpert_table(path) if name == CHEXPERT_BUNDLED else _nih_table(path)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .findings import NO_FINDING, FindingSchema
 

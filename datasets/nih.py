@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .findings import NIH
 from .label_tables import read_nih_table
 from .label_tasks import LabelTask
-from .registry import DataSetSpec, register
-from .tabular import RecordDataset, table_records, layout_error, make_dataset, reader_options, split_name
+from .spec import DataSetSpec
+from .tabular import RecordDataset, layout_error, make_dataset, reader_options, split_name, table_records
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,13 @@ def nih_dataset(
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 
 
-SPEC = register(
-    DataSetSpec(
-        name=NAME,
-        description="NIH ChestX-ray8/14 chest radiographs with 14 finding labels",
-        layout=LAYOUT,
-        env_var=ENV_VAR,
-        channels=1,
-        schema=NIH,
-        classes=None,
-        factory=nih_dataset,
-    )
+SPEC = DataSetSpec(
+    name=NAME,
+    description="NIH ChestX-ray8/14 chest radiographs with 14 finding labels",
+    layout=LAYOUT,
+    env_var=ENV_VAR,
+    channels=1,
+    schema=NIH,
+    classes=None,
+    factory=nih_dataset,
 )

@@ -1,44 +1,11 @@
-"""Phantom chest radiographs: the embedded data sets ``phantom`` and ``phantom-nih`` (no files needed).
+"""``python -m datasets.phantom``: a labelled picture grid of phantom chest radiographs.
 
-Every sample is drawn by the procedural renderer :mod:`datasets.phantoms`
-from a real finding vector and its own seed:
-
-* the finding vector is a row of a real label table: CheXpert frontal rows
-  (:func:`~datasets.label_tables.read_chexpert_table`) for ``phantom``, NIH
-  ChestX-ray14 frontal rows (:func:`~datasets.label_tables.read_nih_table`)
-  for ``phantom-nih``, so findings co-occur as they do in the real data;
-* sample ``i`` of a data set built with ``seed`` and ``split`` has the seed
-  ``s_i = derive_seed(seed, name, split, i)`` (:func:`plumbing.seeding.derive_seed`);
-  its row is ``derive_seed(s_i, "row")`` modulo the number of eligible rows,
-  and the renderer draws everything else from ``s_i``. The same arguments
-  therefore always give the same images; ``train``, ``valid`` (alias
-  ``val``) and ``test`` are three disjoint seed streams;
-* with a label task only rows of a class (``assign_classes >= 0``) are
-  eligible and ``label`` is the class; ``balanced=True`` first draws the
-  class uniformly (``derive_seed(s_i, "class")`` modulo the number of
-  classes), then a row of that class. Without a task ``label`` is -1;
-* uncertain (-1) labels are shown with probability 0.5, decided by the
-  sample's seed (``findings`` keeps the raw -1);
-* ``shortcut = p`` adds a mark outside the lungs that agrees with the
-  target with probability p: the target is the class with a task, else 1
-  when any finding is positive. A target ``t`` of ``n`` values becomes the
-  mark ``t`` (0: no mark; ``k``: a bright square in slot ``k`` at the
-  bottom of the image) with probability p, otherwise one of the other
-  ``n - 1`` values uniformly (``p = 1/n`` makes the mark uninformative);
-* ``augment=True`` applies :func:`datasets.transforms.train_augment` (via
-  :func:`datasets.transforms.compose`) to image and mask.
-
-Samples follow :mod:`datasets.sample` (``image``, ``mask``, ``findings``,
-``label``, ``id``). ``__getitems__`` renders a list of indices in one batched
-call (``torch.utils.data.DataLoader`` uses it for batched fetching).
-
-Command line: ``python -m datasets.phantom --n 64 --out grid.png`` writes a
-labelled picture grid (see ``--help``).
+The data sets themselves are :class:`datasets.phantoms.dataset.PhantomDataset`
+(registered as ``phantom`` and ``phantom-nih``).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Sequence
@@ -46,200 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from plumbing.cli import UserError, make_parser, run_cli
+from plumbing.cli import make_parser, run_cli
+from plumbing.errors import UserError
 from plumbing.files import atomic_path
-from plumbing.seeding import derive_seed
 
 from .findings import FindingSchema
-from .label_tables import LabelTable, read_chexpert_table, read_nih_table
-from .label_tasks import SETTINGS, VERSIONS, LabelTask, assign_classes
-from .phantoms.render import DOMAIN_SCHEMAS, check_domain, check_resolution, render_batch, rendered_findings
-from .registry import DataSetSpec, register
-from .sample import FINDINGS, ID, IMAGE, LABEL, MASK, Sample
-
-SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
-TABLES = {"phantom": read_chexpert_table, "phantom-nih": read_nih_table}
-LAYOUT = "none: rendered procedurally, no files needed"
-_TWO63 = float(1 << 63)
-
-
-def _unit(seed: int, key: str) -> float:
-    """A uniform number in [0, 1) derived from ``(seed, key)``."""
-    return derive_seed(seed, key) / _TWO63
-
-
-class PhantomDataset(Dataset):
-    """Phantom radiographs of one domain, split and seed (see the module docstring).
-
-    Args:
-        domain: ``phantom`` (CheXpert-like) or ``phantom-nih`` (NIH-like).
-        split: ``train``, ``valid`` / ``val`` or ``test``.
-        task: a label task, or ``None``.
-        resolution: image side, 32 to 512 px.
-        augment: apply the shared training augmentations.
-        length: number of samples.
-        seed: data-set seed.
-        shortcut: probability that the shortcut mark agrees with the target; ``None`` for no mark.
-        balanced: draw the task's classes uniformly (needs a task).
-        table: the label table to sample from (default: the domain's bundled table).
-    """
-
-    def __init__(
-        self,
-        domain: str = "phantom",
-        split: str = "train",
-        task: LabelTask | None = None,
-        resolution: int = 256,
-        augment: bool = False,
-        length: int = 2000,
-        seed: int = 0,
-        shortcut: float | None = None,
-        balanced: bool = False,
-        table: LabelTable | None = None,
-    ) -> None:
-        self.domain = check_domain(domain)
-        if split not in SPLITS:
-            raise UserError(f"{domain} has no split {split!r}; use one of {', '.join(SPLITS)}")
-        self.split = SPLITS[split]
-        self.resolution = check_resolution(resolution)
-        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-            raise UserError(f"{domain}: length must be a positive integer, not {length!r}")
-        if shortcut is not None and not 0.0 <= float(shortcut) <= 1.0:
-            raise UserError(f"{domain}: shortcut must be a probability in [0, 1], not {shortcut!r}")
-        if balanced and task is None:
-            raise UserError(f"{domain}: balanced=True draws the classes of a label task; give a task")
-        self.schema: FindingSchema = DOMAIN_SCHEMAS[domain]
-        self.length = int(length)
-        self.seed = int(seed)
-        self.task = task
-        self.shortcut = None if shortcut is None else float(shortcut)
-        self.balanced = bool(balanced)
-        table = TABLES[domain]() if table is None else table
-        if table.schema != self.schema:
-            raise ValueError(f"{domain} samples {self.schema.name} finding vectors, not {table.schema.name}")
-        self.vectors = table.vectors
-        if task is None:
-            self.classes = np.full(len(table), -1, dtype=np.int64)
-            self.pools = [np.arange(len(table))]
-        else:
-            self.classes = assign_classes(table.vectors, self.schema, task)
-            if self.balanced:
-                self.pools = [np.flatnonzero(self.classes == c) for c in range(len(task.classes))]
-            else:
-                self.pools = [np.flatnonzero(self.classes >= 0)]
-            empty = [task.classes[c] if self.balanced else task.name for c, pool in enumerate(self.pools) if len(pool) == 0]
-            if empty:
-                raise UserError(f"{domain}: no {self.schema.name} label row belongs to {', '.join(empty)}")
-        self.transform = None
-        if augment:
-            from .transforms import compose
-
-            self.transform = compose(1, self.resolution, augment=True, seed=self.seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def sample_seed(self, index: int) -> int:
-        """The render seed of sample ``index``."""
-        return derive_seed(self.seed, self.domain, self.split, index)
-
-    def row(self, index: int) -> int:
-        """The label-table row sample ``index`` shows."""
-        s = self.sample_seed(index)
-        pool = self.pools[derive_seed(s, "class") % len(self.pools)] if self.balanced else self.pools[0]
-        return int(pool[derive_seed(s, "row") % len(pool)])
-
-    def mark(self, index: int, row: int) -> int:
-        """The shortcut-mark value of sample ``index`` (0 when there is no shortcut)."""
-        if self.shortcut is None:
-            return 0
-        if self.task is not None:
-            target, values = int(self.classes[row]), len(self.task.classes)
-        else:
-            findings = self.vectors[row, self.schema.finding_indices]
-            target, values = int(np.any(findings == 1)), 2
-        s = self.sample_seed(index)
-        if _unit(s, "shortcut") < self.shortcut:
-            return target
-        return (target + 1 + derive_seed(s, "shortcut-other") % (values - 1)) % values
-
-    def _index(self, index: int) -> int:
-        i = int(index)
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} samples")
-        return i
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        """Samples ``indices``, rendered in one batched call."""
-        idx = [self._index(i) for i in indices]
-        rows = [self.row(i) for i in idx]
-        seeds = [self.sample_seed(i) for i in idx]
-        marks = [self.mark(i, r) for i, r in zip(idx, rows, strict=True)]
-        vectors = self.vectors[rows]
-        images, masks = render_batch(vectors, seeds, self.resolution, self.domain, marks=marks if self.shortcut is not None else None)
-        findings = torch.from_numpy(np.array(vectors, dtype=np.float32))
-        samples: list[Sample] = []
-        for k, i in enumerate(idx):
-            sample: Sample = {
-                IMAGE: images[k],
-                MASK: masks[k],
-                FINDINGS: findings[k],
-                LABEL: int(self.classes[rows[k]]),
-                ID: f"{self.domain}/{self.split}/{self.seed}/{i}",
-            }
-            if self.transform is not None:
-                sample = {**sample, **self.transform({IMAGE: sample[IMAGE], MASK: sample[MASK]})}
-            samples.append(sample)
-        return samples
-
-
-def phantom_factory(
-    root: Path | None,
-    split: str = "train",
-    task: LabelTask | None = None,
-    resolution: int = 256,
-    augment: bool = False,
-    length: int = 2000,
-    seed: int = 0,
-    shortcut: float | None = None,
-    balanced: bool = False,
-    *,
-    domain: str,
-) -> PhantomDataset:
-    """Registry factory of the phantom data sets (``root`` is unused)."""
-    del root
-    return PhantomDataset(domain, split, task, resolution, augment, length, seed, shortcut, balanced)
-
-
-DESCRIPTIONS = {
-    "phantom": "procedural CheXpert-like phantom radiographs (real lung masks, CheXpert label co-occurrence)",
-    "phantom-nih": "procedural NIH-like phantom radiographs (real lung masks, ChestX-ray14 label co-occurrence)",
-}
-if __name__ != "__main__":  # ``python -m datasets.phantom`` registers through the imported module instead
-    SPECS = [
-        register(
-            DataSetSpec(
-                name=name,
-                description=description,
-                layout=LAYOUT,
-                env_var=None,
-                channels=1,
-                schema=DOMAIN_SCHEMAS[name],
-                classes=None,
-                factory=functools.partial(phantom_factory, domain=name),
-            )
-        )
-        for name, description in DESCRIPTIONS.items()
-    ]
-
+from .label_tasks import SETTINGS, VERSIONS
+from .phantoms.dataset import SPLITS, TABLES, PhantomDataset
+from .phantoms.render import check_resolution, rendered_findings
+from .sample import FINDINGS, IMAGE, LABEL, to_uint8
 
 # ---------------------------------------------------------------- picture grid
 
@@ -304,7 +87,7 @@ def picture_grid(dataset: PhantomDataset, n: int, batch: int = 64) -> Any:
         shown = rendered_findings(vectors, [dataset.sample_seed(i) for i in idx]).numpy()
         for k, (i, sample) in enumerate(zip(idx, samples, strict=True)):
             x0, y0 = (i % cols) * (res + 2), (i // cols) * (res + caption_h + 2)
-            pixels = (sample[IMAGE][0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            pixels = to_uint8(sample[IMAGE][0]).numpy()
             grid.paste(Image.fromarray(pixels), (x0, y0))
             text = caption(vectors[k], shown[k], dataset.schema)
             if dataset.task is not None:
@@ -367,6 +150,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from datasets.phantom import main as module_main
-
-    run_cli(module_main)
+    run_cli(main)

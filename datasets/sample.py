@@ -39,6 +39,11 @@ def check_channels(channels: int) -> None:
         raise ValueError(f"channels must be 1 or 3, not {channels}")
 
 
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 1] as uint8 grey levels ``round(255 x)``, clamped to [0, 255] (same device)."""
+    return (image.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
 class Sample(TypedDict, total=False):
     image: torch.Tensor
     label: int

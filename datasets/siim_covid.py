@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .label_tasks import LabelTask
-from .registry import DataSetSpec, register
+from .spec import DataSetSpec
 from .tabular import (
-    Records,
     RecordDataset,
+    Records,
     layout_error,
     make_dataset,
     read_layout_csv,
@@ -128,15 +128,13 @@ def siim_covid_dataset(
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 
 
-SPEC = register(
-    DataSetSpec(
-        name=NAME,
-        description="SIIM-FISABIO-RSNA COVID-19 radiographs (DICOM) with 4 study-level classes",
-        layout=LAYOUT,
-        env_var=ENV_VAR,
-        channels=1,
-        schema=None,
-        classes=CLASSES,
-        factory=siim_covid_dataset,
-    )
+SPEC = DataSetSpec(
+    name=NAME,
+    description="SIIM-FISABIO-RSNA COVID-19 radiographs (DICOM) with 4 study-level classes",
+    layout=LAYOUT,
+    env_var=ENV_VAR,
+    channels=1,
+    schema=None,
+    classes=CLASSES,
+    factory=siim_covid_dataset,
 )

@@ -14,7 +14,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from plumbing.cli import UserError, make_parser, run_cli
+from plumbing.cli import make_parser, run_cli
+from plumbing.errors import UserError
 
 from .label_tables import FRONTAL_VIEWS, LabelTable, read_chexpert_table, read_nih_table
 from .label_tasks import SETTINGS, VERSIONS, LabelTask, class_counts, label_task

@@ -96,13 +96,13 @@ from zarr.core.sync import sync
 from zarr.errors import BaseZarrError
 from zarr.storage import FsspecStore, LocalStore
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .augment import BatchAugment
 from .findings import CHEXPERT, NO_FINDING, FindingSchema
 from .label_tasks import LabelTask, label_task
-from .registry import DataSetSpec, register
 from .sample import FINDINGS, ID, IMAGE, LABEL, Sample
+from .spec import DataSetSpec
 
 FORMAT = "cxr-synthetic"
 FORMAT_VERSION = 1
@@ -799,15 +799,13 @@ def factory(
     return SyntheticDataset(store, split, resolution=resolution, augment=augment)
 
 
-SPEC = register(
-    DataSetSpec(
-        name="synthetic",
-        description="class-conditional synthetic radiographs from a Zarr store written by synth.generate",
-        layout="<store>/zarr.json with train/ and val/ groups (format cxr-synthetic)",
-        env_var=ENV_VAR,
-        channels=1,
-        schema=CHEXPERT,
-        classes=None,
-        factory=factory,
-    )
+SPEC = DataSetSpec(
+    name="synthetic",
+    description="class-conditional synthetic radiographs from a Zarr store written by synth.generate",
+    layout="<store>/zarr.json with train/ and val/ groups (format cxr-synthetic)",
+    env_var=ENV_VAR,
+    channels=1,
+    schema=CHEXPERT,
+    classes=None,
+    factory=factory,
 )

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from .findings import FindingSchema
 from .image_io import ImageDecodeError

@@ -3,7 +3,7 @@
 * ``--help`` shows defaults (``ArgumentDefaultsHelpFormatter``).
 * ``--device`` defaults to a GPU when one is present.
 * ``--runs-dir`` defaults to ``$CXR_RUNS_DIR`` or ``./runs``.
-* Bad input raises :class:`UserError`; :func:`run_cli` prints it as one line on
+* Bad input raises :class:`plumbing.errors.UserError`; :func:`run_cli` prints it as one line on
   stderr and exits with code 2, so a caller never sees a traceback for a
   mistake in its own arguments or data.
 """
@@ -19,14 +19,9 @@ from typing import NoReturn
 
 import torch
 
+from .errors import UserError
+
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
-
-
-class UserError(Exception):
-    """An error caused by the user's input (arguments, files, data roots).
-
-    The message must fit on one line and say what was expected.
-    """
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-from .cli import UserError
+from .errors import UserError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .cli import UserError
+from .errors import UserError
 
 AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 

@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
 
-from .cli import UserError
+from .errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint"
 

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from plumbing.cli import UserError
 from plumbing.config import dataclass_from_dict
+from plumbing.errors import UserError
 
 from .layers import autocast_off
 

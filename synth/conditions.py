@@ -12,7 +12,8 @@ every block of a store holds every class). Its condition vector is:
 * setting ``Xs``: a draw from the real empirical distribution of the class's
   full condition vectors (other findings and Support Devices included).
 
-The draw for sample ``i`` uses ``u_i = derive_seed(seed, "condition", split, i) / 2^63``
+The draw for sample ``i`` uses ``u_i = uniform(seed, "condition", split, i)``
+(:func:`plumbing.seeding.uniform`, ``derive_seed(...) / 2^63``)
 and inverse-CDF sampling, so it depends only on (seed, split, i): never on
 the batch size or on where a resumed run starts.
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 from datasets.findings import NO_FINDING, FindingSchema
 from datasets.label_tasks import LabelTask, finding_distribution
-from plumbing.seeding import derive_seed
+from plumbing.seeding import uniform
 
 
 class ConditionSampler:
@@ -55,7 +56,7 @@ class ConditionSampler:
         indices = np.asarray(indices)
         labels = self.labels(indices)
         out = np.zeros((len(indices), len(self.schema.columns)), dtype=np.float32)
-        u = np.array([derive_seed(seed, "condition", split, int(i)) / 2.0**63 for i in indices])
+        u = np.array([uniform(seed, "condition", split, int(i)) for i in indices])
         for c, name in enumerate(self.task.classes):
             rows = labels == c
             if name == NO_FINDING or not rows.any():

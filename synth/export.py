@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from plumbing.files import atomic_path
 from plumbing.training import load_checkpoint
 

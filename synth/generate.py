@@ -26,18 +26,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import torch
+from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from datasets.findings import SCHEMAS
 from datasets.label_tables import read_chexpert_table, read_nih_table
 from datasets.label_tasks import SETTINGS, VERSIONS, label_task
-import fsspec
-from torchvision.utils import save_image
-
+from datasets.sample import to_uint8
 from datasets.synthetic import StoreLayout, SyntheticStoreWriter, open_synthetic
-from plumbing.cli import UserError, add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
 from plumbing.seeding import derive_seed, generator
 
 from .conditions import ConditionSampler
@@ -74,9 +75,9 @@ class ConditionCenters:
         return torch.stack(rows)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
+def generated_to_uint8(images: torch.Tensor) -> np.ndarray:
     """Map generator output in [-1, 1] to uint8 grey levels."""
-    return ((images.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return to_uint8((images.float() + 1.0) * 0.5).cpu().numpy()  # == round((x + 1) * 127.5): halving is exact
 
 
 @torch.no_grad()
@@ -98,7 +99,7 @@ def render(
         zb = z[start : start + batch_size].to(device)
         cb = c[start : start + batch_size]
         w_avg = centers(cb) if centers is not None and truncation != 1.0 else None
-        out.append(to_uint8(loaded.generator(zb, cb.to(device), psi=truncation, w_avg=w_avg, noise_mode="const")))
+        out.append(generated_to_uint8(loaded.generator(zb, cb.to(device), psi=truncation, w_avg=w_avg, noise_mode="const")))
     return np.concatenate(out)
 
 

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plumbing.cli import UserError
 from plumbing.config import dataclass_from_dict
+from plumbing.errors import UserError
 
 from .layers import (
     NOISE_MODES,

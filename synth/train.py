@@ -50,7 +50,8 @@ from torchvision.utils import save_image
 from datasets.cache import CachedDataset
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec, names
-from plumbing.cli import UserError, add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
 from plumbing.sampling import ResumableBatchSampler

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
-from datasets.findings import CHEXPERT, NIH, NO_FINDING
+from datasets.findings import CHEXPERT, NO_FINDING
 from datasets.label_tables import CHEXPERT_BUNDLED, NIH_BUNDLED, bundled_csv, read_chexpert_table, read_nih_table
 from datasets.phantoms.render import render_batch
+from datasets.sample import to_uint8
 
 HEIGHT, WIDTH = 40, 48  # landscape, so the central square crop drops 4 columns at each side
 
@@ -44,10 +46,6 @@ def phantom_pixels(vectors: np.ndarray, seeds: np.ndarray, domain: str = "phanto
     return images[:, 0, top : top + HEIGHT, :].numpy()
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.round(pixels * 255).astype(np.uint8)
-
-
 # --------------------------------------------------------------------------- CheXpert
 
 
@@ -67,7 +65,7 @@ def write_chexpert(tmp_path: Path, n_frontal: int = 40, n_valid: int = 8) -> Pat
     for k, (name, table) in enumerate((("train.csv", train), ("valid.csv", valid))):
         table.to_csv(root / name, index=False)
         vectors = read_chexpert_table(root / name, views=None).vectors
-        pixels = to_uint8(phantom_pixels(vectors, np.arange(len(table)) + 1000 * k))
+        pixels = to_uint8(torch.from_numpy(phantom_pixels(vectors, np.arange(len(table)) + 1000 * k))).numpy()
         for rel, image in zip(table["Path"], pixels):
             path = tmp_path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +85,7 @@ def write_nih(tmp_path: Path, n_rows: int = 30, n_test: int = 10, lists: bool = 
     (root / "images").mkdir(parents=True)
     rows.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
     vectors = read_nih_table(root / "Data_Entry_2017_v2020.csv", views=None).vectors
-    pixels = to_uint8(phantom_pixels(vectors, np.arange(n_rows) + 100, "phantom-nih"))
+    pixels = to_uint8(torch.from_numpy(phantom_pixels(vectors, np.arange(n_rows) + 100, "phantom-nih"))).numpy()
     for name, image in zip(rows["Image Index"], pixels):
         Image.fromarray(image).save(root / "images" / name)
     if lists:

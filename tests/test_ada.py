@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from synth.augment import AdaController, AugmentPipe, AugmentSpec, grid_resample
 from synth.losses import r1_penalty
 from synth.networks import NetworkConfig, build_networks

@@ -18,7 +18,7 @@ from datasets.label_tasks import (
     finding_distribution,
     label_task,
 )
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 NAN = float("nan")
 

@@ -15,14 +15,16 @@ from torch.utils.data import DataLoader
 
 from datasets.findings import CHEXPERT, NIH, NO_FINDING
 from datasets.label_tasks import assign_classes, label_task
-from datasets.phantom import PhantomDataset, main
+from datasets.phantom import main
 from datasets.phantoms.anatomy import build_anatomy
 from datasets.phantoms.canvas import lung_atlas, make_canvas
+from datasets.phantoms.dataset import PhantomDataset
 from datasets.phantoms.render import render_batch, rendered_findings
 from datasets.phantoms.streams import Streams
 from datasets.phantoms.styles import FONT, STYLES, draw_style
 from datasets.registry import build_dataset, get_spec
-from plumbing.cli import UserError, run_cli
+from plumbing.cli import run_cli
+from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = list(range(500, 510))

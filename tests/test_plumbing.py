@@ -11,7 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed
 from plumbing.training import (

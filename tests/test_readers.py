@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import real_layouts as rl
 from datasets.findings import CHEXPERT, NIH
 from datasets.image_io import ImageDecodeError, MissingDecoderError, read_dicom, read_image
 from datasets.label_tables import read_chexpert_table, read_nih_table
 from datasets.label_tasks import assign_classes, label_task
 from datasets.registry import build_dataset, get_spec
 from datasets.tabular import stratified_holdout, subset_rows
-from plumbing.cli import UserError
+from plumbing.errors import UserError
+from tests import real_layouts as rl
 
 RES = 32
 

@@ -12,7 +12,7 @@ import pytest
 from datasets.label_tables import read_nih_table
 from datasets.label_tasks import class_counts, label_task
 from datasets.summary import main, parse_task, parse_views
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 NIH_CSV = "\n".join(

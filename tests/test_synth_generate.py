@@ -16,7 +16,7 @@ import zarr
 
 from datasets.findings import CHEXPERT
 from datasets.synthetic import open_synthetic
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from synth.export import export_generator, load_generator
 from synth.generate import main, render, sample_latents
 from synth.networks import Generator, NetworkConfig

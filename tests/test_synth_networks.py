@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from synth.layers import EqualConv2d, EqualLinear, downsample2d, modulated_conv2d, upsample2d
 from synth.networks import (
     RESOLUTIONS,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.export import load_generator
 from synth.train import main

@@ -15,7 +15,6 @@ import pytest
 import torch
 import zarr
 
-import datasets.synthetic  # noqa: F401  (registers "synthetic")
 from datasets.block_loader import BlockLoader, BlockStream
 from datasets.findings import CHEXPERT
 from datasets.label_tasks import assign_classes, label_task
@@ -26,7 +25,7 @@ from datasets.synthetic import (
     SyntheticStoreWriter,
     open_synthetic,
 )
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 32

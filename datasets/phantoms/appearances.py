@@ -357,7 +357,6 @@ def pleural(c: Canvas, an: Anatomy, p: torch.Tensor) -> Effect:
 
 
 def hyperlucent(c: Canvas, an: Anatomy, p: torch.Tensor) -> Effect:
-    lo = an.lo
     extra = 0.15 + 0.15 * p[:, 0]
     return Effect(smooth=-col(extra * an.t_air) * an.aerated, vessel_gain=torch.full_like(c.u, 0.4))
 

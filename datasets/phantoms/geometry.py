@@ -52,14 +52,6 @@ def line(distance: torch.Tensor, half_width: torch.Tensor | float, pixel: float)
     return ramp(hw - distance.abs(), pixel)
 
 
-def graph_distance(u: torch.Tensor, v: torch.Tensor, x_of_v: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-    """Distance from ``(u, v)`` to the curve ``x = x_of_v(v)`` whose slope ``dx/dv`` is ``slope``.
-
-    First-order estimate ``|u - x(v)| / sqrt(1 + x'(v)^2)``, exact for straight lines.
-    """
-    return (u - x_of_v).abs() / torch.sqrt(1.0 + slope * slope)
-
-
 def segment(v: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor, pixel: float) -> torch.Tensor:
     """Soft indicator of ``v0 <= v <= v1``."""
     return ramp(v - v0, pixel) * ramp(v1 - v, pixel)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from plumbing.cli import UserError
+from plumbing.errors import UserError
 
 from ..findings import CHEXPERT, NIH, FindingSchema
 from .anatomy import build_anatomy, upsampled

@@ -64,7 +64,7 @@ FONT: dict[str, tuple[str, ...]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def text_bitmap(text: str) -> torch.Tensor:
     """``text`` in the 5x7 font with one blank column between glyphs and a blank border, ``[1, 1, 9, 6n + 1]``."""
     glyphs = [np.array([[ch == "#" for ch in row] for row in FONT[t]], dtype=np.float32) for t in text]
