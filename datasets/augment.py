@@ -83,8 +83,12 @@ def sample_params(n: int, channels: int, generator: torch.Generator | None = Non
         bright = 1.0 + _uniform(n, -BRIGHTNESS_RANGE, BRIGHTNESS_RANGE, generator)
         gamma_on = torch.rand(n, generator=generator) < P_INTENSITY
         gamma = _uniform(n, *GAMMA_RANGE, generator)
-        return AugmentParams(matrix, torch.where(bright_on, bright, ones), torch.where(gamma_on, gamma, ones),
-                             torch.zeros(n, dtype=torch.bool))
+        return AugmentParams(
+            matrix,
+            torch.where(bright_on, bright, ones),
+            torch.where(gamma_on, gamma, ones),
+            torch.zeros(n, dtype=torch.bool),
+        )
     flip = torch.rand(n, generator=generator) < P_FLIP
     return AugmentParams(matrix, ones, ones.clone(), flip)
 
@@ -113,7 +117,10 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _resample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-    """``grid_sample`` in float32, whatever ``x``'s dtype (half-precision grids misplace pixels; CPU half kernels return NaN)."""
+    """``grid_sample`` in float32, whatever ``x``'s dtype.
+
+    Half-precision grids misplace pixels, and CPU half kernels return NaN.
+    """
     return F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
@@ -166,4 +173,3 @@ class BatchAugment:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Augmented ``(images, masks)``; each image draws its own parameters from ``generator``."""
         return apply(images, sample_params(images.shape[0], self.channels, generator), masks)
-

@@ -1,7 +1,9 @@
 """Fast epoch reading of array-backed data sets: shuffled contiguous blocks plus a shuffle buffer.
 
 Chunked stores pay a fixed cost per chunk read, so reading images one by one
-in random order is slower than reading PNG files (performance.md). This module
+in random order is slower than reading PNG files (``bench.read_store``, 4096
+noisy 64 px images: 292-425 images/s by random access against 2.7-7.8k for PNG
+files through a DataLoader with 2 workers). This module
 reads *units* of ``read_size`` contiguous rows aligned to the source's chunks
 (by default one stored block, i.e. one shard object), in an order shuffled per
 epoch, and mixes them in a buffer (the quasi-random order FFCV and WebDataset
@@ -31,11 +33,12 @@ Two levels:
   ``(rows, indices)``: the stored rows (e.g. uint8 images) and their row
   numbers, so DataLoader workers ship compact uint8 data between processes.
 * :class:`BlockLoader`, the training loader: iterates a stream in process
-  (``num_workers = 0``, one read-ahead thread; usually the fastest, see
-  performance.md) or through a DataLoader with workers, and turns each raw
-  batch into a batched sample dict (as ``default_collate`` would make it:
-  ``image`` [B, C, H, W] float32, ``label`` [B], ``findings`` [B, K], ``id``
-  list of str) in two steps of the source: ``collate`` (the stored uint8
+  (``num_workers = 0``, one read-ahead thread; usually the fastest:
+  ``bench.read_store`` at 64 px reads 41-52k images/s in process against 8k
+  with 2 DataLoader workers on 2 cores) or through a DataLoader with
+  workers, and turns each raw batch into a batched sample dict (as
+  ``default_collate`` would make it: ``image`` [B, C, H, W] float32,
+  ``label`` [B], ``findings`` [B, K], ``id`` list of str) in two steps of the source: ``collate`` (the stored uint8
   rows as tensors) and ``finish`` (float conversion, resizing, augmentation,
   on whatever device the batch is on). A producer thread works ``prefetch``
   batches ahead of the consumer. For a CPU consumer it runs both steps; for
@@ -46,7 +49,12 @@ Two levels:
   ``DistributedSampler``.
 
 A *source* is any map-style data set with the :class:`BlockSource` members
-(``datasets.synthetic.SyntheticDataset`` is one).
+(``datasets.synthetic.SyntheticDataset`` is one). An exception the source
+raises while reading (a damaged block of a synthetic store is a one-line
+:class:`plumbing.errors.UserError`) reaches the consumer at the batch it
+belongs to; from DataLoader workers the DataLoader re-raises it with the
+worker's traceback appended to the message, and ``plumbing.cli.run_cli``
+prints the original line.
 """
 
 from __future__ import annotations
@@ -164,7 +172,7 @@ class BlockStream(IterableDataset):
         return start, min(start + self.read_size, len(self.source))
 
     def stream_windows(self, stream: int, streams: int, epoch: int | None = None) -> list[tuple[int, np.ndarray]]:
-        """``(window number, unit numbers)`` of stream ``stream`` of ``streams`` in ``epoch`` (default: the current one)."""
+        """``(window number, unit numbers)`` of stream ``stream`` of ``streams`` in ``epoch`` (default: current)."""
         epoch = self.epoch if epoch is None else epoch
         windows = epoch_windows(
             len(self.source), self.read_size, self.window_units, self.seed, epoch, self.rank, self.world_size

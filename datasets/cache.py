@@ -47,7 +47,11 @@ class CachedDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample: dict[str, Any] = {IMAGE: self.images[index].float() / 255.0, LABEL: int(self.labels[index]), ID: self.ids[index]}
+        sample: dict[str, Any] = {
+            IMAGE: self.images[index].float() / 255.0,
+            LABEL: int(self.labels[index]),
+            ID: self.ids[index],
+        }
         if self.findings is not None:
             sample[FINDINGS] = self.findings[index]
         return sample

@@ -14,7 +14,7 @@ reads ``valid.csv``. Labels come from
 vectors, view filter); samples carry ``findings``, and ``label`` is the class
 of the label task (rows outside its classes dropped) or -1 without one.
 
-Options: ``views`` (default PA and AP; ``None`` all), ``max_samples``,
+Options: ``views`` (default PA and AP; one string is one view; ``None`` all), ``max_samples``,
 ``seed``, ``on_error`` (see :mod:`datasets.tabular`).
 """
 
@@ -36,7 +36,10 @@ from .tabular import RecordDataset, layout_error, make_dataset, reader_options, 
 
 NAME = "chexpert"
 ENV_VAR = "CXR_CHEXPERT_ROOT"
-LAYOUT = "CheXpert-v1.0-small/{train,valid}.csv with {train,valid}/patientNNNNN/studyN/viewN_frontal.jpg (the root holds the CSVs)"
+LAYOUT = (
+    "CheXpert-v1.0-small/{train,valid}.csv with {train,valid}/patientNNNNN/studyN/viewN_frontal.jpg "
+    "(the root holds the CSVs)"
+)
 SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "valid"}
 OPTIONS = ("views", "max_samples", "seed", "on_error")
 
@@ -70,7 +73,7 @@ def chexpert_dataset(
     **options: Any,
 ) -> RecordDataset:
     """The CheXpert images of ``split`` as sample dicts (see the module docstring)."""
-    opts = reader_options(NAME, options, OPTIONS)
+    opts = reader_options(NAME, options)
     csv = require_file(root, f"{split_name(split, NAME, SPLITS)}.csv", NAME, ENV_VAR, LAYOUT)
     try:
         table = read_chexpert_table(csv, views=opts.views)
@@ -91,4 +94,5 @@ SPEC = DataSetSpec(
     schema=CHEXPERT,
     classes=None,
     factory=chexpert_dataset,
+    options=OPTIONS,
 )

@@ -117,7 +117,9 @@ def read_dicom(path: Path) -> np.ndarray:
         raise ImageDecodeError(f"DICOM file {path} holds no pixel data")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ImageDecodeError(f"DICOM file {path} is {photometric}; only MONOCHROME1 and MONOCHROME2 radiographs are read")
+        raise ImageDecodeError(
+            f"DICOM file {path} is {photometric}; only MONOCHROME1 and MONOCHROME2 radiographs are read"
+        )
     _check_decoder(ds, path)
     try:
         stored = ds.pixel_array
@@ -176,17 +178,25 @@ def _check_decoder(ds, path: Path) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise MissingDecoderError(f"DICOM file {path} uses the transfer syntax {syntax.name}, which pydicom cannot decode") from None
+        raise MissingDecoderError(
+            f"DICOM file {path} uses the transfer syntax {syntax.name}, which pydicom cannot decode"
+        ) from None
     if not decoder.is_available:
         options = "; ".join(f"{name} ({need})" for name, need in _needs(decoder.missing_dependencies))
         raise MissingDecoderError(
-            f"DICOM file {path} is compressed as {syntax.name} and no installed package decodes it; install one of: {options}"
+            f"DICOM file {path} is compressed as {syntax.name} and no installed package decodes it; "
+            f"install one of: {options}"
         )
 
 
 def _needs(missing: list[str]) -> list[tuple[str, str]]:
     """pydicom's ``'plugin - requires ...'`` lines as (pip packages, requirement) pairs."""
-    pip_names = {"gdcm": "python-gdcm", "pylibjpeg": "pylibjpeg with its plugin", "pyjpegls": "pyjpegls", "pillow": "pillow"}
+    pip_names = {
+        "gdcm": "python-gdcm",
+        "pylibjpeg": "pylibjpeg with its plugin",
+        "pyjpegls": "pyjpegls",
+        "pillow": "pillow",
+    }
     pairs = []
     for line in missing:
         plugin, _, need = line.partition(" - ")

@@ -33,6 +33,7 @@ from .tabular import (
     Records,
     layout_error,
     make_dataset,
+    onehot_matrix,
     read_layout_csv,
     reader_options,
     require_file,
@@ -55,7 +56,7 @@ OPTIONS = ("max_samples", "seed", "on_error", "holdout")
 def read_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Image names ``[N]`` and class indices ``[N]`` of the ground-truth CSV (one-hot -> index)."""
     frame = read_layout_csv(path, ("image", *CLASSES), NAME, ENV_VAR, LAYOUT)
-    onehot = frame[list(CLASSES)].to_numpy(dtype=np.float64) == 1
+    onehot = onehot_matrix(frame, CLASSES, path, NAME, ENV_VAR, LAYOUT) == 1
     valid = onehot.sum(axis=1) == 1
     if not valid.all():
         log.warning("%s: dropping %d images without exactly one of %s", NAME, int((~valid).sum()), ", ".join(CLASSES))
@@ -74,7 +75,7 @@ def isic_dataset(
     """The ISIC 2019 images of ``split`` (RGB) with their diagnostic classes (see the module docstring)."""
     if task is not None:
         raise UserError(f"{NAME} has its own classes {CLASSES}; label tasks do not apply")
-    opts = reader_options(NAME, options, OPTIONS)
+    opts = reader_options(NAME, options)
     canonical = split_name(split, NAME, SPLITS)
     names, classes = read_ground_truth(require_file(root, GROUND_TRUTH, NAME, ENV_VAR, LAYOUT))
     folder = root / IMAGE_DIR
@@ -99,4 +100,5 @@ SPEC = DataSetSpec(
     schema=None,
     classes=CLASSES,
     factory=isic_dataset,
+    options=OPTIONS,
 )

@@ -18,6 +18,9 @@ its finding vector over a :class:`~datasets.findings.FindingSchema`:
   otherwise; the "No Finding" column is 1 exactly when the string is
   "No Finding". The view is ``View Position``, the patient ``Patient ID``.
 
+A view filter (:func:`check_views`) names views of :data:`VIEWS`; a single
+string is one view.
+
 torchxrayvision's wheel ships both training label files; :func:`bundled_csv`
 locates them without importing the package (which would import torch), and the
 bundled reads are cached. Arrays of a table are read-only, so the cached table
@@ -43,6 +46,7 @@ from .findings import CHEXPERT, NIH, NO_FINDING, FindingSchema
 CHEXPERT_BUNDLED = "chexpert_train.csv.gz"
 NIH_BUNDLED = "Data_Entry_2017_v2020.csv.gz"
 FRONTAL_VIEWS: tuple[str, ...] = ("PA", "AP")
+VIEWS: tuple[str, ...] = ("PA", "AP", "LL", "RL", "L", "UNKNOWN")  # every view a table can hold
 
 _CHEXPERT_META = ("Path", "Frontal/Lateral", "AP/PA")
 _NIH_META = ("Image Index", "Finding Labels", "Patient ID", "View Position")
@@ -70,7 +74,9 @@ class LabelTable:
     def __post_init__(self) -> None:
         n = len(self.ids)
         if self.vectors.shape != (n, len(self.schema.columns)):
-            raise ValueError(f"vectors of shape {self.vectors.shape} do not match {n} ids and {len(self.schema.columns)} columns")
+            raise ValueError(
+                f"vectors of shape {self.vectors.shape} do not match {n} ids and {len(self.schema.columns)} columns"
+            )
         if len(self.views) != n or len(self.patients) != n:
             raise ValueError("ids, views and patients must have the same length")
 
@@ -87,18 +93,39 @@ class LabelTable:
             patients=self.patients[rows],
         )
 
-    def with_views(self, views: Sequence[str] | None) -> LabelTable:
-        """The rows whose view is one of ``views``; ``None`` keeps every row."""
-        if views is None:
+    def with_views(self, views: str | Sequence[str] | None) -> LabelTable:
+        """The rows whose view is one of ``views`` (:func:`check_views`); ``None`` keeps every row."""
+        kept = check_views(views)
+        if kept is None:
             return self
-        return self.subset(np.isin(self.views, np.asarray(list(views), dtype=object)))
+        return self.subset(np.isin(self.views, np.asarray(kept, dtype=object)))
+
+
+def check_views(views: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """A view filter as a tuple of names of :data:`VIEWS` (a string is one view); ``None`` keeps every view.
+
+    Anything else (an unknown name, no name, a value that is not a string)
+    is a one-line :class:`UserError` that lists the known views.
+    """
+    if views is None:
+        return None
+    names = (views,) if isinstance(views, str) else views
+    known = f"known views: {', '.join(VIEWS)} (or None for every view)"
+    if not isinstance(names, Sequence) or not names:
+        raise UserError(f"views must name at least one view, not {views!r}; {known}")
+    unknown = [v for v in names if not isinstance(v, str) or v not in VIEWS]
+    if unknown:
+        raise UserError(f"unknown view {', '.join(map(repr, unknown))}; {known}")
+    return tuple(names)
 
 
 def bundled_csv(name: str) -> Path:
     """The path of a file in torchxrayvision's ``data`` folder."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"torchxrayvision is not installed, so its bundled label file {name} is not available (pass a CSV path)")
+        raise UserError(
+            f"torchxrayvision is not installed, so its bundled label file {name} is not available (pass a CSV path)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
     if not path.is_file():
         raise UserError(f"torchxrayvision's data folder has no file {name} (looked for {path})")
@@ -150,7 +177,9 @@ def _nih_table(path: Path) -> LabelTable:
     dummies = labels.str.get_dummies(sep="|")
     unknown = sorted(set(dummies.columns) - set(NIH.columns))
     if unknown:
-        raise UserError(f"label file {path} has unknown finding labels {', '.join(unknown)}; known: {', '.join(NIH.columns)}")
+        raise UserError(
+            f"label file {path} has unknown finding labels {', '.join(unknown)}; known: {', '.join(NIH.columns)}"
+        )
     vectors = dummies.reindex(columns=list(NIH.columns), fill_value=0).to_numpy(dtype=np.float32, copy=True)
     vectors[:, NIH.index(NO_FINDING)] = (labels == NO_FINDING).to_numpy(dtype=np.float32)
     return LabelTable(
@@ -171,7 +200,7 @@ def _bundled_table(name: str) -> LabelTable:
     return table
 
 
-def read_chexpert_table(csv: str | Path | None = None, views: Sequence[str] | None = FRONTAL_VIEWS) -> LabelTable:
+def read_chexpert_table(csv: str | Path | None = None, views: str | Sequence[str] | None = FRONTAL_VIEWS) -> LabelTable:
     """Read a CheXpert label CSV (``None``: torchxrayvision's bundled training file).
 
     Args:
@@ -180,14 +209,16 @@ def read_chexpert_table(csv: str | Path | None = None, views: Sequence[str] | No
         views: keep the rows with these views (default the frontal ``PA`` and
             ``AP``); ``None`` keeps every row.
     """
+    views = check_views(views)
     table = _bundled_table(CHEXPERT_BUNDLED) if csv is None else _chexpert_table(Path(csv))
     return table.with_views(views)
 
 
-def read_nih_table(csv: str | Path | None = None, views: Sequence[str] | None = FRONTAL_VIEWS) -> LabelTable:
+def read_nih_table(csv: str | Path | None = None, views: str | Sequence[str] | None = FRONTAL_VIEWS) -> LabelTable:
     """Read an NIH ChestX-ray8/14 ``Data_Entry`` CSV (``None``: the bundled v2020 file, cached).
 
     ``views`` as in :func:`read_chexpert_table`.
     """
+    views = check_views(views)
     table = _bundled_table(NIH_BUNDLED) if csv is None else _nih_table(Path(csv))
     return table.with_views(views)

@@ -67,8 +67,14 @@ class LabelTask:
     setting: str
 
     def __post_init__(self) -> None:
-        if isinstance(self.version, bool) or not isinstance(self.version, int | np.integer) or self.version not in VERSIONS:
-            raise UserError(f"unknown label-task version {self.version!r}; valid versions: {', '.join(map(str, VERSIONS))}")
+        if (
+            isinstance(self.version, bool)
+            or not isinstance(self.version, int | np.integer)
+            or self.version not in VERSIONS
+        ):
+            raise UserError(
+                f"unknown label-task version {self.version!r}; valid versions: {', '.join(map(str, VERSIONS))}"
+            )
         if self.setting not in SETTINGS:
             raise UserError(f"unknown label-task setting {self.setting!r}; valid settings: {', '.join(SETTINGS)}")
 
@@ -87,7 +93,10 @@ class LabelTask:
 
 
 def label_task(version: int, setting: str) -> LabelTask:
-    """The task for ``version`` (1, 2, 3) and ``setting`` (``0s``, ``Xs``); a :class:`UserError` lists the valid ones."""
+    """The task for ``version`` (1, 2, 3) and ``setting`` (``0s``, ``Xs``).
+
+    A bad value is a :class:`UserError` that lists the valid ones.
+    """
     return LabelTask(version, setting)
 
 
@@ -98,7 +107,9 @@ def class_membership(vectors: np.ndarray, schema: FindingSchema, task: LabelTask
     """
     v = np.asarray(vectors, dtype=np.float32)
     if v.ndim != 2 or v.shape[1] != len(schema.columns):
-        raise ValueError(f"finding vectors of shape {v.shape} do not match the {len(schema.columns)} columns of {schema.name}")
+        raise ValueError(
+            f"finding vectors of shape {v.shape} do not match the {len(schema.columns)} columns of {schema.name}"
+        )
     missing = [c for c in task.class_findings if c not in schema.findings]
     if missing:
         raise UserError(f"task {task.name} needs the findings {', '.join(missing)}, which {schema.name} lacks")

@@ -14,7 +14,7 @@ absent every row of the CSV belongs to the split, with a logged warning
 view filter); samples carry ``findings``, ``label`` is the label task's class
 or -1 without a task.
 
-Options: ``views`` (default PA and AP; ``None`` all), ``max_samples``,
+Options: ``views`` (default PA and AP; one string is one view; ``None`` all), ``max_samples``,
 ``seed``, ``on_error`` (see :mod:`datasets.tabular`).
 """
 
@@ -86,7 +86,7 @@ def nih_dataset(
     **options: Any,
 ) -> RecordDataset:
     """The ChestX-ray8/14 images of ``split`` as sample dicts (see the module docstring)."""
-    opts = reader_options(NAME, options, OPTIONS)
+    opts = reader_options(NAME, options)
     canonical = split_name(split, NAME, SPLITS)
     csv = find_label_csv(root)
     try:
@@ -109,4 +109,5 @@ SPEC = DataSetSpec(
     schema=NIH,
     classes=None,
     factory=nih_dataset,
+    options=OPTIONS,
 )

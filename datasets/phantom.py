@@ -54,7 +54,9 @@ ABBREVIATIONS: dict[str, str] = {
 
 def caption(vector: np.ndarray, shown: np.ndarray, schema: FindingSchema) -> str:
     """Abbreviations of the findings a tile shows; ``?`` marks an uncertain label rendered as present."""
-    parts = [ABBREVIATIONS.get(c, c) + ("?" if vector[k] == -1 else "") for k, c in enumerate(schema.columns) if shown[k]]
+    parts = [
+        ABBREVIATIONS.get(c, c) + ("?" if vector[k] == -1 else "") for k, c in enumerate(schema.columns) if shown[k]
+    ]
     return " ".join(parts) if parts else "-"
 
 
@@ -127,10 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=128, help="image side in pixels (32-512)")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed")
     parser.add_argument("--split", default="train", choices=sorted(SPLITS), help="seed stream")
-    parser.add_argument("--version", default=None, help=f"label-task version ({', '.join(map(str, VERSIONS))}); shows its classes")
+    parser.add_argument(
+        "--version", default=None, help=f"label-task version ({', '.join(map(str, VERSIONS))}); shows its classes"
+    )
     parser.add_argument("--setting", default="0s", help=f"label-task setting ({', '.join(SETTINGS)}), with --version")
     parser.add_argument("--balanced", action="store_true", help="draw the task's classes uniformly")
-    parser.add_argument("--shortcut", type=float, default=None, help="probability that the shortcut mark agrees with the class")
+    parser.add_argument(
+        "--shortcut", type=float, default=None, help="probability that the shortcut mark agrees with the class"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 4096:
         raise UserError(f"--n must be from 1 to 4096, not {args.n}")
@@ -142,7 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         task = parse_task(args.version, args.setting)
     dataset = PhantomDataset(
-        args.domain, args.split, task, args.resolution, length=args.n, seed=args.seed, shortcut=args.shortcut, balanced=args.balanced
+        args.domain,
+        args.split,
+        task,
+        args.resolution,
+        length=args.n,
+        seed=args.seed,
+        shortcut=args.shortcut,
+        balanced=args.balanced,
     )
     save_atomically(picture_grid(dataset, args.n), args.out)
     print(f"wrote {args.n} {args.domain} images ({args.resolution} px) to {args.out}")

@@ -5,7 +5,10 @@
 :func:`build_dataset` builds any of them with the same keyword arguments.
 Real data sets find their root from the ``root`` argument (a command's
 ``--data-root`` flag) or, when it is not given, from the spec's environment
-variable.
+variable; phantoms need no files and refuse a root. The arguments shared by
+every data set and the names of the reader options (``spec.options``) are
+checked here, once for all readers, so a bad one is a one-line
+:class:`UserError` whichever data set is asked for.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from plumbing.errors import UserError
 
 from . import chexpert, isic, nih, siim_covid, synthetic
+from .label_tasks import LabelTask
 from .phantoms import dataset as phantom
 from .spec import DataSetSpec
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
-
-    from .label_tasks import LabelTask
 
 REGISTRY: dict[str, DataSetSpec] = {
     spec.name: spec
@@ -71,9 +75,28 @@ def build_dataset(
             ``label = -1`` (or the data set's own class for ISIC / SIIM-COVID).
         resolution: square output size in pixels.
         augment: apply the training augmentations.
-        options: reader-specific options (documented by each reader).
+        options: reader-specific options (documented by each reader, named by ``spec.options``).
     """
     spec = get_spec(name)
-    if task is not None and spec.schema is None:
-        raise UserError(f"{name} has its own classes {spec.classes}; label tasks apply only to data sets with finding vectors")
-    return spec.factory(spec.resolve_root(root), split=split, task=task, resolution=resolution, augment=augment, **options)
+    spec.check_options(options)
+    check_arguments(spec, split, task, resolution, augment)
+    resolved = spec.resolve_root(root)
+    return spec.factory(resolved, split=split, task=task, resolution=resolution, augment=augment, **options)
+
+
+def check_arguments(spec: DataSetSpec, split: str, task: LabelTask | None, resolution: int, augment: bool) -> None:
+    """One-line :class:`UserError` for a bad value of an argument every data set takes."""
+    if not isinstance(split, str):
+        raise UserError(f"{spec.name}: split must be a split name such as train or valid, not {split!r}")
+    if task is not None:
+        if not isinstance(task, LabelTask):
+            raise UserError(f"{spec.name}: task must be a label task (datasets.label_tasks.label_task) or None")
+        if spec.schema is None:
+            raise UserError(
+                f"{spec.name} has its own classes {spec.classes}; "
+                "label tasks apply only to data sets with finding vectors"
+            )
+    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or resolution < 1:
+        raise UserError(f"{spec.name}: resolution must be a positive number of pixels, not {resolution!r}")
+    if not isinstance(augment, bool | np.bool_):
+        raise UserError(f"{spec.name}: augment must be True or False, not {augment!r}")

@@ -43,6 +43,7 @@ from .tabular import (
     Records,
     layout_error,
     make_dataset,
+    onehot_matrix,
     read_layout_csv,
     reader_options,
     require_file,
@@ -55,7 +56,12 @@ log = logging.getLogger(__name__)
 NAME = "siim-covid"
 ENV_VAR = "CXR_SIIM_ROOT"
 LAYOUT = "train_study_level.csv, train_image_level.csv and train/<study>/<series>/<image>.dcm"
-CLASSES: tuple[str, ...] = ("Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance", "Atypical Appearance")
+CLASSES: tuple[str, ...] = (
+    "Negative for Pneumonia",
+    "Typical Appearance",
+    "Indeterminate Appearance",
+    "Atypical Appearance",
+)
 SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "valid"}
 OPTIONS = ("max_samples", "seed", "on_error", "holdout")
 STUDY_SUFFIX = "_study"
@@ -65,7 +71,7 @@ IMAGE_SUFFIX = "_image"
 def study_classes(path: Path) -> pd.Series:
     """Class index per StudyInstanceUID from ``train_study_level.csv`` (one-hot -> index)."""
     frame = read_layout_csv(path, ("id", *CLASSES), NAME, ENV_VAR, LAYOUT)
-    onehot = frame[list(CLASSES)].to_numpy(dtype=np.float64)
+    onehot = onehot_matrix(frame, CLASSES, path, NAME, ENV_VAR, LAYOUT)
     valid = np.nansum(onehot == 1, axis=1) == 1
     if not valid.all():
         log.warning("%s: dropping %d studies without exactly one class in %s", NAME, int((~valid).sum()), path)
@@ -94,7 +100,7 @@ def siim_covid_dataset(
     """The SIIM-COVID images of ``split`` with their study classes (see the module docstring)."""
     if task is not None:
         raise UserError(f"{NAME} has its own classes {CLASSES}; label tasks do not apply")
-    opts = reader_options(NAME, options, OPTIONS)
+    opts = reader_options(NAME, options)
     canonical = split_name(split, NAME, SPLITS)
     studies = study_classes(require_file(root, "train_study_level.csv", NAME, ENV_VAR, LAYOUT))
     image_csv = require_file(root, "train_image_level.csv", NAME, ENV_VAR, LAYOUT)
@@ -118,7 +124,10 @@ def siim_covid_dataset(
     if not found.all():
         first = f"{uids[~found][0]}.dcm"
         if opts.on_error == "raise":
-            raise UserError(f"{NAME}: {int((~found).sum())} images of train_image_level.csv have no DICOM under {root / 'train'} (first: {first})")
+            raise UserError(
+                f"{NAME}: {int((~found).sum())} images of train_image_level.csv have no DICOM "
+                f"under {root / 'train'} (first: {first})"
+            )
         log.warning("%s: skipping %d images without a DICOM (first: %s)", NAME, int((~found).sum()), first)
     records = Records(
         paths=np.array([index[u] for u in uids[found]], dtype=object),
@@ -137,4 +146,5 @@ SPEC = DataSetSpec(
     schema=None,
     classes=CLASSES,
     factory=siim_covid_dataset,
+    options=OPTIONS,
 )

@@ -7,10 +7,10 @@ the one table that names them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plumbing.errors import UserError
 
@@ -35,6 +35,8 @@ class DataSetSpec:
         classes: fixed class names of the data set's own labels (ISIC,
             SIIM-COVID); ``None`` when classes come from a label task.
         factory: ``factory(root, split=..., task=..., resolution=..., augment=..., **options)``.
+        options: the names of the reader options ``factory`` accepts (the
+            ``**options`` of :func:`datasets.registry.build_dataset`); none by default.
     """
 
     name: str
@@ -45,13 +47,24 @@ class DataSetSpec:
     schema: FindingSchema | None
     classes: tuple[str, ...] | None
     factory: Callable[..., Dataset]
+    options: tuple[str, ...] = ()
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """A :class:`UserError` naming the accepted options when ``options`` holds any other name."""
+        unknown = [name for name in options if name not in self.options]
+        if unknown:
+            accepted = ", ".join(self.options) if self.options else "none"
+            raise UserError(f"{self.name} does not take the options {', '.join(unknown)}; accepted: {accepted}")
 
     def resolve_root(self, root: str | Path | None) -> Path | str | None:
         """The data root from the argument or the environment; checks that a local one exists.
 
         An fsspec URL (``scheme://...``) is passed on unchanged for the reader to open.
+        A data set that needs no files (``env_var`` is ``None``) refuses a root.
         """
         if self.env_var is None:
+            if root is not None:
+                raise UserError(f"{self.name} needs no files, so it takes no data root (--data-root {root})")
             return None
         value = root if root is not None else os.environ.get(self.env_var)
         if value is None or str(value) == "":

@@ -17,7 +17,7 @@ from pathlib import Path
 from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
 
-from .label_tables import FRONTAL_VIEWS, LabelTable, read_chexpert_table, read_nih_table
+from .label_tables import FRONTAL_VIEWS, VIEWS, LabelTable, read_chexpert_table, read_nih_table
 from .label_tasks import SETTINGS, VERSIONS, LabelTask, class_counts, label_task
 
 READERS: dict[str, Callable[..., LabelTable]] = {
@@ -29,12 +29,15 @@ READERS: dict[str, Callable[..., LabelTable]] = {
 
 
 def parse_views(text: str) -> tuple[str, ...] | None:
-    """``"PA,AP"`` -> ``("PA", "AP")``; ``"all"`` -> ``None`` (every view)."""
+    """``"PA,AP"`` -> ``("PA", "AP")``; ``"all"`` -> ``None`` (every view); an unknown view is refused."""
     if text.strip().lower() == "all":
         return None
     views = tuple(v.strip().upper() for v in text.split(",") if v.strip())
     if not views:
         raise UserError(f"--views {text!r} names no view; give a comma-separated list such as PA,AP or 'all'")
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise UserError(f"--views: unknown view {', '.join(unknown)}; known views: {', '.join(VIEWS)} (or 'all')")
     return views
 
 
@@ -47,7 +50,9 @@ def parse_task(version: str, setting: str) -> LabelTask:
     return label_task(int(text), canonical)
 
 
-def summarise(dataset: str, task: LabelTask, csv: Path | None, views: tuple[str, ...] | None) -> tuple[dict[str, int], int]:
+def summarise(
+    dataset: str, task: LabelTask, csv: Path | None, views: tuple[str, ...] | None
+) -> tuple[dict[str, int], int]:
     """Class counts of ``task`` on the data set's label table, and the number of rows read."""
     try:
         reader = READERS[dataset]
@@ -57,7 +62,9 @@ def summarise(dataset: str, task: LabelTask, csv: Path | None, views: tuple[str,
     return class_counts(table.vectors, table.schema, task), len(table)
 
 
-def format_table(dataset: str, task: LabelTask, counts: dict[str, int], rows: int, views: tuple[str, ...] | None) -> str:
+def format_table(
+    dataset: str, task: LabelTask, counts: dict[str, int], rows: int, views: tuple[str, ...] | None
+) -> str:
     """A readable table of the counts with their shares, the task total and the excluded rows."""
     total = sum(counts.values())
     width = max(len("excluded"), *(len(c) for c in counts))
@@ -71,11 +78,15 @@ def format_table(dataset: str, task: LabelTask, counts: dict[str, int], rows: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("datasets.summary", "Count the images of each class of a label task in a label file.")
+    parser = make_parser(
+        "python -m datasets.summary", "Count the images of each class of a label task in a label file."
+    )
     parser.add_argument("dataset", help=f"one of {', '.join(READERS)}")
     parser.add_argument("--version", default="3", help=f"label-task version ({', '.join(map(str, VERSIONS))})")
     parser.add_argument("--setting", default="0s", help=f"label-task setting ({', '.join(SETTINGS)})")
-    parser.add_argument("--csv", type=Path, default=None, help="label CSV to read instead of torchxrayvision's bundled training labels")
+    parser.add_argument(
+        "--csv", type=Path, default=None, help="label CSV to read instead of torchxrayvision's bundled training labels"
+    )
     parser.add_argument("--views", default=",".join(FRONTAL_VIEWS), help="comma-separated views to keep, or 'all'")
     parser.add_argument("--json", action="store_true", help="print a JSON object class -> count")
     args = parser.parse_args(argv)

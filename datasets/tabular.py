@@ -20,9 +20,9 @@ Policies shared by the readers:
   permutation are held out. For ISIC 2019 with fraction 0.2 this gives
   20,264 training and 5,067 held-out images.
 * **Unreadable images** (``on_error``): ``"raise"`` (default) raises the
-  :class:`~datasets.image_io.ImageDecodeError` that names the file, a one-line
-  :class:`~plumbing.cli.UserError` at the command level. ``"skip"`` logs a
-  warning once per bad file, records it in ``RecordDataset.skipped`` (per
+  :class:`~datasets.image_io.ImageDecodeError` that names the file (a
+  :class:`~plumbing.errors.UserError`: one line at the command level). ``"skip"``
+  logs a warning once per bad file, records it in ``RecordDataset.skipped`` (per
   process: each ``DataLoader`` worker keeps its own set, so the logged
   warnings are the complete record) and returns the next readable sample
   (index ``i + 1``, ``i + 2``, ... cyclically), so a batch keeps its size;
@@ -37,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,9 @@ from plumbing.errors import UserError
 
 from .findings import FindingSchema
 from .image_io import ImageDecodeError
-from .label_tables import LabelTable
+from .label_tables import LabelTable, check_views
 from .label_tasks import LabelTask, assign_classes
+from .options import choice, fraction, integer
 from .sample import FINDINGS, ID, IMAGE, LABEL, Sample
 from .transforms import compose, load_transform
 
@@ -216,7 +218,8 @@ class ReaderOptions:
     """Options the real-data readers accept (``build_dataset(..., **options)``).
 
     Attributes:
-        views: view positions kept (CheXpert, ChestX-ray8 only); ``None`` keeps all.
+        views: view positions kept (CheXpert, ChestX-ray8 only; a string is
+            one view, :func:`datasets.label_tables.check_views`); ``None`` keeps all.
         max_samples: keep a seeded subset of at most this many images.
         seed: seed of the subset, of the held-out split and of the augmentations.
         on_error: ``"raise"`` or ``"skip"`` for unreadable images.
@@ -224,22 +227,33 @@ class ReaderOptions:
             published split (ISIC 2019 and SIIM-COVID only).
     """
 
-    views: Sequence[str] | None = ("PA", "AP")
+    views: str | Sequence[str] | None = ("PA", "AP")
     max_samples: int | None = None
     seed: int = 0
     on_error: str = "raise"
     holdout: float = 0.2
 
 
-def reader_options(spec_name: str, options: dict, allowed: Sequence[str]) -> ReaderOptions:
-    """Parse ``**options`` against the ``allowed`` names; anything else is a :class:`UserError`."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise UserError(f"{spec_name} does not take the options {', '.join(unknown)}; it takes {', '.join(allowed)}")
+def reader_options(spec_name: str, options: dict[str, Any]) -> ReaderOptions:
+    """Parse and check ``**options`` (the spec checks their names: :meth:`datasets.spec.DataSetSpec.check_options`).
+
+    A bad value is a one-line :class:`UserError` saying what was expected.
+    """
     parsed = ReaderOptions(**options)
-    if not 0.0 < parsed.holdout < 1.0:
-        raise UserError(f"holdout must be between 0 and 1, not {parsed.holdout}")
-    return parsed
+    try:
+        views = check_views(parsed.views)
+    except UserError as exc:
+        raise UserError(f"{spec_name}: {exc}") from None
+    max_samples = parsed.max_samples
+    if max_samples is not None:
+        max_samples = integer(spec_name, "max_samples", max_samples, minimum=1)
+    return ReaderOptions(
+        views=views,
+        max_samples=max_samples,
+        seed=integer(spec_name, "seed", parsed.seed, minimum=0),
+        on_error=choice(spec_name, "on_error", parsed.on_error, ON_ERROR),
+        holdout=fraction(spec_name, "holdout", parsed.holdout, closed=False),
+    )
 
 
 def make_dataset(
@@ -281,3 +295,22 @@ def read_layout_csv(path: Path, columns: Sequence[str], spec_name: str, env_var:
     if missing:
         raise layout_error(spec_name, env_var, layout, f"{path} lacks the columns {', '.join(missing)}")
     return frame
+
+
+def onehot_matrix(
+    frame: pd.DataFrame, columns: Sequence[str], path: Path, spec_name: str, env_var: str, layout: str
+) -> np.ndarray:
+    """``float64 [N, len(columns)]`` of a CSV's one-hot columns (blank = nan).
+
+    A value that is not a number is a :func:`layout_error` naming its column.
+    """
+    values = frame[list(columns)]
+    numbers = values.apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.to_numpy().any():
+        column = next(c for c in columns if bad[c].any())
+        value = values[column][bad[column]].iloc[0]
+        raise layout_error(
+            spec_name, env_var, layout, f"{path} column {column} holds {value!r}; expected one-hot values 0 or 1"
+        )
+    return numbers.to_numpy(dtype=np.float64)

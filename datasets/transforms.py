@@ -45,7 +45,9 @@ SPATIAL_KEYS: tuple[str, ...] = (IMAGE, MASK)
 class LoadImaged(MapTransform):
     """Replace each path under ``keys`` by its decoded ``float32 [C, H, W]`` array in [0, 1]."""
 
-    def __init__(self, keys: Sequence[Hashable] | Hashable = IMAGE, channels: int = 1, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: Sequence[Hashable] | Hashable = IMAGE, channels: int = 1, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, allow_missing_keys)
         self.channels = channels
 
@@ -89,7 +91,9 @@ def square_resize(image: torch.Tensor, resolution: int, nearest: bool = False) -
         return square.contiguous()
     if nearest:
         return F.interpolate(square[None], size=(resolution, resolution), mode="nearest")[0]
-    resized = F.interpolate(square[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)[0]
+    resized = F.interpolate(
+        square[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+    )[0]
     return resized.clamp_(0.0, 1.0)
 
 
@@ -137,7 +141,7 @@ class TrainAugmentd(Randomizable, MapTransform):
         image, stacked = apply(_plain(out[image_key])[None], params, stacked)
         out[image_key] = image[0]
         if stacked is not None:
-            out.update(zip(present, torch.split(stacked[0], [len(m) for m in masks])))
+            out.update(zip(present, torch.split(stacked[0], [len(m) for m in masks]), strict=True))
         return out
 
 
@@ -161,9 +165,10 @@ def compose(
     steps: list[Any] = [resize(resolution, keys)]
     if augment:
         steps.append(train_augment(channels, keys))
-    steps.append(EnsureTyped(tuple(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True))
+    steps.append(
+        EnsureTyped(tuple(keys), data_type="tensor", dtype=torch.float32, track_meta=False, allow_missing_keys=True)
+    )
     pipeline = Compose(steps)
     if seed is not None:
         pipeline.set_random_state(seed=seed)
     return pipeline
-

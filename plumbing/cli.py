@@ -1,17 +1,23 @@
 """Command-line conventions shared by every ``python -m ...`` entry point.
 
-* ``--help`` shows defaults (``ArgumentDefaultsHelpFormatter``).
+* Programs are named ``python -m package.module`` in usage lines and error
+  prefixes alike (:func:`program_name`, :func:`make_parser`).
+* ``--help`` shows defaults (:class:`DefaultsHelpFormatter`): a value's
+  default is appended unless it is ``None`` or the help text already states
+  the default.
 * ``--device`` defaults to a GPU when one is present.
 * ``--runs-dir`` defaults to ``$CXR_RUNS_DIR`` or ``./runs``.
 * Bad input raises :class:`plumbing.errors.UserError`; :func:`run_cli` prints it as one line on
   stderr and exits with code 2, so a caller never sees a traceback for a
-  mistake in its own arguments or data.
+  mistake in its own arguments or data (a ``UserError`` raised in a
+  ``DataLoader`` worker included: :func:`user_message`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +28,8 @@ import torch
 from .errors import UserError
 
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_STATES_DEFAULT = re.compile(r"\bdefault\b", re.IGNORECASE)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,9 +39,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help, except for a ``None`` default or help that states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or _STATES_DEFAULT.search(text):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def program_name(module: str | None = None) -> str:
+    """``python -m package.module`` for a module name (``None``: the running ``__main__`` module).
+
+    A name that is not a dotted module name (it already reads ``python -m ...``)
+    is returned unchanged. The running module's name comes from
+    ``__main__.__spec__`` (set by ``python -m``); a script run by path is named
+    by its file name.
+    """
+    if module is None or module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is None or not spec.name:
+            return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        module = spec.name.removesuffix(".__main__")
+    return f"python -m {module}" if _MODULE_NAME.fullmatch(module) else module
+
+
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose ``--help`` lists every default and whose errors fit on one line."""
-    return _Parser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An ``ArgumentParser`` whose ``--help`` lists the defaults and whose errors fit on one line.
+
+    ``prog`` is the command's module (``datasets.summary``) or its full
+    ``python -m datasets.summary`` form; usage lines show the latter.
+    """
+    return _Parser(prog=program_name(prog), description=description, formatter_class=DefaultsHelpFormatter)
 
 
 def default_device() -> str:
@@ -85,13 +123,31 @@ def add_runs_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def user_message(exc: UserError) -> str:
+    """The one-line message of ``exc``.
+
+    A ``DataLoader`` worker's exception reaches the main process re-raised by
+    ``torch._utils.ExceptionWrapper`` as ``type(exc)("Caught ... in DataLoader
+    worker process N.\\nOriginal Traceback ...\\n<module>.<Type>: <message>")``;
+    the original message is the text after the type on the last line.
+    """
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)`` and exit; a :class:`UserError` becomes one stderr line and exit code 2."""
+    """Run ``main(argv)`` and exit; a :class:`UserError` becomes one stderr line and exit code 2.
+
+    The line reads ``python -m package.module: error: message``, the module
+    being the one that defines ``main`` (:func:`program_name`).
+    """
     try:
         code = main(argv)
     except UserError as exc:
-        prog = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "error"
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{program_name(getattr(main, '__module__', None))}: error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -66,7 +66,7 @@ def write_chexpert(tmp_path: Path, n_frontal: int = 40, n_valid: int = 8) -> Pat
         table.to_csv(root / name, index=False)
         vectors = read_chexpert_table(root / name, views=None).vectors
         pixels = to_uint8(torch.from_numpy(phantom_pixels(vectors, np.arange(len(table)) + 1000 * k))).numpy()
-        for rel, image in zip(table["Path"], pixels):
+        for rel, image in zip(table["Path"], pixels, strict=True):
             path = tmp_path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path, quality=95)
@@ -86,7 +86,7 @@ def write_nih(tmp_path: Path, n_rows: int = 30, n_test: int = 10, lists: bool = 
     rows.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
     vectors = read_nih_table(root / "Data_Entry_2017_v2020.csv", views=None).vectors
     pixels = to_uint8(torch.from_numpy(phantom_pixels(vectors, np.arange(n_rows) + 100, "phantom-nih"))).numpy()
-    for name, image in zip(rows["Image Index"], pixels):
+    for name, image in zip(rows["Image Index"], pixels, strict=True):
         Image.fromarray(image).save(root / "images" / name)
     if lists:
         names = rows["Image Index"].tolist()

@@ -10,8 +10,16 @@ import torch
 from datasets.augment import AugmentParams, BatchAugment, apply, sample_params
 
 
-def params(n: int = 1, *, theta_deg: float = 0.0, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0),
-           brightness: float = 1.0, gamma: float = 1.0, flip: bool = False) -> AugmentParams:
+def params(
+    n: int = 1,
+    *,
+    theta_deg: float = 0.0,
+    scale: float = 1.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    brightness: float = 1.0,
+    gamma: float = 1.0,
+    flip: bool = False,
+) -> AugmentParams:
     """Hand-set parameters, built by the module docstring's formula ``A = R / s``, ``b = -A (2 t)``."""
     t = math.radians(theta_deg)
     a = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) / scale
@@ -108,7 +116,10 @@ def test_reproducible_per_generator_and_batched_like_one_by_one() -> None:
     assert not torch.equal(first, BatchAugment(1)(x, torch.Generator().manual_seed(4))[0])
     p = sample_params(5, 1, torch.Generator().manual_seed(3))
     one_by_one = [
-        apply(x[i : i + 1], AugmentParams(p.matrix[i : i + 1], p.brightness[i : i + 1], p.gamma[i : i + 1], p.flip[i : i + 1]))[0]
+        apply(
+            x[i : i + 1],
+            AugmentParams(p.matrix[i : i + 1], p.brightness[i : i + 1], p.gamma[i : i + 1], p.flip[i : i + 1]),
+        )[0]
         for i in range(5)
     ]
     assert torch.allclose(torch.cat(one_by_one), first, atol=1e-6)
@@ -146,4 +157,3 @@ def test_apply_leaves_its_inputs_alone() -> None:
     before = x.clone()
     apply(x, sample_params(3, 1, torch.Generator().manual_seed(0)))
     assert torch.equal(x, before)
-

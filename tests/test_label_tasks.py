@@ -56,7 +56,10 @@ def test_label_task_names_and_classes() -> None:
     assert set(VERSIONS) == {1, 2, 3} and SETTINGS == ("0s", "Xs")
 
 
-@pytest.mark.parametrize(("version", "setting", "needle"), [(4, "0s", "1, 2, 3"), ("3", "0s", "1, 2, 3"), (True, "0s", "1, 2, 3"), (1, "xs", "0s, Xs")])
+@pytest.mark.parametrize(
+    ("version", "setting", "needle"),
+    [(4, "0s", "1, 2, 3"), ("3", "0s", "1, 2, 3"), (True, "0s", "1, 2, 3"), (1, "xs", "0s, Xs")],
+)
 def test_label_task_rejects_bad_input(version: object, setting: str, needle: str) -> None:
     with pytest.raises(UserError, match=needle):
         label_task(version, setting)  # type: ignore[arg-type]
@@ -79,7 +82,10 @@ def test_no_finding_class(version: int, setting: str) -> None:
 def test_finding_class_isolated() -> None:
     # Positive: F is 1, every other finding 0 or blank (Support Devices anything).
     for version in (1, 3):
-        assert label_of(chexpert_row(Pneumothorax=1, Edema=0, Support_Devices=1), CHEXPERT, version, "0s") == "Pneumothorax"
+        assert (
+            label_of(chexpert_row(Pneumothorax=1, Edema=0, Support_Devices=1), CHEXPERT, version, "0s")
+            == "Pneumothorax"
+        )
     assert label_of(chexpert_row(Cardiomegaly=1, Support_Devices=-1), CHEXPERT, 3, "0s") == "Cardiomegaly"
     # Negative: any other finding 1 or -1, class finding or not.
     assert label_of(chexpert_row(Pneumothorax=1, Edema=1), CHEXPERT, 1, "0s") is None
@@ -125,7 +131,9 @@ def test_v2_finding_class() -> None:
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_classes_are_exclusive_and_labels_match_rules(version: int, setting: str) -> None:
     rng = np.random.default_rng(version)
-    vectors = rng.choice(np.array([1.0, 0.0, -1.0, NAN], dtype=np.float32), size=(4000, len(CHEXPERT.columns)), p=[0.1, 0.4, 0.05, 0.45])
+    vectors = rng.choice(
+        np.array([1.0, 0.0, -1.0, NAN], dtype=np.float32), size=(4000, len(CHEXPERT.columns)), p=[0.1, 0.4, 0.05, 0.45]
+    )
     vectors[rng.random(4000) < 0.3] = chexpert_row(No_Finding=1, Support_Devices=1)
     task = label_task(version, setting)
     members = class_membership(vectors, CHEXPERT, task)
@@ -221,10 +229,27 @@ def chexpert_csv_line(path: str, frontal: str, view: str, **labels: str) -> str:
 def chexpert_csv(tmp_path):
     lines = [
         CHEXPERT_HEADER,
-        chexpert_csv_line("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "Frontal", "PA", No_Finding="1.0", Support_Devices="1.0"),
-        chexpert_csv_line("CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg", "Frontal", "AP", Pneumothorax="1.0", Edema="-1.0", Fracture="0.0"),
-        chexpert_csv_line("CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg", "Lateral", "", Pneumothorax="1.0"),
-        chexpert_csv_line("CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg", "Frontal", "LL", Cardiomegaly="1.0"),
+        chexpert_csv_line(
+            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+            "Frontal",
+            "PA",
+            No_Finding="1.0",
+            Support_Devices="1.0",
+        ),
+        chexpert_csv_line(
+            "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+            "Frontal",
+            "AP",
+            Pneumothorax="1.0",
+            Edema="-1.0",
+            Fracture="0.0",
+        ),
+        chexpert_csv_line(
+            "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg", "Lateral", "", Pneumothorax="1.0"
+        ),
+        chexpert_csv_line(
+            "CheXpert-v1.0-small/train/patient00003/study1/view1_frontal.jpg", "Frontal", "LL", Cardiomegaly="1.0"
+        ),
         chexpert_csv_line("elsewhere/image.jpg", "Frontal", "", Edema="1.0"),
     ]
     path = tmp_path / "train.csv"
@@ -267,7 +292,10 @@ def test_read_chexpert_table_errors(tmp_path, chexpert_csv) -> None:
         read_chexpert_table(odd)
 
 
-NIH_HEADER = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+NIH_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
 
 def test_read_nih_table(tmp_path) -> None:

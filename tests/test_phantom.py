@@ -77,7 +77,9 @@ def test_same_index_same_image_and_different_index_different_image() -> None:
     assert torch.equal(a["image"], again["image"]) and a["id"] == again["id"]
     assert not torch.equal(a["image"], ds[3]["image"])
     assert not torch.equal(a["image"], PhantomDataset("phantom", resolution=32, length=6, seed=4)[2]["image"])
-    assert not torch.equal(a["image"], PhantomDataset("phantom", split="valid", resolution=32, length=6, seed=3)[2]["image"])
+    assert not torch.equal(
+        a["image"], PhantomDataset("phantom", split="valid", resolution=32, length=6, seed=3)[2]["image"]
+    )
     # a batched fetch renders the same sample, up to float rounding of batched kernels
     batched = ds.__getitems__([3, 2, 0])[1]
     torch.testing.assert_close(batched["image"], a["image"], atol=1e-5, rtol=0)
@@ -154,7 +156,9 @@ def test_support_devices_add_bright_thin_structures(normal64) -> None:
         assert float(eroded.sum()) < 0.5 * float(bright.sum())
 
 
-@pytest.mark.parametrize("finding", ["Pneumonia", "Consolidation", "Edema", "Lung Opacity", "Atelectasis", "Lung Lesion"])
+@pytest.mark.parametrize(
+    "finding", ["Pneumonia", "Consolidation", "Edema", "Lung Opacity", "Atelectasis", "Lung Lesion"]
+)
 def test_lung_findings_raise_lung_opacity(finding: str, normal64) -> None:
     diff, mask = paired_difference(finding, normal64)
     rise = torch.stack([diff[i][mask[i]].clamp(min=0).amax() for i in range(len(SEEDS))])
@@ -243,10 +247,15 @@ def test_marker_texts_are_in_the_font() -> None:
 def test_cli_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--n", "3", "--resolution", "32", "--out", str(out), "--version", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "datasets.phantom", "--n", "3", "--resolution", "32", "--out", str(out), "--version", "1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "datasets.phantom", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
@@ -254,7 +263,13 @@ def test_cli_writes_a_png(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--resolution", "16"], ["--resolution", "600"], ["--n", "0"], ["--out", "/nonexistent-folder/grid.png"], ["--version", "7"]],
+    [
+        ["--resolution", "16"],
+        ["--resolution", "600"],
+        ["--n", "0"],
+        ["--out", "/nonexistent-folder/grid.png"],
+        ["--version", "7"],
+    ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(args: list[str], tmp_path: Path, capsys) -> None:
     argv = ["--n", "2", "--resolution", "32", "--out", str(tmp_path / "grid.png"), *args]
@@ -263,3 +278,19 @@ def test_cli_bad_input_exits_2_and_writes_nothing(args: list[str], tmp_path: Pat
     assert exit_info.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--batch", "0"], ["--batch", "-3"], ["--resolutions", "64", "0"], ["--repeats", "0"], ["--threads", "0"]],
+)
+def test_bench_zero_sizes_exit_2_with_one_line(args: list[str], capsys) -> None:
+    from bench.phantom import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(bench_main, ["--resolutions", "32", *args])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m bench.phantom: error: ")

@@ -16,8 +16,9 @@ from datasets.findings import CHEXPERT, NIH
 from datasets.image_io import ImageDecodeError, MissingDecoderError, read_dicom, read_image
 from datasets.label_tables import read_chexpert_table, read_nih_table
 from datasets.label_tasks import assign_classes, label_task
-from datasets.registry import build_dataset, get_spec
+from datasets.registry import build_dataset, get_spec, names
 from datasets.tabular import stratified_holdout, subset_rows
+from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from tests import real_layouts as rl
 
@@ -147,9 +148,11 @@ def test_siim_images_take_their_study_class(siim_root) -> None:
     assert get_spec("siim-covid").classes == rl.SIIM_CLASSES
     images = pd.read_csv(siim_root / "train_image_level.csv").set_index("id")["StudyInstanceUID"]
     studies = pd.read_csv(siim_root / "train_study_level.csv")
-    study_class = dict(zip(studies["id"].str.removesuffix("_study"), studies[list(rl.SIIM_CLASSES)].to_numpy().argmax(1)))
+    study_class = dict(
+        zip(studies["id"].str.removesuffix("_study"), studies[list(rl.SIIM_CLASSES)].to_numpy().argmax(1), strict=True)
+    )
     for data in (train, valid):
-        assert all(study_class[images[i]] == c for i, c in zip(data.records.ids, data.labels))
+        assert all(study_class[images[i]] == c for i, c in zip(data.records.ids, data.labels, strict=True))
     # Studies never straddle the split; round(0.2 * n) studies of each class are held out (1, 1, 1, 0).
     assert not {images[i] for i in train.records.ids} & {images[i] for i in valid.records.ids}
     assert len({images[i] for i in valid.records.ids}) == 3
@@ -164,7 +167,7 @@ def test_siim_dicoms_decode_to_the_rendered_radiographs(siim_root) -> None:
     data = build_dataset("siim-covid", root=siim_root, resolution=RES, holdout=0.01)
     order = list(pd.read_csv(siim_root / "train_image_level.csv")["id"])
     photometric = set()
-    for path, image_id in zip(data.records.paths, data.records.ids):
+    for path, image_id in zip(data.records.paths, data.records.ids, strict=True):
         decoded = read_dicom(path)
         photometric.add(pydicom.dcmread(path, stop_before_pixels=True).PhotometricInterpretation)
         assert np.abs(decoded - expected[order.index(image_id)]).max() < 1e-3
@@ -238,7 +241,15 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return text
 
 
-@pytest.mark.parametrize("name,env", [("chexpert", "CXR_CHEXPERT_ROOT"), ("chestxray8", "CXR_NIH_ROOT"), ("siim-covid", "CXR_SIIM_ROOT"), ("isic2019", "CXR_ISIC_ROOT")])
+@pytest.mark.parametrize(
+    "name,env",
+    [
+        ("chexpert", "CXR_CHEXPERT_ROOT"),
+        ("chestxray8", "CXR_NIH_ROOT"),
+        ("siim-covid", "CXR_SIIM_ROOT"),
+        ("isic2019", "CXR_ISIC_ROOT"),
+    ],
+)
 def test_root_errors_name_the_flag_and_the_variable(name, env, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(env, raising=False)
     with pytest.raises(UserError) as missing:
@@ -278,6 +289,119 @@ def test_missing_columns_and_bad_names(chexpert_root, isic_root, tmp_path) -> No
         build_dataset("isic2019", root=isic_root, views=("PA",))
     with pytest.raises(UserError, match="label tasks"):
         build_dataset("isic2019", root=isic_root, task=label_task(1, "0s"))
+
+
+ACCEPTED = {
+    "chexpert": "views, max_samples, seed, on_error",
+    "chestxray8": "views, max_samples, seed, on_error",
+    "siim-covid": "max_samples, seed, on_error, holdout",
+    "isic2019": "max_samples, seed, on_error, holdout",
+    "phantom": "length, seed, shortcut, balanced",
+    "phantom-nih": "length, seed, shortcut, balanced",
+    "synthetic": "none",
+}
+
+
+def test_every_registered_data_set_names_its_options() -> None:
+    assert set(ACCEPTED) == set(names())
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_unknown_option_is_one_line_naming_the_accepted_ones(name) -> None:
+    with pytest.raises(UserError) as exc:
+        build_dataset(name, foo=1)
+    assert one_line(exc) == f"{name} does not take the options foo; accepted: {ACCEPTED[name]}"
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "needle"),
+    [
+        ("chexpert", {"max_samples": 2.5}, "max_samples must be a whole number of at least 1, not 2.5"),
+        ("chexpert", {"max_samples": -1}, "max_samples must be a whole number of at least 1, not -1"),
+        ("chexpert", {"max_samples": True}, "max_samples must be a whole number"),
+        ("chexpert", {"seed": -1}, "seed must be a whole number of at least 0"),
+        ("chexpert", {"seed": "1"}, "seed must be a whole number"),
+        ("chexpert", {"on_error": "ignore"}, "on_error must be one of raise, skip, not 'ignore'"),
+        ("chexpert", {"views": ("XX",)}, "unknown view 'XX'; known views: PA, AP, LL, RL, L, UNKNOWN"),
+        ("chexpert", {"views": 5}, "views must name at least one view, not 5"),
+        ("chexpert", {"views": ()}, "views must name at least one view"),
+        ("chestxray8", {"views": ["PA", 1]}, "unknown view 1"),
+        ("chexpert", {"resolution": 0}, "resolution must be a positive number of pixels, not 0"),
+        ("chexpert", {"resolution": 2.5}, "resolution must be a positive number of pixels"),
+        ("chexpert", {"split": 1}, "split must be a split name"),
+        ("chexpert", {"augment": "yes"}, "augment must be True or False"),
+        ("chexpert", {"task": "v1-0s"}, "task must be a label task"),
+        ("isic2019", {"holdout": "0.2"}, "holdout must be a number in between 0 and 1 (exclusive), not '0.2'"),
+        ("siim-covid", {"holdout": 1.0}, "holdout must be a number in between 0 and 1"),
+        ("isic2019", {"on_error": None}, "on_error must be one of raise, skip"),
+        ("phantom", {"length": 0}, "length must be a whole number of at least 1, not 0"),
+        ("phantom", {"length": 2.5}, "length must be a whole number"),
+        ("phantom", {"seed": "x"}, "seed must be a whole number"),
+        ("phantom", {"shortcut": "high"}, "shortcut must be a number in [0, 1], not 'high'"),
+        ("phantom-nih", {"balanced": "yes"}, "balanced must be True or False, not 'yes'"),
+        ("phantom", {"resolution": 0}, "resolution must be a positive number of pixels, not 0"),
+    ],
+)
+def test_bad_option_values_are_one_line_user_errors(name, options, needle, request) -> None:
+    roots = {"chexpert": "chexpert_root", "chestxray8": "nih_root", "siim-covid": "siim_root", "isic2019": "isic_root"}
+    root = request.getfixturevalue(roots[name]) if name in roots else None
+    with pytest.raises(UserError) as exc:
+        build_dataset(name, root=root, **{"resolution": RES, **options})
+    text = one_line(exc)
+    assert text.startswith(f"{name}") and needle in text
+
+
+def test_a_single_view_string_is_one_view(chexpert_root) -> None:
+    pa = build_dataset("chexpert", root=chexpert_root, resolution=RES, views=("PA",))
+    assert 0 < len(pa) < 40
+    assert list(build_dataset("chexpert", root=chexpert_root, resolution=RES, views="PA").records.ids) == list(
+        pa.records.ids
+    )
+    assert len(read_chexpert_table(chexpert_root / "train.csv", views="PA")) == len(pa)
+    with pytest.raises(UserError, match="unknown view 'XX'"):
+        read_nih_table(views="XX")
+
+
+def test_phantoms_refuse_a_data_root(tmp_path) -> None:
+    with pytest.raises(UserError) as exc:
+        build_dataset("phantom", root=tmp_path, resolution=32, length=2)
+    assert "phantom needs no files" in one_line(exc) and str(tmp_path) in one_line(exc)
+
+
+@pytest.mark.parametrize(("name", "fixture", "csv"), [
+    ("isic2019", "isic_root", rl.ISIC_GT),
+    ("siim-covid", "siim_root", "train_study_level.csv"),
+])  # fmt: skip
+def test_non_numeric_one_hot_value_names_its_column(name, fixture, csv, request, tmp_path) -> None:
+    root = tmp_path / name
+    shutil.copytree(request.getfixturevalue(fixture), root)
+    frame = pd.read_csv(root / csv)
+    column = frame.columns[3]
+    frame[column] = frame[column].astype(object)
+    frame.loc[2, column] = "yes"
+    frame.to_csv(root / csv, index=False)
+    with pytest.raises(UserError) as exc:
+        build_dataset(name, root=root, resolution=RES)
+    text = one_line(exc)
+    assert f"column {column} holds 'yes'; expected one-hot values 0 or 1" in text and "--data-root" in text
+
+
+def test_corrupt_image_in_a_data_loader_worker_is_one_line(tmp_path, capsys) -> None:
+    root = rl.write_nih(tmp_path, n_rows=6, n_test=2)
+    data = build_dataset("chestxray8", root=root, resolution=RES)
+    bad = rl.truncate(data.records.paths[1])
+
+    def main(argv=None) -> int:
+        for _ in DataLoader(data, batch_size=2, num_workers=1):
+            pass
+        return 0
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(main, [])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("python -m tests.test_readers: error: image file ") and str(bad) in err
 
 
 def test_corrupt_image_raises_by_default_and_can_be_skipped(tmp_path) -> None:
@@ -334,7 +458,7 @@ def test_dicom_lookup_table_equals_the_direct_computation(tmp_path, monkeypatch)
     table = [read_dicom(f) for f in files]
     monkeypatch.setattr(image_io, "_PROBE_LIMIT_BITS", 0)  # only the two extremes: the direct path
     direct = [read_dicom(f) for f in files]
-    for a, b in zip(table, direct):
+    for a, b in zip(table, direct, strict=True):
         assert a.dtype == b.dtype == np.float32 and np.allclose(a, b, atol=1e-6)
 
 
@@ -352,7 +476,12 @@ def test_compressed_dicom_without_decoder_is_named(siim_root, tmp_path) -> None:
 
     if get_decoder(JPEGLosslessSV1).is_available:
         pytest.skip("a JPEG Lossless decoder is installed")
-    path = rl.write_dicom(tmp_path / "jll.dcm", rl.two_tone(1, 0), transfer_syntax=JPEGLosslessSV1, pixel_bytes=b"\xff\xd8\xff\xc3" + bytes(64))
+    path = rl.write_dicom(
+        tmp_path / "jll.dcm",
+        rl.two_tone(1, 0),
+        transfer_syntax=JPEGLosslessSV1,
+        pixel_bytes=b"\xff\xd8\xff\xc3" + bytes(64),
+    )
     with pytest.raises(MissingDecoderError) as exc:
         read_image(path)
     assert "JPEG Lossless" in one_line(exc) and "pylibjpeg" in one_line(exc) and "python-gdcm" in one_line(exc)

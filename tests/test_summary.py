@@ -17,7 +17,8 @@ from plumbing.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 NIH_CSV = "\n".join(
     [
-        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]",
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+        "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]",
         "00000001_000.png,Pneumothorax,0,1,57,M,PA,2682,2749,0.143,0.143",
         "00000001_001.png,Pneumothorax|Effusion,1,1,58,M,AP,2894,2729,0.143,0.143",
         "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171",
@@ -28,7 +29,9 @@ NIH_CSV = "\n".join(
 
 
 def run_summary(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "datasets.summary", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "datasets.summary", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture
@@ -88,3 +91,10 @@ def test_argument_parsing() -> None:
         parse_views(" , ")
     with pytest.raises(UserError, match="not a version"):
         parse_task("three", "0s")
+
+
+def test_unknown_view_is_refused_with_the_known_ones(nih_csv: Path) -> None:
+    with pytest.raises(UserError) as info:
+        main(["chestxray8", "--csv", str(nih_csv), "--views", "PA,XX", "--json"])
+    assert str(info.value) == "--views: unknown view XX; known views: PA, AP, LL, RL, L, UNKNOWN (or 'all')"
+    assert parse_views("pa,ll") == ("PA", "LL")

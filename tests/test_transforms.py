@@ -116,4 +116,3 @@ def test_augmentation_follows_the_keys() -> None:
     assert not torch.equal(got["img"], image) and set(got["seg"].unique().tolist()) <= {0.0, 1.0}
     assert got["other"] == 1 and got["seg"].shape == (1, 32, 32)
     assert out({"seg": mask})["seg"] is mask  # no image: nothing to do
-

@@ -25,19 +25,22 @@ Source: ``semantic_masks_v7labs_lungs.zip`` shipped in torchxrayvision's
    - ``med_cx, med_hw``: the same over 10-45 % (upper mediastinum).
 
 The result is about 1 MB and decodes in milliseconds, where decoding the PNGs
-takes about 15 s. Rebuild with ``python datasets/assets/build_lung_masks.py``.
+takes about 15 s. Rebuild with ``python -m datasets.assets.build_lung_masks``.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from plumbing.cli import make_parser, run_cli
+from plumbing.errors import UserError
 
 SIZE = 256
 OUT = Path(__file__).resolve().parent / "lung_masks.npz"
@@ -57,7 +60,7 @@ def source_zip() -> Path:
 
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("torchxrayvision is not installed")
+        raise UserError("torchxrayvision is not installed; pass --source with the lung-mask zip")
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "semantic_masks_v7labs_lungs.zip"
 
 
@@ -141,18 +144,20 @@ def build(source: Path, size: int = SIZE) -> dict[str, np.ndarray]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("datasets.assets.build_lung_masks", __doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=None, help="the lung-mask zip (default: torchxrayvision's)")
     parser.add_argument("--size", type=int, default=SIZE, help="side of the stored masks in pixels")
     parser.add_argument("--out", type=Path, default=OUT, help="output .npz")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     arrays = build(args.source or source_zip(), args.size)
     tmp = args.out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(args.out)
-    print(f"{len(arrays['masks'])} masks of {args.size} px -> {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"{len(arrays['masks'])} masks of {args.size} px -> {args.out} ({size_mb:.2f} MB)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -112,7 +112,7 @@ def ribs(c: Canvas, d: torch.Tensor, draws: Draws, fracture: torch.Tensor) -> to
     phase = col(n) * s.pow(0.8)
     half = col(width) / 2
     k = torch.floor(phase - half + 0.5)
-    broken = (col(fracture.float()) * (k == col(frac_rib)).float() * (c.side1 == col(frac_side)).float())
+    broken = col(fracture.float()) * (k == col(frac_rib)).float() * (c.side1 == col(frac_side)).float()
     phase = phase + broken * col(frac_shift) * ramp(d - col(frac_d), 0.02)
     q = torch.remainder(phase - half + 0.5, 1.0) - 0.5  # phase distance to the nearest rib's centre line
     body = ramp(half - q.abs(), pixel_phase)
@@ -194,7 +194,9 @@ def build_anatomy(
 
     # heart: a tilted ellipse
     big = cardiomegaly.float()
-    hw_box = (c.m("heart_hw").clamp(0.2, 0.3) + 0.24) * (big * draws.range(1.4, 1.6) + (1 - big) * draws.range(0.95, 1.05))
+    hw_box = (c.m("heart_hw").clamp(0.2, 0.3) + 0.24) * (
+        big * draws.range(1.4, 1.6) + (1 - big) * draws.range(0.95, 1.05)
+    )
     hh_box = draws.range(0.42, 0.5) * (1.0 + 0.08 * big)
     cx_box = c.m("heart_cx") + 0.3 * hw_box + draws.range(-0.03, 0.03)
     cy_box = 1.0 - 0.95 * hh_box
@@ -227,7 +229,9 @@ def build_anatomy(
     smooth += ramp(col(spine_hw) - (u - col(mid)).abs_(), 0.03).mul_(endplate).mul_(col(t_spine))
     carina_v = c.to_v(draws.range(-0.38, -0.26))
     t_tr = draws.range(0.07, 0.12)
-    trachea = ramp(0.032 - (u - col(mid) - 0.01).abs_(), 0.02) * smoothstep(col(carina_v) + 0.03, col(carina_v) - 0.06, v)
+    trachea = ramp(0.032 - (u - col(mid) - 0.01).abs_(), 0.02) * smoothstep(
+        col(carina_v) + 0.03, col(carina_v) - 0.06, v
+    )
     smooth -= trachea.mul_(col(t_tr))
 
     # ribs

@@ -155,7 +155,9 @@ def side_meta(c: Canvas, side: torch.Tensor, name: str) -> torch.Tensor:
     return torch.where(side > 0, c.m(f"s1_{name}"), c.m(f"s0_{name}"))
 
 
-def point_in_lung(c: Canvas, side: torch.Tensor, u: torch.Tensor, y_lo: float, y_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+def point_in_lung(
+    c: Canvas, side: torch.Tensor, u: torch.Tensor, y_lo: float, y_hi: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A point of the stored lung mask on ``side`` in box coordinates, ``([b], [b])``.
 
     ``u [b, 2n]`` uniforms give n candidates in the lateral 70 % of the side's
@@ -179,7 +181,9 @@ def point_in_lung(c: Canvas, side: torch.Tensor, u: torch.Tensor, y_lo: float, y
     return fx, fy
 
 
-def blob(c: Canvas, cu: torch.Tensor, cv: torch.Tensor, radius: torch.Tensor, wobble: torch.Tensor | None = None) -> torch.Tensor:
+def blob(
+    c: Canvas, cu: torch.Tensor, cv: torch.Tensor, radius: torch.Tensor, wobble: torch.Tensor | None = None
+) -> torch.Tensor:
     """Gaussian blob ``exp(-(r / R)^2)`` about body point ``(cu, cv)`` ([b] each), optionally with a noisy radius."""
     r2 = (c.u - col(cu)) ** 2 + (c.v - col(cv)) ** 2
     rad = col(radius) if wobble is None else col(radius) * (1.0 + 0.25 * wobble)
@@ -334,7 +338,9 @@ def atelectasis(c: Canvas, an: Anatomy, p: torch.Tensor) -> Effect:
     band = line(across, col(half_width), c.pixel) * ramp(0.22 * col(c.lhw) / 0.7 - along.abs(), 0.05)
     lo = an.lo
     haze = 0.25 * blob(lo, cu, cv, 0.15 * lo.lhw / 0.7) * on_side(lo, side) * an.aerated
-    return Effect(smooth=col(density * an.t_air) * haze, sharp=col(density * an.t_air) * band * on_side(c, side) * an.aerated_hi)
+    return Effect(
+        smooth=col(density * an.t_air) * haze, sharp=col(density * an.t_air) * band * on_side(c, side) * an.aerated_hi
+    )
 
 
 def pleural(c: Canvas, an: Anatomy, p: torch.Tensor) -> Effect:

@@ -52,12 +52,14 @@ from plumbing.seeding import derive_seed, uniform
 from ..findings import FindingSchema
 from ..label_tables import LabelTable, read_chexpert_table, read_nih_table
 from ..label_tasks import LabelTask, assign_classes
+from ..options import flag, fraction, integer
 from ..sample import FINDINGS, ID, IMAGE, LABEL, MASK, Sample
 from ..spec import DataSetSpec
 from .render import DOMAIN_SCHEMAS, check_domain, check_resolution, render_batch
 
 SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
 TABLES = {"phantom": read_chexpert_table, "phantom-nih": read_nih_table}
+OPTIONS = ("length", "seed", "shortcut", "balanced")  # the reader options of the registered phantom sets
 LAYOUT = "none: rendered procedurally, no files needed"
 
 
@@ -95,18 +97,14 @@ class PhantomDataset(Dataset):
             raise UserError(f"{domain} has no split {split!r}; use one of {', '.join(SPLITS)}")
         self.split = SPLITS[split]
         self.resolution = check_resolution(resolution)
-        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-            raise UserError(f"{domain}: length must be a positive integer, not {length!r}")
-        if shortcut is not None and not 0.0 <= float(shortcut) <= 1.0:
-            raise UserError(f"{domain}: shortcut must be a probability in [0, 1], not {shortcut!r}")
-        if balanced and task is None:
+        self.length = integer(domain, "length", length, minimum=1)
+        self.seed = integer(domain, "seed", seed)
+        self.shortcut = None if shortcut is None else fraction(domain, "shortcut", shortcut, closed=True)
+        self.balanced = flag(domain, "balanced", balanced)
+        if self.balanced and task is None:
             raise UserError(f"{domain}: balanced=True draws the classes of a label task; give a task")
         self.schema: FindingSchema = DOMAIN_SCHEMAS[domain]
-        self.length = int(length)
-        self.seed = int(seed)
         self.task = task
-        self.shortcut = None if shortcut is None else float(shortcut)
-        self.balanced = bool(balanced)
         table = TABLES[domain]() if table is None else table
         if table.schema != self.schema:
             raise ValueError(f"{domain} samples {self.schema.name} finding vectors, not {table.schema.name}")
@@ -120,7 +118,9 @@ class PhantomDataset(Dataset):
                 self.pools = [np.flatnonzero(self.classes == c) for c in range(len(task.classes))]
             else:
                 self.pools = [np.flatnonzero(self.classes >= 0)]
-            empty = [task.classes[c] if self.balanced else task.name for c, pool in enumerate(self.pools) if len(pool) == 0]
+            empty = [
+                task.classes[c] if self.balanced else task.name for c, pool in enumerate(self.pools) if len(pool) == 0
+            ]
             if empty:
                 raise UserError(f"{domain}: no {self.schema.name} label row belongs to {', '.join(empty)}")
         self.transform = None
@@ -174,7 +174,9 @@ class PhantomDataset(Dataset):
         seeds = [self.sample_seed(i) for i in idx]
         marks = [self.mark(i, r) for i, r in zip(idx, rows, strict=True)]
         vectors = self.vectors[rows]
-        images, masks = render_batch(vectors, seeds, self.resolution, self.domain, marks=marks if self.shortcut is not None else None)
+        images, masks = render_batch(
+            vectors, seeds, self.resolution, self.domain, marks=marks if self.shortcut is not None else None
+        )
         findings = torch.from_numpy(np.array(vectors, dtype=np.float32))
         samples: list[Sample] = []
         for k, i in enumerate(idx):
@@ -223,6 +225,7 @@ SPECS: dict[str, DataSetSpec] = {
         schema=DOMAIN_SCHEMAS[name],
         classes=None,
         factory=functools.partial(phantom_factory, domain=name),
+        options=OPTIONS,
     )
     for name, description in DESCRIPTIONS.items()
 }

@@ -32,7 +32,9 @@ KIND_PROBABILITY = (0.55, 0.6, 0.45, 0.35, 0.2)  # ET tube, central line, ECG, N
 N_PARAMS = 32
 
 
-def polyline_distance(u: torch.Tensor, v: torch.Tensor, points: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def polyline_distance(
+    u: torch.Tensor, v: torch.Tensor, points: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
     """Distance ``[b, H, W]`` from each pixel to the polyline through ``points`` (each a pair of ``[b]``).
 
     Per segment ``a -> b``: ``t = clamp(<p - a, e> / |e|^2, 0, 1)``, ``d = |p - a - t e|``.

@@ -58,7 +58,10 @@ def segment(v: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor, pixel: float) -
 
 
 def sample_field(field: torch.Tensor, gx: torch.Tensor, gy: torch.Tensor, padding: str = "reflection") -> torch.Tensor:
-    """Bilinear look-up of ``field [B, C, h, w]`` at grid coordinates ``gx, gy [B, H, W]`` in [-1, 1] -> ``[B, C, H, W]``."""
+    """Bilinear look-up of ``field [B, C, h, w]`` at grid coordinates ``gx, gy [B, H, W]`` in [-1, 1].
+
+    Returns ``[B, C, H, W]``.
+    """
     grid = torch.stack((gx, gy), dim=-1)
     return F.grid_sample(field, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 

@@ -44,8 +44,14 @@ MAX_COLUMNS = 16  # uniforms reserved per sample for the per-column coins
 
 def check_resolution(resolution: int) -> int:
     """``resolution`` as an int in [32, 512]; a :class:`UserError` otherwise."""
-    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
-        raise UserError(f"phantom resolution must be an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION} px, not {resolution!r}")
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, int | np.integer)
+        or not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION
+    ):
+        raise UserError(
+            f"phantom resolution must be an integer from {MIN_RESOLUTION} to {MAX_RESOLUTION} px, not {resolution!r}"
+        )
     return int(resolution)
 
 
@@ -95,7 +101,9 @@ def render_batch(
     device = torch.device(device)
     v = torch.as_tensor(np.asarray(vectors, dtype=np.float32), device=device)
     if v.dim() != 2 or v.shape[1] != len(schema.columns):
-        raise ValueError(f"{domain} needs finding vectors [B, {len(schema.columns)}] over {schema.name}, not {tuple(v.shape)}")
+        raise ValueError(
+            f"{domain} needs finding vectors [B, {len(schema.columns)}] over {schema.name}, not {tuple(v.shape)}"
+        )
     if v.shape[0] != len(seeds):
         raise ValueError(f"{v.shape[0]} finding vectors but {len(seeds)} seeds")
     if v.shape[0] == 0:
@@ -130,5 +138,7 @@ def render_batch(
     image = detector(image, style, params, streams)
     image = stamp_markers(image, style, params, canvas.x, canvas.y)
     if marks is not None:
-        image = shortcut_stamp(image, torch.as_tensor(np.asarray(marks), device=device).long(), canvas.lung, canvas.x, canvas.y)
+        image = shortcut_stamp(
+            image, torch.as_tensor(np.asarray(marks), device=device).long(), canvas.lung, canvas.x, canvas.y
+        )
     return image.clamp_(0.0, 1.0), canvas.lung[:, None].clone()

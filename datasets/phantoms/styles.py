@@ -121,7 +121,9 @@ STYLES: dict[str, DomainStyle] = {
         rotation_deg=(-3.0, 3.0),
         markers=(
             Marker(("R", "L"), ((-0.82, -0.82), (0.82, -0.82)), (0.07, 0.1)),
-            Marker(("PORTABLE", "AP", "UPRIGHT", "SUPINE"), ((-0.45, -0.92), (0.45, -0.92)), (0.035, 0.05), probability=0.6),
+            Marker(
+                ("PORTABLE", "AP", "UPRIGHT", "SUPINE"), ((-0.45, -0.92), (0.45, -0.92)), (0.035, 0.05), probability=0.6
+            ),
         ),
         unlabelled_devices=0.0,
     ),
@@ -210,7 +212,9 @@ def row_band(lo: float, hi: float, resolution: int) -> tuple[int, int]:
     return max(0, r0), min(resolution, r1)
 
 
-def stamp_markers(image: torch.Tensor, style: DomainStyle, p: StyleParams, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def stamp_markers(
+    image: torch.Tensor, style: DomainStyle, p: StyleParams, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Burn the domain's text markers into ``image [B, 1, H, W]`` in place (image coordinates ``x, y [1, H, W]``).
 
     Per marker and sample, five uniforms choose: presence, text, anchor,
@@ -227,7 +231,9 @@ def stamp_markers(image: torch.Tensor, style: DomainStyle, p: StyleParams, x: to
         height = marker.height[0] + (marker.height[1] - marker.height[0]) * u[:, 3]
         level = 0.88 + 0.12 * u[:, 4]
         reach = marker.height[1] * 9.0 / 14.0
-        r0, r1 = row_band(min(a[1] for a in marker.anchors) - reach, max(a[1] for a in marker.anchors) + reach, resolution)
+        r0, r1 = row_band(
+            min(a[1] for a in marker.anchors) - reach, max(a[1] for a in marker.anchors) + reach, resolution
+        )
         xb, yb = x[:, r0:r1], y[:, r0:r1]
         for t, text in enumerate(marker.texts):
             rows = torch.nonzero(present & (text_id == t)).flatten()
@@ -250,7 +256,9 @@ def stamp_markers(image: torch.Tensor, style: DomainStyle, p: StyleParams, x: to
     return image
 
 
-def shortcut_stamp(image: torch.Tensor, marks: torch.Tensor, lung: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def shortcut_stamp(
+    image: torch.Tensor, marks: torch.Tensor, lung: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """Stamp the shortcut mark: value ``k >= 1`` draws a bright square in slot ``k`` along the bottom edge.
 
     Slot ``k`` is centred at ``(0.86 - 0.22 (k - 1), 0.86)`` (image coordinates),
