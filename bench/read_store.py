@@ -45,8 +45,10 @@ from torch.utils.data import DataLoader, Dataset
 from datasets.block_loader import BlockLoader
 from datasets.findings import CHEXPERT
 from datasets.sample import to_uint8
-from datasets.synthetic import SyntheticDataset, SyntheticStoreWriter, images_to_float, open_synthetic
+from datasets.synthetic import SyntheticDataset, images_to_float
+from datasets.synthetic_store import SyntheticStoreWriter, open_synthetic
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
 
 
 def test_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:
@@ -77,7 +79,7 @@ def write_store(url: str, images: np.ndarray) -> float:
         attrs={"version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
                "counts": {"train": {"No Finding": n, "Pneumothorax": 0}},
                "condition_columns": list(CHEXPERT.columns), "seed": 0, "truncation": 1.0,
-               "generator": {"sha256": "benchmark", "config": {}, "training": {}, "demo": True}},
+               "generator": {"sha256": "benchmark", "config": {}, "training": {}, "trained_on_phantoms": False}},
         split_sizes={"train": n}, resolution=r, c_dim=len(CHEXPERT.columns), overwrite=True,
     )
     conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
@@ -130,7 +132,10 @@ def count_images(batches: Iterable, step: Callable[[torch.Tensor], object] | Non
 
 
 def epoch_rates(
-    readers: dict[str, Callable[[], Iterable]], n: int, repeats: int, step: Callable[[torch.Tensor], object] | None = None
+    readers: dict[str, Callable[[], Iterable]],
+    n: int,
+    repeats: int,
+    step: Callable[[torch.Tensor], object] | None = None,
 ) -> dict[str, float]:
     """Best images/s of each reader over ``repeats`` rounds; checks every image was delivered.
 
@@ -214,7 +219,8 @@ def bench_resolution(
         )
     rows += list(epoch_rates(readers, n, repeats).items())
     random_access = DataLoader(ds, batch_size=batch, shuffle=True)
-    rows += list(epoch_rates({"read: store, random access (__getitems__), 1 process": lambda: random_access}, n, 1).items())
+    random_row = {"read: store, random access (__getitems__), 1 process": lambda: random_access}
+    rows += list(epoch_rates(random_row, n, 1).items())
 
     step = training_step_stand_in(r)
     in_memory = torch.from_numpy(images[:batch]).float() / 255.0
@@ -229,6 +235,17 @@ def bench_resolution(
     return rows
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """One-line :class:`UserError` for sizes the benchmark cannot run with."""
+    sizes = {"--n": [args.n], "--resolutions": args.resolutions, "--batch-size": [args.batch_size],
+             "--repeats": [args.repeats], "--threads": [args.threads]}
+    bad = [name for name, values in sizes.items() if any(v < 1 for v in values)]
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be positive (got {', '.join(str(sizes[b]) for b in bad)})")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser = make_parser("bench.read_store", __doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096, help="images per resolution")
@@ -236,13 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the multi-process rows")
     parser.add_argument("--repeats", type=int, default=3, help="epochs per row (the best is reported)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process (DataLoader workers use 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of the main process (DataLoader workers use 1)")
     add_device_arg(parser)
     args = parser.parse_args(argv)
+    check_arguments(args)
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for r in args.resolutions:
-            rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp), resolve_device(args.device))
+            rows = bench_resolution(r, args.n, args.batch_size, args.workers, args.repeats, Path(tmp), device)
             refs = {"read": f"read: PNG, DataLoader {args.workers} workers",
                     "step": f"step + PNG, DataLoader {args.workers} workers"}
             rates = dict(rows)

@@ -1,4 +1,8 @@
-"""Synthetic Zarr stores: schema, writer (resume, refusals, kill safety), reader, registry entry, block loader."""
+"""Synthetic Zarr stores: schema, writer (resume, refusals, kill safety), reader, registry entry, block loader.
+
+Integrity faults (damaged or missing objects, full disks, root metadata) are in
+``tests/test_synthetic_store_integrity.py``.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,8 @@ from datasets.block_loader import BlockLoader, BlockStream
 from datasets.findings import CHEXPERT
 from datasets.label_tasks import assign_classes, label_task
 from datasets.registry import build_dataset
-from datasets.synthetic import (
-    StoreLayout,
-    SyntheticDataset,
-    SyntheticStoreWriter,
-    open_synthetic,
-)
+from datasets.synthetic import SyntheticDataset
+from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter, open_synthetic
 from plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def make_attrs(seed: int = 7) -> dict:
         "classes": ["No Finding", "Pneumothorax"],
         "counts": {"train": {"No Finding": 20, "Pneumothorax": 20}, "val": {"No Finding": 5, "Pneumothorax": 5}},
         "condition_columns": list(CHEXPERT.columns),
-        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "training": {}, "demo": True},
+        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "training": {}, "trained_on_phantoms": True},
         "seed": seed,
         "truncation": 1.0,
     }
@@ -269,6 +269,7 @@ KILL_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_generation_then_resume(tmp_path: Path) -> None:
     """Kill a writing process at a random moment, resume, and compare with an uninterrupted store."""
     url = tmp_path / "killed.zarr"
@@ -335,7 +336,7 @@ def test_block_loader_prefetch_gives_the_same_batches(store_path: Path) -> None:
         runs.append(list(loader))
     for other in runs[1:]:
         assert [b["id"] for b in other] == [b["id"] for b in runs[0]]
-        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(runs[0], other))
+        assert all(torch.equal(a["image"], b["image"]) for a, b in zip(runs[0], other, strict=True))
     with pytest.raises(ValueError, match="prefetch"):
         BlockLoader(ds, 6, prefetch=-1)
 
