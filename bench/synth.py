@@ -29,7 +29,7 @@ from datasets.synthetic import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.precision import use_bf16_autocast
 from synth.export import LoadedGenerator
-from synth.generate import render, sample_latents
+from synth.rendering import render, sample_latents
 from synth.networks import PRESETS, NetworkConfig
 from synth.train import GanTrainer, build_parser, training_config
 

@@ -4,8 +4,11 @@ A generator file is a safetensors file holding the EMA generator's tensors
 and, as string metadata, ``network`` (the network configuration as JSON),
 ``training`` (the training configuration and the exact command) and
 ``condition_columns``. A training checkpoint (``checkpoint_<n>.pt`` of
-``synth.train``) is accepted too and read with ``torch.load(weights_only=True)``.
-Neither path unpickles code.
+``synth.train``) is accepted too and read with ``torch.load(weights_only=True)``;
+its ``training`` record is computed by the same :func:`training_metadata` that
+the export writes, so both kinds of file are refused alike when they stopped
+mid-growth and report alike whether they were trained on phantoms. Neither
+path unpickles code.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from datasets.registry import get_spec
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
 from plumbing.training import load_checkpoint
 
 from .networks import Generator, NetworkConfig
+from .schedule import ProgressiveSchedule
 
 DEMO_GENERATOR = Path(__file__).resolve().parent / "assets" / "phantom-demo-64.safetensors"
 
@@ -51,7 +56,8 @@ class LoadedGenerator:
         if active != self.generator.img_resolution or alpha < 1.0:
             raise UserError(
                 f"generator {self.path} stopped growing at {active} px (fade {alpha:.2f}) of "
-                f"{self.generator.img_resolution} px; train it further (synth.train --resume --kimg ...) before generating"
+                f"{self.generator.img_resolution} px; train it further (synth.train --resume --kimg ...) "
+                "before generating"
             )
 
 
@@ -61,6 +67,32 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def training_metadata(config: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """The ``training`` record of a generator after ``iteration`` steps of the run recorded in ``config``.
+
+    ``config`` is a run's record (``training``, ``command``, optional
+    ``resumed_with``); the record adds the progress (``iteration``,
+    ``kimg_done``), the active resolution and fade ``alpha`` of the
+    progressive schedule and ``trained_on_phantoms`` (the data set needs no files).
+    """
+    training = config["training"]
+    batch = int(training["batch_size"])
+    schedule = ProgressiveSchedule(
+        training["start_resolution"], training["resolution"], training["fade_kimg"], training["stable_kimg"]
+    )
+    active, alpha = schedule.state(iteration * batch)
+    return dict(
+        training,
+        command=config["command"],
+        resumed_with=config.get("resumed_with", []),
+        iteration=iteration,
+        kimg_done=iteration * batch / 1000,
+        active_resolution=active,
+        alpha=alpha,
+        trained_on_phantoms=get_spec(training["data"]).env_var is None,
+    )
 
 
 def export_generator(
@@ -104,10 +136,15 @@ def load_generator(path: Path, device: torch.device) -> LoadedGenerator:
             raise UserError(f"cannot read generator {path}: {str(exc).splitlines()[0]}") from exc
     else:
         ckpt = load_checkpoint(path)
-        if "G_ema" not in ckpt or "run" not in ckpt:
-            raise UserError(f"{path} is not a synth.train checkpoint (no G_ema/run)")
-        config = ckpt["run"]["config"]
-        state, network, columns = ckpt["G_ema"], config["network"], list(config["condition_columns"])
-        training = dict(config["training"], command=config["command"], iteration=ckpt["run"]["iteration"])
+        try:
+            config = ckpt["run"]["config"]
+            state, network, columns = ckpt["G_ema"], config["network"], list(config["condition_columns"])
+            training = training_metadata(config, int(ckpt["run"]["iteration"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else "its entries have another layout"
+            raise UserError(
+                f"{path} is not a synth.train checkpoint of this version ({what}); "
+                "give a generator .safetensors file or a synth.train checkpoint"
+            ) from None
     generator = _build(network, state, path).to(device)
     return LoadedGenerator(generator, network, training, columns, sha256_file(path), str(path))

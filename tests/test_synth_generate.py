@@ -1,8 +1,11 @@
-"""synth.generate: complete stores, determinism, batch-size invariance, kill-and-resume, bad input."""
+"""synth.generate: complete stores, determinism, batch-size invariance, kill-and-resume, bad input, store faults."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,13 +16,16 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from zarr.storage import LocalStore
 
 from datasets.findings import CHEXPERT
-from datasets.synthetic import open_synthetic
+from datasets.synthetic_store import open_synthetic
+from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from synth.export import export_generator, load_generator
-from synth.generate import main, render, sample_latents
+from synth.generate import main
 from synth.networks import Generator, NetworkConfig
+from synth.rendering import render, sample_latents, write_contact_sheet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +53,8 @@ def test_complete_store_opens_with_plain_zarr(gen_file: Path, tmp_path: Path) ->
     out = tmp_path / "v3.zarr"
     _generate(gen_file, out, "--version", "3", "--setting", "Xs")
     group = zarr.open_group(str(out), mode="r")
-    assert group.attrs["complete"] is True and group.attrs["classes"] == ["No Finding", "Pneumothorax", "Pneumonia", "Cardiomegaly"]
+    assert group.attrs["complete"] is True
+    assert group.attrs["classes"] == ["No Finding", "Pneumothorax", "Pneumonia", "Cardiomegaly"]
     assert group["train/images"].shape == (24, 1, 32, 32) and group["train/images"].dtype == np.uint8
     assert group["val/images"].shape == (8, 1, 32, 32)
     labels = group["train/labels"][:]
@@ -92,6 +99,7 @@ def test_complete_store_is_not_overwritten(gen_file: Path, tmp_path: Path) -> No
     _generate(gen_file, out, "--overwrite")
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(gen_file: Path, tmp_path: Path) -> None:
     args = ["--generator", str(gen_file), "--train-per-class", "16", "--val-per-class", "4", "--block-size", "4",
             "--device", "cpu", "--version", "3", "--setting", "Xs"]
@@ -175,3 +183,115 @@ def test_fsspec_url_output(gen_file: Path) -> None:
     import fsspec
 
     assert fsspec.filesystem("memory").exists("/stores/v2-contact.png")
+
+
+# ----------------------------------------------------------------- store faults
+
+
+def _same_store(a: Path, b: Path) -> None:
+    ra, rb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    for split in ("train", "val"):
+        for name in ("images", "labels", "conditions", "seeds", "block_done"):
+            assert np.array_equal(ra[f"{split}/{name}"][:], rb[f"{split}/{name}"][:]), (split, name)
+
+
+def _exit_code_and_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    return exit_info.value.code, [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+
+
+def _args(gen: Path, out: Path, *extra: str) -> list[str]:
+    return ["--generator", str(gen), "--out", str(out), "--train-per-class", "6", "--val-per-class", "2",
+            "--device", "cpu", "--block-size", "4", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(gen_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    main(_args(gen_file, out))
+    return out
+
+
+def test_damaged_complete_store_is_reported_and_rerun_rewrites_it(
+    gen_file: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    (out / "train" / "images" / "c" / "2" / "0" / "0" / "0").unlink()
+    code, err = _exit_code_and_error(_args(gen_file, out), capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "complete but damaged: train block 2" in err[0] and "rerun" in err[0] and "--overwrite" in err[0]
+    main(_args(gen_file, out))  # rewrites the damaged block
+    _same_store(reference, out)
+    assert open_synthetic(out).split("train").read_images(8, 12).any()
+
+
+def test_overwrite_replaces_a_store_with_damaged_root_metadata(
+    gen_file: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    (out / "zarr.json").write_bytes((out / "zarr.json").read_bytes()[:40])
+    code, err = _exit_code_and_error(_args(gen_file, out), capsys)
+    assert code == 2 and len(err) == 1 and "unreadable" in err[0] and "--overwrite" in err[0], err
+    main(_args(gen_file, out, "--overwrite"))
+    _same_store(reference, out)
+
+
+def test_full_disk_is_one_line_and_a_rerun_resumes(
+    gen_file: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "s.zarr"
+    original = LocalStore.set
+
+    async def full_disk(self: LocalStore, key: str, value: object) -> None:
+        if key.startswith("train/images/c/3/"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        await original(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full_disk)
+    code, err = _exit_code_and_error(_args(gen_file, out), capsys)
+    monkeypatch.undo()
+    assert code == 2 and len(err) == 1, err
+    assert "train block 3" in err[0] and "No space left on device" in err[0] and "stays pending" in err[0]
+    done = zarr.open_group(str(out), mode="r")["train/block_done"][:]
+    assert (done[:3] != 0).all() and (done[3:] == 0).all()
+    main(_args(gen_file, out))
+    _same_store(reference, out)
+
+
+def test_resuming_with_another_block_size_is_refused(
+    gen_file: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["complete"] = False  # an interrupted generation
+    group["train/block_done"][4] = 0
+    args = _args(gen_file, out)[:-2]  # without --block-size
+    code, err = _exit_code_and_error([*args, "--block-size", "8"], capsys)
+    assert code == 2 and len(err) == 1 and "blocks of 4 images" in err[0] and "--block-size 4" in err[0], err
+    main(args)  # without --block-size: the store's own
+    _same_store(reference, out)
+
+
+def test_contact_sheet_of_a_damaged_store_is_one_line(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    shutil.copytree(reference, out)
+    shard = out / "val" / "images" / "c" / "0" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:60])
+    with pytest.raises(UserError, match=r"val block 0 \(images unreadable") as exc:
+        write_contact_sheet(str(out))
+    assert "\n" not in str(exc.value) and str(out) in str(exc.value)
+
+
+def test_help_shows_one_short_default_per_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert str(REPO) not in text and "(synth/assets/phantom-demo-64.safetensors)" in " ".join(text.split())
+    options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    for option in options:
+        assert len(re.findall(r"\bdefault\b", option, re.IGNORECASE)) <= 1, option
