@@ -3,7 +3,7 @@
     python -m bench.synth --device cpu --resolution 64 --preset tiny
     python -m bench.synth --device cuda --resolution 256 --preset paper --batch-size 64
 
-* Training: seconds per kimg of :class:`synth.train.GanTrainer` steps (one G
+* Training: seconds per kimg of :class:`synth.trainer.GanTrainer` steps (one G
   and one D update with ADA at p = 0.5 - so the augmentation really runs -
   lazy R1 every 16 steps, EMA) on random real batches held on the device, so
   data loading is not measured; warm-up steps are excluded. bf16 autocast
@@ -19,19 +19,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from datasets.findings import CHEXPERT
-from datasets.synthetic import StoreLayout, SyntheticStoreWriter
+from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
 from plumbing.precision import use_bf16_autocast
 from synth.export import LoadedGenerator
+from synth.networks import PRESETS, RESOLUTIONS, NetworkConfig
 from synth.rendering import render, sample_latents
-from synth.networks import PRESETS, NetworkConfig
-from synth.train import GanTrainer, build_parser, training_config
+from synth.trainer import GanTrainer, TrainingConfig
+
+from .rows import Row, add_rows_out_arg, append_rows, device_name
 
 
 def _sync(device: torch.device) -> None:
@@ -39,10 +41,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _config(resolution: int, batch: int) -> dict[str, Any]:
+def _config(resolution: int, batch: int) -> TrainingConfig:
     """The trainer's default configuration (``synth.train``'s option defaults) at a resolution and batch size."""
-    args = build_parser().parse_args(["--resolution", str(resolution), "--batch-size", str(batch)])
-    return training_config(args)
+    return TrainingConfig.resolve(resolution=resolution, batch_size=batch)
 
 
 def bench_training(device: torch.device, resolution: int, preset: str, batch: int, steps: int, warmup: int) -> float:
@@ -75,11 +76,15 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
     tmp = tempfile.mkdtemp()
     try:
         layout = StoreLayout.for_resolution(resolution)
-        attrs = {"version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
-                 "counts": {"train": {"No Finding": n, "Pneumothorax": 0}}, "condition_columns": list(CHEXPERT.columns),
-                 "generator": {"sha256": "0" * 64}, "seed": 0, "truncation": 1.0}
-        writer = SyntheticStoreWriter.open(f"{tmp}/bench.zarr", attrs=attrs, split_sizes={"train": n}, resolution=resolution,
-                                           c_dim=len(CHEXPERT.columns), overwrite=False, layout=layout)
+        attrs = {
+            "version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
+            "counts": {"train": {"No Finding": n, "Pneumothorax": 0}}, "condition_columns": list(CHEXPERT.columns),
+            "generator": {"sha256": "0" * 64}, "seed": 0, "truncation": 1.0,
+        }
+        writer = SyntheticStoreWriter.open(
+            f"{tmp}/bench.zarr", attrs=attrs, split_sizes={"train": n}, resolution=resolution,
+            c_dim=len(CHEXPERT.columns), overwrite=False, layout=layout,
+        )
         cond = torch.zeros(n, len(CHEXPERT.columns))
         render(loaded, sample_latents(np.arange(batch), network.z_dim), cond[:batch], 1.0, batch, device)
         _sync(device)
@@ -88,7 +93,8 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
             s, e = writer.block_range("train", k)
             idx = np.arange(s, e)
             images = render(loaded, sample_latents(idx, network.z_dim), cond[s:e], 1.0, batch, device)
-            writer.write_block("train", k, images, np.zeros(e - s, np.int64), cond[s:e].numpy(), idx.astype(np.int64))
+            labels = np.zeros(e - s, np.int64)
+            writer.write_block("train", k, images, labels, cond[s:e].numpy(), idx.astype(np.int64))
         _sync(device)
         return n / (time.perf_counter() - start)
     finally:
@@ -97,8 +103,10 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.synth", "Benchmark GAN training (s/kimg) and store generation (img/s).")
-    parser.add_argument("--resolution", type=int, default=64, help="image size in px (trained at this size, no growing)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="network widths (synth.networks presets)")
+    parser.add_argument("--resolution", type=int, default=64,
+                        help="image size in px (trained at this size, no growing)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                        help="network widths (synth.networks presets)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
@@ -106,16 +114,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gen-batch", type=int, default=64, help="generation batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (none given: torch's choice)")
     add_device_arg(parser)
+    add_rows_out_arg(parser)
     args = parser.parse_args(argv)
+    if args.resolution not in RESOLUTIONS:
+        raise UserError(f"--resolution must be one of {RESOLUTIONS}, not {args.resolution}")
+    for option in ("batch_size", "steps", "gen_images", "gen_batch"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        raise UserError("--warmup must be >= 0 and --threads positive")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; preset {args.preset}; {args.resolution} px")
+    print(f"device: {device_name(device)}; torch {torch.__version__}; preset {args.preset}; {args.resolution} px")
     s_kimg = bench_training(device, args.resolution, args.preset, args.batch_size, args.steps, args.warmup)
     print(f"training, batch {args.batch_size}, ADA p=0.5, lazy R1: {s_kimg:.2f} s/kimg ({1000 / s_kimg:.1f} img/s)")
     ips = bench_generation(device, args.resolution, args.preset, args.gen_images, args.gen_batch)
     print(f"generation into Zarr, batch {args.gen_batch}: {ips:.1f} img/s")
+    where = f"{args.preset} preset, {args.resolution} px"
+    append_rows(args.rows_out, [
+        Row("GAN training", f"{where}, batch {args.batch_size}, ADA p = 0.5, lazy R1", s_kimg, "s/kimg"),
+        Row("generation into a store", f"{where}, batch {args.gen_batch}, {args.gen_images} images", ips, "img/s"),
+    ])
     return 0
 
 

@@ -28,7 +28,10 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def use_bf16_autocast(choice: str, device: torch.device) -> bool:
-    """Resolve ``--amp`` (``auto``, ``on``, ``off``) for ``device``; ``on`` without bf16 support is a :class:`UserError`."""
+    """Resolve ``--amp`` (``auto``, ``on``, ``off``) for ``device``.
+
+    ``on`` without bf16 support is a :class:`UserError`.
+    """
     if choice not in AMP_CHOICES:
         raise UserError(f"--amp must be one of {', '.join(AMP_CHOICES)}, not {choice!r}")
     if choice == "off":

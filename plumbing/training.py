@@ -3,10 +3,12 @@
 :func:`attach_training_handlers` gives an engine, in this order of events:
 a finite-loss guard (a NaN or inf stops training with
 :class:`TrainingDiverged` before anything is saved, so the last checkpoint
-on disk is the last good one), atomic checkpoints every ``checkpoint_every``
-iterations (Ignite's :class:`~ignite.handlers.Checkpoint` with an atomic
-:class:`~ignite.handlers.DiskSaver`), a tqdm progress bar and TensorBoard
-scalars of the engine's output dict.
+on disk is the last good one; the message names it), atomic checkpoints every
+``checkpoint_every`` iterations (Ignite's :class:`~ignite.handlers.Checkpoint`
+with an atomic :class:`~ignite.handlers.DiskSaver`; a full disk is one
+:class:`UserError` line), a tqdm progress bar and TensorBoard scalars of the
+engine's output dict. The engine's own error log lines are silenced: the
+exception that ends a run is reported once, by the command.
 
 Checkpoints hold only tensors and plain Python values, so
 :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``:
@@ -15,6 +17,7 @@ loading never executes code.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,27 +37,7 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
 
-def prepare_run_dir(runs_dir: Path, name: str, resume: bool) -> Path:
-    """Create (or, with ``resume``, reuse) the run folder ``runs_dir/name``.
-
-    A folder that already holds checkpoints is refused without ``resume`` so a
-    new run never mixes with an old one; ``resume`` without a checkpoint is
-    refused too.
-    """
-    run_dir = runs_dir / name
-    has_checkpoint = latest_checkpoint(run_dir) is not None
-    if resume and not has_checkpoint:
-        raise UserError(f"--resume: no checkpoint in {run_dir}")
-    if not resume and has_checkpoint:
-        raise UserError(f"run folder {run_dir} already holds a run; pass --resume to continue it or choose another --name")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the run folder {run_dir}: {exc.strerror}") from exc
-    return run_dir
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
+def checkpoints(run_dir: Path) -> list[Path]:
     """``checkpoint_<iteration>.pt`` files of ``run_dir``, oldest first."""
     if not run_dir.is_dir():
         return []
@@ -69,7 +52,7 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest ``checkpoint_<iteration>.pt`` in ``run_dir``, or ``None``."""
-    found = _checkpoints(run_dir)
+    found = checkpoints(run_dir)
     return found[-1] if found else None
 
 
@@ -80,7 +63,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # pickle / zip errors of a damaged or foreign file
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        raise UserError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load`` failed, without torch's advice to load with ``weights_only=False``."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain values, and loading those would execute code"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def restore(objects: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
@@ -88,19 +80,28 @@ def restore(objects: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
     missing = [k for k in objects if k not in checkpoint]
     if missing:
         raise UserError(f"checkpoint lacks {', '.join(missing)}; it was not written by this trainer")
-    Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(checkpoint))
+    try:
+        Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(checkpoint))
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # shapes or entries of another trainer or version
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the checkpoint does not fit this trainer: {first}") from exc
 
 
-def _check_finite(engine: Engine) -> None:
-    output = engine.state.output
-    if isinstance(output, Mapping):
+def _finite_guard(run_dir: Path) -> Callable[[Engine], None]:
+    def check(engine: Engine) -> None:
+        output = engine.state.output
+        if not isinstance(output, Mapping):
+            return
         for key, value in output.items():
             v = float(value)
             if not math.isfinite(v):
+                last = latest_checkpoint(run_dir)
+                kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written"
                 raise TrainingDiverged(
-                    f"loss {key} became {v} at iteration {engine.state.iteration}; training stopped, "
-                    "the last checkpoint on disk is the last good one"
+                    f"loss {key} became {v} at iteration {engine.state.iteration}; training stopped, {kept}"
                 )
+
+    return check
 
 
 def attach_training_handlers(
@@ -122,7 +123,8 @@ def attach_training_handlers(
     ``on_checkpoint(engine)`` runs just before each checkpoint, after the
     finite-loss guard (for sample grids and exports of the same state).
     """
-    engine.add_event_handler(Events.ITERATION_COMPLETED, _check_finite)
+    engine.logger.setLevel(logging.CRITICAL)  # Ignite logs the exception that ends a run; the command reports it
+    engine.add_event_handler(Events.ITERATION_COMPLETED, _finite_guard(run_dir))
     saver = Checkpoint(
         dict(to_save),
         DiskSaver(str(run_dir), require_empty=False, atomic=True),
@@ -137,10 +139,15 @@ def attach_training_handlers(
         if saved_at[0] == eng.state.iteration:
             return
         saved_at[0] = eng.state.iteration
-        if on_checkpoint is not None:
-            on_checkpoint(eng)
-        saver(eng)
-        for old in _checkpoints(run_dir)[:-n_saved]:  # also those of earlier (resumed) processes
+        try:
+            if on_checkpoint is not None:
+                on_checkpoint(eng)
+            saver(eng)
+        except OSError as exc:  # a full disk, a vanished folder: nothing half-written stays (atomic writes)
+            raise UserError(
+                f"cannot write the snapshot of iteration {eng.state.iteration} in {run_dir}: {exc.strerror or exc}"
+            ) from exc
+        for old in checkpoints(run_dir)[:-n_saved]:  # also those of earlier (resumed) processes
             old.unlink(missing_ok=True)
 
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, _save)

@@ -12,16 +12,16 @@ import torch
 from ignite.engine import Engine
 
 from plumbing.errors import UserError
+from plumbing.runs import open_run
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed
-from plumbing.training import (
-    TrainingDiverged,
-    attach_training_handlers,
-    latest_checkpoint,
-    load_checkpoint,
-    prepare_run_dir,
-    restore,
-)
+from plumbing.training import TrainingDiverged, attach_training_handlers, latest_checkpoint, load_checkpoint, restore
+
+
+def prepare_run_dir(runs_dir: Path, name: str, resume: bool) -> Path:
+    run = open_run(runs_dir, name, resume)
+    run.create()
+    return run.path
 
 
 def test_sampler_resumes_exactly_and_covers_each_epoch() -> None:
@@ -55,7 +55,8 @@ def test_checkpoints_and_resume(tmp_path: Path) -> None:
     run = prepare_run_dir(tmp_path, "r", resume=False)
     eng = _engine([1.0] * 10)
     attach_training_handlers(
-        eng, run_dir=run, to_save={"model": eng.model, "trainer": eng}, checkpoint_every=2, progress=False, tensorboard=False
+        eng, run_dir=run, to_save={"model": eng.model, "trainer": eng}, checkpoint_every=2, progress=False,
+        tensorboard=False,
     )
     eng.run(epoch_length=5, max_epochs=1)
     last = latest_checkpoint(run)
@@ -103,7 +104,9 @@ def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         use_bf16_autocast("on", cpu)
     for supported in (True, False):  # an A100/H100 and a V100/T4, without touching a real GPU
         monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s and not including_emulation)
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s and not including_emulation
+        )
         assert use_bf16_autocast("auto", gpu) is supported and not use_bf16_autocast("off", gpu)
     assert not use_bf16_autocast("auto", gpu)
     with pytest.raises(UserError, match="use --amp off"):

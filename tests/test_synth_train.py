@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 import torch
 
+from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.export import load_generator
@@ -62,4 +64,151 @@ def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="finding vectors"):
         main(["--data", "isic2019", "--data-root", str(tmp_path), "--runs-dir", str(tmp_path), "--device", "cpu"])
     with pytest.raises(UserError, match="start resolution"):
-        main(["--resolution", "32", "--start-resolution", "24", "--runs-dir", str(tmp_path), "--name", "x", "--device", "cpu"])
+        main([
+            "--resolution", "32", "--start-resolution", "24", "--runs-dir", str(tmp_path), "--name", "x",
+            "--device", "cpu",
+        ])
+
+
+# ---------------------------------------------------------------- faults found by probing the command
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """Run the command as ``python -m synth.train`` does; exit code and the stderr lines that are not progress."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return int(exit_info.value.code or 0), lines
+
+
+def _errors(lines: list[str]) -> list[str]:
+    return [line for line in lines if "error" in line.lower() or "terminating" in line.lower()]
+
+
+@pytest.mark.parametrize("option", ["--kimg", "--snapshot-kimg"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_infinite_lengths_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
+                                       value: str) -> None:
+    code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), option, value], capsys)
+    assert code == 2 and len(lines) == 1 and "finite" in lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_starts_leave_no_run_folder(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for argv, match in (
+        (["--data", "nope"], "unknown data set"),
+        (["--data", "chexpert", "--data-root", str(tmp_path / "missing")], "not a folder"),
+        (["--resolution", "32", "--start-resolution", "8", "--stable-kimg", "0.016", "--fade-kimg", "0"], "fade"),
+        (["--resolution", "32", "--start-resolution", "24"], "start resolution"),
+        (["--name", "../../escape"], "one plain folder name"),
+    ):
+        with pytest.raises(UserError, match=match):
+            main([*argv, "--runs-dir", str(runs), "--device", "cpu", "--no-progress", "--data-length", "8"])
+        assert not runs.exists(), argv
+    assert not (tmp_path.parent / "escape").exists()
+
+
+def test_nan_in_the_first_iteration_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("synth.trainer.GanTrainer.step", lambda self, it, batch: {"loss_g": float("nan")})
+    code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "nan", "--kimg", "0.064"], capsys)
+    errors = _errors(lines)
+    assert code == 2 and len(errors) == 1, lines
+    assert "became nan at iteration 1" in errors[0] and "no checkpoint had been written" in errors[0]
+    assert not (tmp_path / "nan").exists()  # nothing for a later --resume to trip over
+    with pytest.raises(UserError, match="no checkpoint"):
+        _run(tmp_path, "nan", "0.064", "--resume")
+
+
+def test_nan_after_a_checkpoint_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _run(tmp_path, "r", "0.032")
+    monkeypatch.setattr("synth.trainer.GanTrainer.step", lambda self, it, batch: {"loss_g": float("inf")})
+    code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "r", "--kimg", "0.064", "--resume"], capsys)
+    errors = _errors(lines)
+    assert code == 2 and len(errors) == 1 and str(tmp_path / "r" / "checkpoint_4.pt") in errors[0], lines
+    assert latest_checkpoint(tmp_path / "r").name == "checkpoint_4.pt"
+
+
+def test_resume_refuses_changed_run_options(tmp_path: Path) -> None:
+    _run(tmp_path, "r", "0.032")
+    for extra, named in (
+        (["--lr", "0.01"], "--lr 0.01"),
+        (["--batch-size", "4"], "--batch-size 4"),
+        (["--data", "phantom-nih"], "--data phantom-nih"),
+        (["--resolution", "64"], "--resolution 64"),
+    ):
+        with pytest.raises(UserError, match=named):
+            _run(tmp_path, "r", "0.064", "--resume", *extra)
+    with pytest.raises(UserError, match="networks"):
+        _run(tmp_path, "r", "0.064", "--resume", "--preset", "paper")
+    assert latest_checkpoint(tmp_path / "r").name == "checkpoint_4.pt"
+    # Options left at their defaults are taken from the checkpoint, whatever the defaults are.
+    main(["--runs-dir", str(tmp_path), "--name", "r", "--kimg", "0.064", "--resume", "--device", "cpu",
+          "--no-progress"])
+    assert latest_checkpoint(tmp_path / "r").name == "checkpoint_8.pt"
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _run(tmp_path, "r", "0.064", "--snapshot-kimg", "0.016")  # checkpoints every 2 steps; 6 and 8 are kept
+    assert latest_checkpoint(run).name == "checkpoint_8.pt"
+    (run / "checkpoint_8.pt").write_bytes(b"truncated")
+    capsys.readouterr()
+    code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "r", "--kimg", "0.08", "--resume",
+                        "--snapshot-kimg", "0.016"], capsys)
+    assert code == 0
+    warnings = [line for line in lines if line.startswith("warning")]
+    assert len(warnings) == 1 and "checkpoint_8.pt" in warnings[0] and "checkpoint_6.pt" in warnings[0]
+    assert latest_checkpoint(run).name == "checkpoint_10.pt"
+
+
+def test_foreign_checkpoints_are_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "foreign"
+    run.mkdir()
+    torch.save({"weights": torch.zeros(1)}, run / "checkpoint_4.pt")
+    with pytest.raises(UserError, match="not a synth.train checkpoint") as info:
+        _run(tmp_path, "foreign", "0.064", "--resume")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="not a synth.train checkpoint"):
+        load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
+    torch.save({"path": Path("x")}, run / "checkpoint_8.pt")  # an object that loading would have to construct
+    with pytest.raises(UserError, match="would execute code") as info:
+        load_checkpoint(run / "checkpoint_8.pt")
+    assert "weights_only" not in str(info.value)
+
+
+def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path) -> None:
+    run = _run(tmp_path, "mid", "0.032")  # 4 steps: mid-fade of 32 px
+    from_checkpoint = load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
+    exported = load_generator(run / "generator.safetensors", torch.device("cpu"))
+    assert from_checkpoint.trained_on_phantoms and exported.trained_on_phantoms
+    assert from_checkpoint.training == exported.training
+    for loaded in (from_checkpoint, exported):
+        with pytest.raises(UserError, match="stopped growing at 32 px"):
+            loaded.check_fully_grown()
+
+
+def test_full_disk_during_a_snapshot_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("synth.train.export_generator", full)
+    code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "full", "--kimg", "0.064"], capsys)
+    errors = _errors(lines)
+    assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0], lines
+    assert not (tmp_path / "full").exists()
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--steps", "--gen-images", "--gen-batch"])
+def test_bench_zero_sizes_are_one_line(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.synth import main as bench_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(bench_main, [option, "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and option in err[0]

@@ -1,0 +1,157 @@
+"""Starting or resuming a run folder, the same way for every trainer.
+
+A trainer's command calls, in this order:
+
+1. :func:`open_run` - checks the run name (one plain folder name inside
+   ``--runs-dir``), refuses a fresh start over an existing run and, with
+   ``resume``, reads the newest readable checkpoint (a damaged newer one is
+   skipped with a warning naming it). It creates nothing, so a start that
+   fails on a later check leaves no folder behind.
+2. the trainer's own checks (data set, options), then :meth:`RunFolder.create`.
+3. :func:`record_config` - writes ``config.json`` with the run's configuration,
+   the exact command and, for a resumed run, every resume command.
+4. training; if it fails before its first checkpoint, :meth:`RunFolder.discard`
+   removes the folder a fresh start made, so nothing is left for a later
+   ``--resume`` to trip over.
+
+:func:`given_options` and :func:`refuse_changed_options` let a resumed run
+refuse options that contradict its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .files import write_json_atomic
+from .training import checkpoints, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one plain folder name (no separators, not ``.`` or ``..``), else a :class:`UserError`."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip() or "\0" in name:
+        raise UserError(f"--name {name!r} must be one plain folder name inside --runs-dir (no '/', '.' or '..')")
+    return name
+
+
+@dataclass
+class RunFolder:
+    """A run folder about to be started or resumed (:func:`open_run`)."""
+
+    path: Path
+    checkpoint_path: Path | None
+    checkpoint: dict[str, Any] | None
+    created: bool = False
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+    def create(self) -> None:
+        """Create the folder (after every check has passed)."""
+        existed = self.path.is_dir()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the run folder {self.path}: {exc.strerror or exc}") from exc
+        self.created = not existed
+
+    def discard(self) -> None:
+        """Remove the folder if this start created it and no checkpoint was written into it."""
+        if self.created and not self.resumed and not checkpoints(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def newest_readable_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of ``run_dir`` that loads, skipping (with a warning) damaged newer ones."""
+    found = checkpoints(run_dir)
+    if not found:
+        raise UserError(f"--resume: no checkpoint in {run_dir}")
+    skipped: list[str] = []
+    for path in reversed(found):
+        try:
+            checkpoint = load_checkpoint(path)
+        except UserError as exc:
+            skipped.append(f"{path.name} ({exc})")
+            continue
+        for note in skipped:
+            print(f"warning: skipped the unreadable checkpoint {note}; resuming from {path.name}", file=sys.stderr)
+        return path, checkpoint
+    raise UserError(f"--resume: no checkpoint in {run_dir} can be read; the newest: {skipped[0]}")
+
+
+def open_run(runs_dir: Path, name: str, resume: bool) -> RunFolder:
+    """Check a start (``resume=False``) or resume of ``runs_dir/name``; creates nothing.
+
+    A folder that already holds checkpoints is refused without ``resume`` so a
+    new run never mixes with an old one; ``resume`` without a readable
+    checkpoint is refused too.
+    """
+    path = runs_dir / check_run_name(name)
+    if resume:
+        checkpoint_path, checkpoint = newest_readable_checkpoint(path)
+        return RunFolder(path, checkpoint_path, checkpoint)
+    if checkpoints(path):
+        raise UserError(f"run folder {path} already holds a run; pass --resume to continue it or choose another --name")
+    return RunFolder(path, None, None)
+
+
+def command_line(prog: str, argv: Sequence[str] | None) -> str:
+    """The command as typed: ``prog`` and the arguments (``sys.argv[1:]`` when ``argv`` is ``None``)."""
+    return f"{prog} {shlex.join(sys.argv[1:] if argv is None else list(argv))}".rstrip()
+
+
+def record_config(run: RunFolder, config: dict[str, Any], command: str) -> dict[str, Any]:
+    """Write ``config.json``: ``config`` with ``command`` (a fresh start) or ``command`` appended to ``resumed_with``.
+
+    Returns the record (kept by the trainer in its checkpoints).
+    """
+    record = dict(config)
+    if run.resumed:
+        record["resumed_with"] = [*record.get("resumed_with", []), command]
+    else:
+        record["command"] = command
+    try:
+        write_json_atomic(run.path / CONFIG_FILE, record)
+    except OSError as exc:
+        raise UserError(f"cannot write {run.path / CONFIG_FILE}: {exc.strerror or exc}") from exc
+    return record
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the options given on the command line (not left at their defaults)."""
+    namespace = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_args(argv, namespace=namespace)
+    return {dest for dest, value in vars(namespace).items() if value is not _UNSET}
+
+
+def refuse_changed_options(given: set[str], wanted: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+    """Refuse, in one line, options given on a resume whose value differs from the checkpoint's.
+
+    ``wanted`` maps option destinations to the values this command asks for,
+    ``saved`` to the values of the run being resumed.
+    """
+    changed = [k for k in sorted(given & set(wanted)) if wanted[k] != saved.get(k)]
+    if changed:
+        parts = ", ".join(f"--{k.replace('_', '-')} {wanted[k]} (the run has {saved.get(k)})" for k in changed)
+        raise UserError(f"--resume keeps the run's settings; these options differ from them: {parts}")
