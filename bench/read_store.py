@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from bench.rows import Row, add_rows_out_arg, append_rows
 from datasets.block_loader import BlockLoader
 from datasets.findings import CHEXPERT
 from datasets.sample import to_uint8
@@ -247,7 +248,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser: argparse.ArgumentParser = make_parser("bench.read_store", __doc__.splitlines()[0])
+    parser: argparse.ArgumentParser = make_parser("python -m bench.read_store", __doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096, help="images per resolution")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256], help="image sizes in px")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads of the main process (DataLoader workers use 1)")
     add_device_arg(parser)
+    add_rows_out_arg(parser)
     args = parser.parse_args(argv)
     check_arguments(args)
     device = resolve_device(args.device)
@@ -273,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ref = refs.get(name.split(":")[0].split(" ")[0])
                 ratio = f"{rate / rates[ref]:.2f}" if ref and "alone" not in name else ""
                 print(f"| {name:<70} | {rate:>9.0f} | {ratio:>16} |")
+            append_rows(args.rows_out, [
+                Row("store reading", f"{r} px, {name.removeprefix('read: ')}", rate, "img/s")
+                for name, rate in rows if name.startswith("read:")
+            ])
     return 0
 
 
