@@ -29,9 +29,7 @@ from .findings import CHEXPERT, NO_FINDING, FindingSchema
 from .label_tasks import LabelTask
 from .sample import FINDINGS, ID, IMAGE, LABEL, Sample
 from .spec import DataSetSpec
-from .synthetic_store import StoreLayout as StoreLayout  # re-exported for bench.synth
 from .synthetic_store import SyntheticStore, open_synthetic
-from .synthetic_store import SyntheticStoreWriter as SyntheticStoreWriter  # re-exported for bench.synth
 
 ENV_VAR = "CXR_SYNTHETIC_ROOT"
 
@@ -172,16 +170,13 @@ def factory(
     task: LabelTask | None = None,
     resolution: int = 256,
     augment: bool = False,
-    **options: Any,
 ) -> SyntheticDataset:
     """The registered ``synthetic`` data set: ``root`` is the store (local folder or URL).
 
     ``task`` may be ``None`` or the store's own task; another task is a
     :class:`UserError` (a store's images were generated for one task).
-    No reader options.
+    No reader options (:func:`datasets.registry.build_dataset` refuses any).
     """
-    if options:
-        raise UserError(f"synthetic: unknown options {', '.join(sorted(options))}")
     if root is None:
         raise UserError(f"synthetic: no store given; pass --data-root or set {ENV_VAR}")
     store = open_synthetic(root)
