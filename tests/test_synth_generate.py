@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from zarr.storage import LocalStore
 
 from datasets.findings import CHEXPERT
 from datasets.synthetic_store import open_synthetic
@@ -26,6 +24,7 @@ from synth.export import export_generator, load_generator
 from synth.generate import main
 from synth.networks import Generator, NetworkConfig
 from synth.rendering import render, sample_latents, write_contact_sheet
+from tests.test_synthetic_store import fill_disk_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,14 +243,7 @@ def test_full_disk_is_one_line_and_a_rerun_resumes(
     gen_file: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "s.zarr"
-    original = LocalStore.set
-
-    async def full_disk(self: LocalStore, key: str, value: object) -> None:
-        if key.startswith("train/images/c/3/"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        await original(self, key, value)
-
-    monkeypatch.setattr(LocalStore, "set", full_disk)
+    fill_disk_at(monkeypatch, "train/images/c/3/")
     code, err = _exit_code_and_error(_args(gen_file, out), capsys)
     monkeypatch.undo()
     assert code == 2 and len(err) == 1, err

@@ -6,6 +6,7 @@ Integrity faults (damaged or missing objects, full disks, root metadata) are in
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from zarr.storage import LocalStore
 
 from datasets.block_loader import BlockLoader, BlockStream
 from datasets.findings import CHEXPERT
@@ -104,6 +106,28 @@ def assert_store_matches(url: str | Path) -> None:
 
 
 # ----------------------------------------------------------------- schema and reading
+
+
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, key_prefix: str) -> None:
+    """Make writes of store objects whose key starts with ``key_prefix`` fail as on a full disk (ENOSPC)."""
+    original = LocalStore.set
+
+    async def full_disk(self: LocalStore, key: str, value: object) -> None:
+        if key.startswith(key_prefix):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        await original(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full_disk)
+
+
+def resume_and_finish(url: Path, pending_train: list[int]) -> None:
+    """Reopen an interrupted store, check its pending training blocks, write every pending block and finish."""
+    resumed = open_writer(url)
+    assert resumed.pending_blocks("train") == pending_train
+    for split in SIZES:
+        write_blocks(resumed, split, resumed.pending_blocks(split))
+    resumed.finish()
+    assert_store_matches(url)
 
 
 def test_round_trip_and_plain_zarr(store_path: Path) -> None:
@@ -233,13 +257,8 @@ def test_interrupted_block_write_stays_pending(tmp_path: Path) -> None:
         write_blocks(writer, "train", [1])  # rewriting a done block clears its marker first
     (url / "train" / "images" / "c" / "2" / "0" / "0" / "0.0123.partial").parent.mkdir(parents=True)
     (url / "train" / "images" / "c" / "2" / "0" / "0" / "0.0123.partial").write_bytes(b"torn")
-    resumed = open_writer(url)
-    assert resumed.pending_blocks("train") == [1, 2]
+    resume_and_finish(url, [1, 2])
     assert not list(url.rglob("*.partial"))
-    for split in SIZES:
-        write_blocks(resumed, split, resumed.pending_blocks(split))
-    resumed.finish()
-    assert_store_matches(url)
 
 
 def test_finish_detects_a_damaged_block(tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ Every fault is one :class:`UserError` line naming the store and the block.
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +12,6 @@ import fsspec
 import numpy as np
 import pytest
 import zarr
-from zarr.storage import LocalStore
 
 from datasets.block_loader import BlockLoader
 from datasets.registry import build_dataset
@@ -27,8 +24,10 @@ from tests.test_synthetic_store import (
     RES,
     SIZES,
     assert_store_matches,
+    fill_disk_at,
     make_attrs,
     open_writer,
+    resume_and_finish,
     write_blocks,
     write_store,
 )
@@ -231,25 +230,13 @@ def test_full_disk_while_writing_a_block_leaves_it_pending(tmp_path: Path, monke
     url = tmp_path / "s.zarr"
     writer = open_writer(url)
     write_blocks(writer, "train", [0])
-    original = LocalStore.set
-
-    async def full_disk(self: LocalStore, key: str, value: object) -> None:
-        if key.startswith("train/conditions/c/1"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        await original(self, key, value)
-
-    monkeypatch.setattr(LocalStore, "set", full_disk)
+    fill_disk_at(monkeypatch, "train/conditions/c/1")
     with pytest.raises(UserError, match="train block 1 .*No space left on device; the block stays pending") as exc:
         write_blocks(writer, "train", [1])
     assert "\n" not in str(exc.value) and str(url) in str(exc.value)
     monkeypatch.undo()
     assert not list(url.rglob("*.partial"))
-    resumed = open_writer(url)
-    assert resumed.pending_blocks("train") == [1, 2]
-    for split in SIZES:
-        write_blocks(resumed, split, resumed.pending_blocks(split))
-    resumed.finish()
-    assert_store_matches(url)
+    resume_and_finish(url, [1, 2])
 
 
 def test_resuming_with_another_layout_is_refused(tmp_path: Path) -> None:
