@@ -28,10 +28,11 @@ from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import use_bf16_autocast
+from synth.config import TrainingConfig
 from synth.export import LoadedGenerator
 from synth.networks import PRESETS, RESOLUTIONS, NetworkConfig
 from synth.rendering import render, sample_latents
-from synth.trainer import GanTrainer, TrainingConfig
+from synth.trainer import GanTrainer
 
 from .rows import Row, add_rows_out_arg, append_rows, device_name
 

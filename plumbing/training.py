@@ -75,16 +75,21 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def restore(objects: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
-    """Load each object's state from a checkpoint dict (Ignite's ``Checkpoint.load_objects``)."""
+def restore(objects: Mapping[str, Any], checkpoint: Mapping[str, Any], path: Path | None = None) -> None:
+    """Load each object's state from a checkpoint dict (Ignite's ``Checkpoint.load_objects``).
+
+    A checkpoint of another trainer or version is one :class:`UserError`
+    naming ``path`` (the file the dict was read from), when given.
+    """
+    what = f"checkpoint {path}" if path is not None else "the checkpoint"
     missing = [k for k in objects if k not in checkpoint]
     if missing:
-        raise UserError(f"checkpoint lacks {', '.join(missing)}; it was not written by this trainer")
+        raise UserError(f"{what} lacks {', '.join(missing)}; it was not written by this trainer")
     try:
         Checkpoint.load_objects(to_load=dict(objects), checkpoint=dict(checkpoint))
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # shapes or entries of another trainer or version
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the checkpoint does not fit this trainer: {first}") from exc
+        raise UserError(f"{what} does not fit this trainer: {first}") from exc
 
 
 def _finite_guard(run_dir: Path) -> Callable[[Engine], None]:

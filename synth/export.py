@@ -23,13 +23,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from datasets.registry import get_spec
+from datasets.registry import REGISTRY
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
 from plumbing.training import load_checkpoint
 
+from .config import TrainingConfig, saved_run
 from .networks import Generator, NetworkConfig
-from .schedule import ProgressiveSchedule
 
 DEMO_GENERATOR = Path(__file__).resolve().parent / "assets" / "phantom-demo-64.safetensors"
 
@@ -69,29 +69,29 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def training_metadata(config: dict[str, Any], iteration: int) -> dict[str, Any]:
-    """The ``training`` record of a generator after ``iteration`` steps of the run recorded in ``config``.
+def training_metadata(record: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """The ``training`` metadata of a generator after ``iteration`` steps of the run recorded in ``record``.
 
-    ``config`` is a run's record (``training``, ``command``, optional
-    ``resumed_with``); the record adds the progress (``iteration``,
-    ``kimg_done``), the active resolution and fade ``alpha`` of the
-    progressive schedule and ``trained_on_phantoms`` (the data set needs no files).
+    ``record`` is a run's record (:mod:`synth.config`: ``training``,
+    ``command``, ``resumed_with`` once resumed); the metadata is its training
+    configuration plus ``command``, ``resumed_with``, the progress
+    (``iteration``, ``kimg_done``), the active resolution and fade ``alpha``
+    of the progressive schedule, and ``trained_on_phantoms`` (the data set
+    needs no files). The export and a checkpoint read as a generator both
+    compute it here.
     """
-    training = config["training"]
-    batch = int(training["batch_size"])
-    schedule = ProgressiveSchedule(
-        training["start_resolution"], training["resolution"], training["fade_kimg"], training["stable_kimg"]
-    )
-    active, alpha = schedule.state(iteration * batch)
+    training = TrainingConfig.from_dict(record["training"])
+    active, alpha = training.schedule().state(iteration * training.batch_size)
+    spec = REGISTRY.get(training.data)
     return dict(
-        training,
-        command=config["command"],
-        resumed_with=config.get("resumed_with", []),
+        training.to_dict(),
+        command=record["command"],
+        resumed_with=list(record.get("resumed_with", [])),
         iteration=iteration,
-        kimg_done=iteration * batch / 1000,
+        kimg_done=iteration * training.batch_size / 1000,
         active_resolution=active,
         alpha=alpha,
-        trained_on_phantoms=get_spec(training["data"]).env_var is None,
+        trained_on_phantoms=spec is not None and spec.env_var is None,
     )
 
 
@@ -135,16 +135,10 @@ def load_generator(path: Path, device: torch.device) -> LoadedGenerator:
         except Exception as exc:  # safetensors raises its own error type for damaged headers
             raise UserError(f"cannot read generator {path}: {str(exc).splitlines()[0]}") from exc
     else:
-        ckpt = load_checkpoint(path)
-        try:
-            config = ckpt["run"]["config"]
-            state, network, columns = ckpt["G_ema"], config["network"], list(config["condition_columns"])
-            training = training_metadata(config, int(ckpt["run"]["iteration"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            what = f"no {exc.args[0]!r} entry" if isinstance(exc, KeyError) else "its entries have another layout"
-            raise UserError(
-                f"{path} is not a synth.train checkpoint of this version ({what}); "
-                "give a generator .safetensors file or a synth.train checkpoint"
-            ) from None
+        checkpoint = load_checkpoint(path)
+        saved = saved_run(checkpoint, path)
+        state, network = checkpoint["G_ema"], saved.record["network"]
+        columns = list(saved.record["condition_columns"])
+        training = training_metadata(saved.record, saved.iteration)
     generator = _build(network, state, path).to(device)
     return LoadedGenerator(generator, network, training, columns, sha256_file(path), str(path))

@@ -1,10 +1,10 @@
 """``python -m synth.train``: train the conditional GAN on a registered data set.
 
-The trainer itself (losses, schedule, what one iteration does) is
-:mod:`synth.trainer`; this command checks the options, starts or resumes the
-run folder through :mod:`plumbing.runs` and runs an Ignite engine with the
-shared handlers of :mod:`plumbing.training`. The minibatch order comes from
-:class:`plumbing.sampling.ResumableBatchSampler`, so a resume continues
+The trainer itself (losses, schedule, what one iteration does, the training
+loop) is :mod:`synth.trainer` and its configuration :mod:`synth.config`; this
+command checks the options - all of them, and builds the data set, before it
+creates anything - starts or resumes the run folder through
+:mod:`plumbing.runs` and calls :func:`synth.trainer.train`. A resume continues
 exactly where the run stopped.
 
 Every ``--snapshot-kimg`` the run folder receives an atomic checkpoint, a
@@ -17,13 +17,10 @@ on the resuming command that contradict it are refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from ignite.engine import Engine, Events
-from torch.utils.data import DataLoader
 
 from datasets.cache import CachedDataset
 from datasets.registry import names
@@ -31,17 +28,18 @@ from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make
 from plumbing.errors import UserError
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
-from plumbing.sampling import ResumableBatchSampler
-from plumbing.training import TrainingDiverged, attach_training_handlers, restore
+from plumbing.training import restore
 
-from .export import export_generator, training_metadata
-from .networks import PRESETS, RESOLUTIONS, NetworkConfig
-from .trainer import GanTrainer, TrainingConfig, training_dataset, training_spec
+from .config import SavedRun, TrainingConfig, saved_run
+from .networks import PRESETS, RESOLUTIONS
+from .trainer import GanTrainer, iterations, network_config, train, training_dataset, training_spec
 
 PROG = "python -m synth.train"
 DEFAULTS = TrainingConfig()
 NETWORK_OPTIONS = ("preset", "channel_base", "channel_max")
 """Options that shape the networks (compared with the checkpoint's network on a resume)."""
+FROM_COMMAND = "--kimg, --workers, --device, --amp, --data-root and --no-progress"
+"""What a resume takes from its own command line rather than from the checkpoint."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,21 +131,19 @@ def _requested(args: argparse.Namespace) -> TrainingConfig:
     return TrainingConfig.resolve(**{k: getattr(args, k) for k in fields})
 
 
-def _network(args: argparse.Namespace, resolution: int, c_dim: int, channels: int) -> NetworkConfig:
-    overrides: dict[str, Any] = {"resolution": resolution, "c_dim": c_dim, "img_channels": channels}
-    if args.channel_base is not None:
-        overrides["channel_base"] = args.channel_base
-    if args.channel_max is not None:
-        overrides["channel_max"] = args.channel_max
-    return NetworkConfig.preset(args.preset, **overrides)
-
-
-def _saved_run(checkpoint: dict[str, Any], path: Any) -> tuple[dict[str, Any], TrainingConfig, NetworkConfig]:
-    try:
-        record = checkpoint["run"]["config"]
-        return record, TrainingConfig.from_dict(record["training"]), NetworkConfig.from_dict(record["network"])
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{path} is not a synth.train checkpoint of this version (no {exc} entry)") from None
+def _refuse_changes(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, saved: SavedRun
+) -> None:
+    """Refuse run-defining options given on a resume whose value differs from the checkpoint's."""
+    given = given_options(parser, argv) - {"kimg"}
+    refuse_changed_options(given, _requested(args).to_dict(), saved.training.to_dict())
+    network = saved.network
+    asked = network_config(
+        args.preset, network.resolution, network.c_dim, network.img_channels, args.channel_base, args.channel_max
+    )
+    if given & set(NETWORK_OPTIONS) and asked != network:
+        raise UserError("--resume keeps the run's networks; the --preset / --channel-base / --channel-max "
+                        "given differ from them")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,90 +151,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     _validate(args)
-    requested = _requested(args)
     run = open_run(args.runs_dir, args.name or f"gan-{args.data}-{args.resolution}", args.resume)
     if run.checkpoint is not None:
-        record, saved, network = _saved_run(run.checkpoint, run.checkpoint_path)
-        given = given_options(parser, argv) - {"kimg"}
-        refuse_changed_options(given, requested.to_dict(), saved.to_dict())
-        asked = _network(args, network.resolution, network.c_dim, network.img_channels)
-        if given & set(NETWORK_OPTIONS) and asked != network:
-            raise UserError("--resume keeps the run's networks; the --preset / --channel-base / --channel-max "
-                            "given differ from them")
-        cfg = TrainingConfig.from_dict(saved.to_dict() | {"kimg": args.kimg})
-        print(f"resuming {run.checkpoint_path}: the run's saved settings apply; --kimg {args.kimg}", file=sys.stderr)
+        saved = saved_run(run.checkpoint, run.checkpoint_path)
+        _refuse_changes(parser, argv, args, saved)
+        record, cfg, network = saved.record, dataclasses.replace(saved.training, kimg=args.kimg), saved.network
+        print(f"resuming {run.checkpoint_path}: the run's saved settings apply; {FROM_COMMAND} come from this "
+              f"command (--kimg {args.kimg})", file=sys.stderr)
     else:
-        record, cfg = {}, requested
+        record, cfg = None, _requested(args)
     schedule = cfg.schedule()
     spec = training_spec(cfg.data)
     dataset = training_dataset(cfg, args.data_root)
-    if run.checkpoint is None:
-        network = _network(args, cfg.resolution, len(spec.schema.columns), spec.channels)
+    if record is None:
+        network = network_config(
+            args.preset, cfg.resolution, len(spec.schema.columns), spec.channels, args.channel_base, args.channel_max
+        )
     trainer = GanTrainer(cfg, network, spec.schema, device, use_bf16_autocast(args.amp, device))
     if run.checkpoint is not None:
-        restore(trainer.objects(), run.checkpoint)
-    start, B = trainer.state.iteration, cfg.batch_size
-    total = math.ceil(cfg.kimg * 1000 / B)
+        restore(trainer.objects(), run.checkpoint, run.checkpoint_path)
+    else:
+        record = {
+            "network": network.to_dict(), "condition_columns": list(spec.schema.columns),
+            "augment": trainer.augment.spec.to_dict(),
+        }
+    start, (total, _) = trainer.state.iteration, iterations(cfg)
     if start >= total:
-        raise UserError(f"the run already trained {start * B / 1000:.2f} kimg; pass a larger --kimg to continue")
-    snapshot = max(1, round(cfg.snapshot_kimg * 1000 / B))
+        raise UserError(f"the run already trained {start * cfg.batch_size / 1000:.2f} kimg; "
+                        "pass a larger --kimg to continue")
     if cfg.cache:
         dataset = CachedDataset(dataset, progress=not args.no_progress)
 
-    run.create()
-    base = record or {
-        "network": network.to_dict(),
-        "condition_columns": list(spec.schema.columns),
-        "augment": trainer.augment.spec.to_dict(),
-    }
-    trainer.state.config = record_config(run, base | {"training": cfg.to_dict()}, command_line(PROG, argv))
-    workers = args.workers if args.workers is not None else default_workers(device)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=ResumableBatchSampler(len(dataset), B, cfg.seed, start=start),
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-    def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
-        out = trainer.step(engine.state.iteration - 1, batch)
-        trainer.state.iteration = engine.state.iteration
-        return out
-
-    engine = Engine(process)
-
-    @engine.on(Events.STARTED)
-    def _resume_position(eng: Engine) -> None:
-        eng.state.iteration = start
-        eng.state.epoch = start // snapshot
-
-    def _snapshot(eng: Engine) -> None:
-        it = eng.state.iteration
-        trainer.sample_grid(run.path / "samples" / f"grid-{it * B / 1000:08.2f}kimg.png", it)
-        export_generator(
-            run.path / "generator.safetensors", trainer.G_ema, network.to_dict(),
-            training_metadata(trainer.state.config, it), list(spec.schema.columns),
-        )
-
-    attach_training_handlers(
-        engine,
-        run_dir=run.path,
-        to_save=trainer.objects(),
-        checkpoint_every=snapshot,
-        progress=not args.no_progress,
-        on_checkpoint=_snapshot,
-    )
-    active = schedule.state(start * B)[0]
-    print(f"training {run.path.name}: {total - start} iterations of {B} images at {network.resolution} px "
-          f"(now {active} px) on {device} -> {run.path}", file=sys.stderr)
+    run.create()  # every check has passed
     try:
-        engine.run(loader, max_iters=total, epoch_length=snapshot)
-    except TrainingDiverged as exc:
-        run.discard()
-        raise UserError(str(exc)) from None
+        trainer.state.config = record_config(run, record | {"training": cfg.to_dict()}, command_line(PROG, argv))
+        print(f"training {run.path.name}: {total - start} iterations of {cfg.batch_size} images at "
+              f"{network.resolution} px (now {schedule.state(start * cfg.batch_size)[0]} px) on {device} "
+              f"-> {run.path}", file=sys.stderr)
+        workers = args.workers if args.workers is not None else default_workers(device)
+        train(trainer, dataset, run.path, workers=workers, progress=not args.no_progress)
     except BaseException:
-        run.discard()
+        run.discard()  # a fresh start that wrote no checkpoint leaves no folder
         raise
     return 0
 

@@ -1,4 +1,8 @@
-"""The GAN trainer: its typed configuration, networks, optimisers and one training iteration.
+"""The GAN trainer: networks, optimisers, one training iteration and the training loop.
+
+The configuration it trains with is :class:`synth.config.TrainingConfig`;
+:func:`training_dataset` and :func:`network_config` build what a run needs
+and :func:`train` runs it with the shared engine set-up of :mod:`plumbing.training`.
 
 One iteration (:meth:`GanTrainer.step`) is one generator step and one
 discriminator step on a minibatch of ``B`` real images with their condition
@@ -29,28 +33,30 @@ parts stay fp32: :mod:`synth.networks`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from ignite.engine import Engine, Events
+from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import save_image
 
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec
 from datasets.spec import DataSetSpec
-from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
+from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed, generator
+from plumbing.training import TrainingDiverged, attach_training_handlers
 
 from .augment import AdaController, AugmentPipe
+from .config import TrainingConfig
+from .export import export_generator, training_metadata
 from .losses import d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from .networks import Discriminator, Generator, NetworkConfig, build_networks, fade_images
-from .schedule import ProgressiveSchedule
 
 GRID_FINDINGS = (
     "Cardiomegaly", "Pneumothorax", "Pneumonia", "Pleural Effusion", "Effusion", "Edema", "Support Devices",
@@ -58,74 +64,6 @@ GRID_FINDINGS = (
 """Findings shown one per row of the sample grids (those the schema has), after the all-zero row."""
 
 PL_INTERVAL = 4
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """What defines a GAN run; saved in every checkpoint and fixed across resumes except ``kimg``.
-
-    Build one with :meth:`resolve`, which fills the automatic values;
-    checkpoints hold it as a plain dict (:meth:`to_dict`, :meth:`from_dict`).
-    """
-
-    data: str = "phantom"
-    data_length: int | None = None
-    resolution: int = 64
-    start_resolution: int = 64
-    fade_kimg: float = 2.0
-    stable_kimg: float = 2.0
-    batch_size: int = 16
-    lr: float = 0.0025
-    gamma: float = 0.0002 * 64**2 / 16
-    r1_interval: int = 16
-    pl_weight: float = 0.0
-    mixing: float = 0.9
-    ema_kimg: float = 16 * 10 / 32
-    no_ada: bool = False
-    ada_target: float = 0.6
-    ada_kimg: float = 100.0
-    seed: int = 0
-    cache: bool = False
-    snapshot_kimg: float = 1.0
-    kimg: float = 10.0
-
-    @classmethod
-    def resolve(
-        cls,
-        *,
-        start_resolution: int | None = None,
-        gamma: float | None = None,
-        ema_kimg: float | None = None,
-        **options: Any,
-    ) -> TrainingConfig:
-        """A configuration with automatic values for the options given as ``None``.
-
-        ``start_resolution`` defaults to ``resolution`` (no growing); ``gamma``
-        to ``0.0002 * resolution^2 / batch_size`` (StyleGAN2-ADA's "auto");
-        ``ema_kimg`` to ``batch_size * 10 / 32``.
-        """
-        base = cls(**options)
-        r, b = base.resolution, base.batch_size
-        return dataclasses.replace(
-            base,
-            start_resolution=start_resolution or r,
-            gamma=gamma if gamma is not None else 0.0002 * r**2 / b,
-            ema_kimg=ema_kimg if ema_kimg is not None else b * 10 / 32,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
-        return dataclass_from_dict(cls, data, "training configuration")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def schedule(self) -> ProgressiveSchedule:
-        """The progressive-growing schedule; a start resolution that does not divide the target is a UserError."""
-        try:
-            return ProgressiveSchedule(self.start_resolution, self.resolution, self.fade_kimg, self.stable_kimg)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
 
 
 class RunState:
@@ -178,6 +116,18 @@ def training_dataset(cfg: TrainingConfig, data_root: str | None) -> Dataset:
     return build_dataset(spec.name, root=data_root, split="train", resolution=cfg.resolution, **options)
 
 
+def network_config(
+    preset: str, resolution: int, c_dim: int, channels: int, channel_base: int | None, channel_max: int | None
+) -> NetworkConfig:
+    """The networks of a new run: a preset (:data:`synth.networks.PRESETS`) with the given overrides."""
+    overrides: dict[str, Any] = {"resolution": resolution, "c_dim": c_dim, "img_channels": channels}
+    if channel_base is not None:
+        overrides["channel_base"] = channel_base
+    if channel_max is not None:
+        overrides["channel_max"] = channel_max
+    return NetworkConfig.preset(preset, **overrides)
+
+
 def _adam(params: Any, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=(0.0, 0.99), eps=1e-8)
 
@@ -188,7 +138,7 @@ class GanTrainer:
     def __init__(
         self, cfg: TrainingConfig, network: NetworkConfig, schema: FindingSchema, device: torch.device, amp: bool
     ) -> None:
-        self.cfg, self.schema, self.device, self.amp = cfg, schema, device, amp
+        self.cfg, self.network, self.schema, self.device, self.amp = cfg, network, schema, device, amp
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         G, D = build_networks(network)
         # channels_last feeds the GPU's tensor cores without layout transposes; CPUs keep NCHW
@@ -299,3 +249,63 @@ class GanTrainer:
             save_image(
                 images.float().clamp(-1, 1), tmp, nrow=columns, normalize=True, value_range=(-1, 1), format="png"
             )
+
+    def write_snapshot(self, run_dir: Path, iteration: int) -> None:
+        """The sample grid of ``iteration`` and ``generator.safetensors`` (the EMA generator and its metadata)."""
+        kimg = iteration * self.cfg.batch_size / 1000
+        self.sample_grid(run_dir / "samples" / f"grid-{kimg:08.2f}kimg.png", iteration)
+        export_generator(
+            run_dir / "generator.safetensors", self.G_ema, self.network.to_dict(),
+            training_metadata(self.state.config, iteration), list(self.schema.columns),
+        )
+
+
+def iterations(cfg: TrainingConfig) -> tuple[int, int]:
+    """``(total, snapshot_every)``: the iterations of a run of ``cfg.kimg`` and between two snapshots."""
+    return math.ceil(cfg.kimg * 1000 / cfg.batch_size), max(1, round(cfg.snapshot_kimg * 1000 / cfg.batch_size))
+
+
+def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int, progress: bool) -> None:
+    """Train from ``trainer.state.iteration`` to the end of the run, with a snapshot every ``snapshot_kimg``.
+
+    Each snapshot is an atomic checkpoint of :meth:`GanTrainer.objects`, a
+    sample grid and ``generator.safetensors`` (:meth:`GanTrainer.write_snapshot`),
+    through the shared handlers of :func:`plumbing.training.attach_training_handlers`.
+    The minibatch order comes from :class:`plumbing.sampling.ResumableBatchSampler`
+    started at the current iteration, so a resumed run continues exactly.
+    A non-finite loss is a :class:`UserError` naming the last good checkpoint.
+    """
+    cfg, start = trainer.cfg, trainer.state.iteration
+    total, snapshot = iterations(cfg)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start=start),
+        num_workers=workers,
+        pin_memory=trainer.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+    def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
+        out = trainer.step(engine.state.iteration - 1, batch)
+        trainer.state.iteration = engine.state.iteration
+        return out
+
+    engine = Engine(process)
+
+    @engine.on(Events.STARTED)
+    def _resume_position(eng: Engine) -> None:
+        eng.state.iteration = start
+        eng.state.epoch = start // snapshot
+
+    attach_training_handlers(
+        engine,
+        run_dir=run_dir,
+        to_save=trainer.objects(),
+        checkpoint_every=snapshot,
+        progress=progress,
+        on_checkpoint=lambda eng: trainer.write_snapshot(run_dir, eng.state.iteration),
+    )
+    try:
+        engine.run(loader, max_iters=total, epoch_length=snapshot)
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None

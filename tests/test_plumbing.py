@@ -91,8 +91,38 @@ def test_resume_without_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_damaged_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     bad = tmp_path / "checkpoint_1.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="cannot read checkpoint") as info:
         load_checkpoint(bad)
+    assert "weights_only" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_restore_names_the_checkpoint_that_does_not_fit(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(UserError, match=r"checkpoint .*c.pt lacks model"):
+        restore({"model": model}, {"other": {}}, tmp_path / "c.pt")
+    with pytest.raises(UserError, match=r"checkpoint .*c.pt does not fit this trainer"):
+        restore({"model": model}, {"model": torch.nn.Linear(3, 1).state_dict()}, tmp_path / "c.pt")
+
+
+def test_dataclass_from_dict_refuses_other_layouts() -> None:
+    import dataclasses
+
+    from plumbing.config import dataclass_from_dict
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        size: int
+        rate: float = 0.5
+
+    assert dataclass_from_dict(Config, {"size": 2}, "test config") == Config(2, 0.5)
+    with pytest.raises(UserError, match=r"unknown test config keys \['bogus'\]"):
+        dataclass_from_dict(Config, {"size": 2, "bogus": 1}, "test config")
+    with pytest.raises(UserError, match=r"lacks the keys \['size'\]"):
+        dataclass_from_dict(Config, {"rate": 1.0}, "test config")
+    with pytest.raises(UserError, match=r"lacks the keys \['rate'\]"):  # a record written in full
+        dataclass_from_dict(Config, {"size": 2}, "test config", complete=True)
+    with pytest.raises(UserError, match="not a mapping"):
+        dataclass_from_dict(Config, [1, 2], "test config")  # type: ignore[arg-type]
 
 
 def test_bf16_autocast_choice(monkeypatch: pytest.MonkeyPatch) -> None:

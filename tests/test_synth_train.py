@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.export import load_generator
 from synth.train import main
+from tests import real_layouts as rl
 
 # 8 images per step; 0.064 kimg = 8 steps. Progressive 16 -> 32 px: 2 stable steps at 16 px,
 # then a 4-step fade of 32 px, so a resume after 4 steps lands mid-fade (alpha = 0.5).
@@ -71,6 +73,13 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- faults found by probing the command
+# Tests that need a run folder but not real training replace the GAN step by a cheap one
+# (``fake_steps``): checkpoints, grids and exports are still written by the real code.
+
+
+@pytest.fixture
+def fake_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("synth.trainer.GanTrainer.step", lambda self, it, batch: {"loss_g": 0.0, "loss_d": 0.0})
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -85,7 +94,12 @@ def _errors(lines: list[str]) -> list[str]:
     return [line for line in lines if "error" in line.lower() or "terminating" in line.lower()]
 
 
-@pytest.mark.parametrize("option", ["--kimg", "--snapshot-kimg"])
+def _engine_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What Ignite's engine logged at WARNING or above (its 'terminating due to exception' lines)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("ignite") and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("option", ["--kimg", "--snapshot-kimg", "--lr", "--fade-kimg"])
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_infinite_lengths_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str,
                                        value: str) -> None:
@@ -99,8 +113,11 @@ def test_failed_starts_leave_no_run_folder(tmp_path: Path) -> None:
     for argv, match in (
         (["--data", "nope"], "unknown data set"),
         (["--data", "chexpert", "--data-root", str(tmp_path / "missing")], "not a folder"),
+        (["--data", "phantom", "--data-root", str(tmp_path)], "needs no files"),
         (["--resolution", "32", "--start-resolution", "8", "--stable-kimg", "0.016", "--fade-kimg", "0"], "fade"),
         (["--resolution", "32", "--start-resolution", "24"], "start resolution"),
+        (["--resolution", "32", "--channel-base", "16"], "channel_base"),
+        (["--resolution", "32", "--amp", "on"], "no native bf16"),
         (["--name", "../../escape"], "one plain folder name"),
     ):
         with pytest.raises(UserError, match=match):
@@ -110,36 +127,60 @@ def test_failed_starts_leave_no_run_folder(tmp_path: Path) -> None:
 
 
 def test_nan_in_the_first_iteration_is_one_line_and_leaves_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("synth.trainer.GanTrainer.step", lambda self, it, batch: {"loss_g": float("nan")})
     code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "nan", "--kimg", "0.064"], capsys)
     errors = _errors(lines)
     assert code == 2 and len(errors) == 1, lines
     assert "became nan at iteration 1" in errors[0] and "no checkpoint had been written" in errors[0]
+    assert _engine_log(caplog) == []
     assert not (tmp_path / "nan").exists()  # nothing for a later --resume to trip over
     with pytest.raises(UserError, match="no checkpoint"):
         _run(tmp_path, "nan", "0.064", "--resume")
 
 
 def test_nan_after_a_checkpoint_names_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, fake_steps: None,
 ) -> None:
     _run(tmp_path, "r", "0.032")
     monkeypatch.setattr("synth.trainer.GanTrainer.step", lambda self, it, batch: {"loss_g": float("inf")})
     code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "r", "--kimg", "0.064", "--resume"], capsys)
     errors = _errors(lines)
     assert code == 2 and len(errors) == 1 and str(tmp_path / "r" / "checkpoint_4.pt") in errors[0], lines
+    assert _engine_log(caplog) == []
     assert latest_checkpoint(tmp_path / "r").name == "checkpoint_4.pt"
 
 
-def test_resume_refuses_changed_run_options(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_corrupt_image_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, workers: str,
+    fake_steps: None,
+) -> None:
+    root = rl.write_nih(tmp_path, n_rows=6, n_test=2)
+    for image in (root / "images").iterdir():
+        rl.truncate(image)
+    runs = tmp_path / "runs"
+    argv = ["--data", "chestxray8", "--data-root", str(root), "--resolution", "32", "--batch-size", "2",
+            "--kimg", "0.004", "--device", "cpu", "--no-progress", "--runs-dir", str(runs), "--name", "bad",
+            "--workers", workers]
+    code, lines = _cli(argv, capsys)
+    errors = _errors(lines)
+    assert code == 2 and len(errors) == 1 and "could not be decoded" in errors[0], lines
+    assert "Traceback" not in "\n".join(lines) and _engine_log(caplog) == []
+    assert not (runs / "bad").exists()
+
+
+def test_resume_refuses_changed_run_options(tmp_path: Path, fake_steps: None) -> None:
     _run(tmp_path, "r", "0.032")
     for extra, named in (
         (["--lr", "0.01"], "--lr 0.01"),
         (["--batch-size", "4"], "--batch-size 4"),
         (["--data", "phantom-nih"], "--data phantom-nih"),
         (["--resolution", "64"], "--resolution 64"),
+        (["--cache"], "--cache True"),
     ):
         with pytest.raises(UserError, match=named):
             _run(tmp_path, "r", "0.064", "--resume", *extra)
@@ -152,7 +193,9 @@ def test_resume_refuses_changed_run_options(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path / "r").name == "checkpoint_8.pt"
 
 
-def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_falls_back_past_a_damaged_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fake_steps: None
+) -> None:
     run = _run(tmp_path, "r", "0.064", "--snapshot-kimg", "0.016")  # checkpoints every 2 steps; 6 and 8 are kept
     assert latest_checkpoint(run).name == "checkpoint_8.pt"
     (run / "checkpoint_8.pt").write_bytes(b"truncated")
@@ -162,25 +205,38 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path, capsys: pyt
     assert code == 0
     warnings = [line for line in lines if line.startswith("warning")]
     assert len(warnings) == 1 and "checkpoint_8.pt" in warnings[0] and "checkpoint_6.pt" in warnings[0]
+    assert "weights_only" not in warnings[0]
     assert latest_checkpoint(run).name == "checkpoint_10.pt"
 
 
 def test_foreign_checkpoints_are_one_line(tmp_path: Path) -> None:
     run = tmp_path / "foreign"
     run.mkdir()
-    torch.save({"weights": torch.zeros(1)}, run / "checkpoint_4.pt")
-    with pytest.raises(UserError, match="not a synth.train checkpoint") as info:
-        _run(tmp_path, "foreign", "0.064", "--resume")
-    assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match="not a synth.train checkpoint"):
-        load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
+    for content in ({"weights": torch.zeros(1)}, torch.zeros(3), {"run": {"config": {}}, "G_ema": {}}):
+        torch.save(content, run / "checkpoint_4.pt")
+        with pytest.raises(UserError, match="checkpoint_4.pt is not a synth.train checkpoint") as info:
+            _run(tmp_path, "foreign", "0.064", "--resume")
+        assert "\n" not in str(info.value)
+        with pytest.raises(UserError, match="checkpoint_4.pt is not a synth.train checkpoint"):
+            load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
     torch.save({"path": Path("x")}, run / "checkpoint_8.pt")  # an object that loading would have to construct
     with pytest.raises(UserError, match="would execute code") as info:
         load_checkpoint(run / "checkpoint_8.pt")
     assert "weights_only" not in str(info.value)
 
 
-def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path) -> None:
+def test_checkpoint_with_a_missing_training_key_is_one_line(tmp_path: Path, fake_steps: None) -> None:
+    run = _run(tmp_path, "old", "0.032")
+    checkpoint = load_checkpoint(run / "checkpoint_4.pt")
+    del checkpoint["run"]["config"]["training"]["cache"]  # no default is taken for a key every run writes
+    torch.save(checkpoint, run / "checkpoint_4.pt")
+    for read in (lambda: _run(tmp_path, "old", "0.064", "--resume"),
+                 lambda: load_generator(run / "checkpoint_4.pt", torch.device("cpu"))):
+        with pytest.raises(UserError, match=r"checkpoint_4.pt is not a synth.train checkpoint .*lacks .*cache"):
+            read()
+
+
+def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path, fake_steps: None) -> None:
     run = _run(tmp_path, "mid", "0.032")  # 4 steps: mid-fade of 32 px
     from_checkpoint = load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
     exported = load_generator(run / "generator.safetensors", torch.device("cpu"))
@@ -191,24 +247,32 @@ def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path) -> None:
             loaded.check_fully_grown()
 
 
+@pytest.mark.parametrize("target", [
+    "synth.trainer.export_generator",  # generator.safetensors
+    "synth.trainer.save_image",  # the sample grid
+    "torch.save",  # the checkpoint (Ignite's DiskSaver)
+    "plumbing.runs.write_json_atomic",  # config.json
+])
 def test_full_disk_during_a_snapshot_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str,
+    fake_steps: None,
 ) -> None:
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("synth.train.export_generator", full)
+    monkeypatch.setattr(target, full)
     code, lines = _cli([*COMMON, "--runs-dir", str(tmp_path), "--name", "full", "--kimg", "0.064"], capsys)
     errors = _errors(lines)
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0], lines
     assert not (tmp_path / "full").exists()
 
 
-@pytest.mark.parametrize("option", ["--batch-size", "--steps", "--gen-images", "--gen-batch"])
-def test_bench_zero_sizes_are_one_line(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("option", ["--batch-size", "--steps", "--gen-images", "--gen-batch", "--resolution"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_bench_zero_sizes_are_one_line(option: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.synth import main as bench_main
 
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(bench_main, [option, "0", "--device", "cpu"])
+        run_cli(bench_main, [option, value, "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and option in err[0]
