@@ -3,7 +3,7 @@
 ``python -m synth.train`` trains the GAN on any registered data set (with
 progressive growing, ADA, lazy R1 and an EMA generator);
 ``python -m synth.generate`` writes versioned Zarr stores through
-:mod:`datasets.synthetic_store`. The trainer is :mod:`synth.trainer` (its configuration
-:mod:`synth.config`), the
-image rendering :mod:`synth.rendering`; the two commands only parse options and call them.
+:mod:`datasets.synthetic_store`. The trainer is :mod:`synth.trainer` (its
+configuration :mod:`synth.config`), the image rendering :mod:`synth.rendering`;
+the two commands only parse options and call them.
 """
