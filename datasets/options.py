@@ -16,7 +16,8 @@ import numpy as np
 from plumbing.errors import UserError
 
 
-def _is_integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
+    """An ``int`` or numpy integer, not a ``bool``."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
@@ -26,7 +27,7 @@ def _is_number(value: Any) -> bool:
 
 def integer(owner: str, name: str, value: Any, minimum: int | None = None) -> int:
     """``value`` as an ``int`` (at least ``minimum`` when given)."""
-    if not _is_integer(value) or (minimum is not None and value < minimum):
+    if not is_integer(value) or (minimum is not None and value < minimum):
         bound = "" if minimum is None else f" of at least {minimum}"
         raise UserError(f"{owner}: {name} must be a whole number{bound}, not {value!r}")
     return int(value)

@@ -16,12 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from plumbing.errors import UserError
 
 from . import chexpert, isic, nih, siim_covid, synthetic
 from .label_tasks import LabelTask
+from .options import flag, is_integer
 from .phantoms import dataset as phantom
 from .spec import DataSetSpec
 
@@ -96,7 +95,6 @@ def check_arguments(spec: DataSetSpec, split: str, task: LabelTask | None, resol
                 f"{spec.name} has its own classes {spec.classes}; "
                 "label tasks apply only to data sets with finding vectors"
             )
-    if isinstance(resolution, bool) or not isinstance(resolution, int | np.integer) or resolution < 1:
+    if not is_integer(resolution) or resolution < 1:
         raise UserError(f"{spec.name}: resolution must be a positive number of pixels, not {resolution!r}")
-    if not isinstance(augment, bool | np.bool_):
-        raise UserError(f"{spec.name}: augment must be True or False, not {augment!r}")
+    flag(spec.name, "augment", augment)
