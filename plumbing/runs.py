@@ -16,6 +16,9 @@ A trainer's command calls, in this order:
 
 :func:`given_options` and :func:`refuse_changed_options` let a resumed run
 refuse options that contradict its checkpoint.
+
+Under several processes (:mod:`plumbing.distributed`) every rank opens the run
+and reads the checkpoint; only rank 0 creates, records and discards the folder.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_main_process
 from .errors import UserError
 from .files import write_json_atomic
 from .training import checkpoints, load_checkpoint
@@ -60,7 +64,9 @@ class RunFolder:
         return self.checkpoint is not None
 
     def create(self) -> None:
-        """Create the folder (after every check has passed)."""
+        """Create the folder (after every check has passed; rank 0 only)."""
+        if not is_main_process():
+            return
         existed = self.path.is_dir()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -116,13 +122,15 @@ def command_line(prog: str, argv: Sequence[str] | None) -> str:
 def record_config(run: RunFolder, config: dict[str, Any], command: str) -> dict[str, Any]:
     """Write ``config.json``: ``config`` with ``command`` (a fresh start) or ``command`` appended to ``resumed_with``.
 
-    Returns the record (kept by the trainer in its checkpoints).
+    Returns the record (kept by the trainer in its checkpoints); only rank 0 writes the file.
     """
     record = dict(config)
     if run.resumed:
         record["resumed_with"] = [*record.get("resumed_with", []), command]
     else:
         record["command"] = command
+    if not is_main_process():
+        return record
     try:
         write_json_atomic(run.path / CONFIG_FILE, record)
     except OSError as exc:

@@ -5,7 +5,10 @@ iteration. :class:`ResumableBatchSampler` yields an endless stream of index
 batches: epoch ``e`` is the permutation drawn from ``(seed, e)`` and batch
 ``b`` holds positions ``[b * B, (b + 1) * B)`` of the concatenated epochs.
 Starting it at ``start`` therefore continues exactly where an uninterrupted
-run would be, without saving any random state.
+run would be, without saving any random state. Under several processes
+(:mod:`plumbing.distributed`) rank ``r`` of ``n`` takes the ``r``-th of ``n``
+contiguous parts of every global batch, so the ranks together see what one
+process sees, whatever the number of processes (also across a resume).
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ class ResumableBatchSampler(Sampler[list[int]]):
         batch_size: indices per batch.
         seed: seed of the epoch permutations.
         start: number of the first batch to yield (the engine's iteration on resume).
+        rank, world_size: this process's part of each global batch (``batch_size``
+            must be a multiple of ``world_size``).
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(
+        self, length: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if length < 1 or batch_size < 1:
             raise ValueError("length and batch_size must be positive")
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError("rank must lie in [0, world_size) and batch_size be a multiple of world_size")
         self.length = length
         self.batch_size = batch_size
         self.seed = seed
         self.start = start
+        self.part = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.length, generator=generator(self.seed, "epoch", epoch))
@@ -52,5 +62,5 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 epoch, offset = epoch + 1, 0
                 perm = self._permutation(epoch)
             if len(batch) == self.batch_size:
-                yield batch
+                yield batch[self.part]
                 batch = []

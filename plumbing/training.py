@@ -10,6 +10,12 @@ with an atomic :class:`~ignite.handlers.DiskSaver`; a full disk is one
 engine's output dict. The engine's own error log lines are silenced: the
 exception that ends a run is reported once, by the command.
 
+Under several processes (:mod:`plumbing.distributed`) every rank builds the
+same handlers (Ignite's checkpoint writes on rank 0 only; building it on one
+rank alone could hang a collective), and only rank 0 writes snapshots
+(``on_checkpoint``), removes old checkpoints, shows the progress bar and
+writes TensorBoard.
+
 Checkpoints hold only tensors and plain Python values, so
 :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``:
 loading never executes code.
@@ -28,6 +34,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from ignite.handlers.tensorboard_logger import OutputHandler, TensorboardLogger
 
+from .distributed import is_main_process
 from .errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint"
@@ -125,9 +132,10 @@ def attach_training_handlers(
 
     The engine's ``process_function`` must return a ``dict`` of float losses.
     Checkpoints are also written when the run completes (once per iteration).
-    ``on_checkpoint(engine)`` runs just before each checkpoint, after the
-    finite-loss guard (for sample grids and exports of the same state).
+    ``on_checkpoint(engine)`` runs on rank 0 just before each checkpoint, after
+    the finite-loss guard (for sample grids and exports of the same state).
     """
+    main = is_main_process()
     engine.logger.setLevel(logging.CRITICAL)  # Ignite logs the exception that ends a run; the command reports it
     engine.add_event_handler(Events.ITERATION_COMPLETED, _finite_guard(run_dir))
     saver = Checkpoint(
@@ -145,20 +153,21 @@ def attach_training_handlers(
             return
         saved_at[0] = eng.state.iteration
         try:
-            if on_checkpoint is not None:
+            if on_checkpoint is not None and main:
                 on_checkpoint(eng)
             saver(eng)
         except OSError as exc:  # a full disk, a vanished folder: nothing half-written stays (atomic writes)
             raise UserError(
                 f"cannot write the snapshot of iteration {eng.state.iteration} in {run_dir}: {exc.strerror or exc}"
             ) from exc
-        for old in checkpoints(run_dir)[:-n_saved]:  # also those of earlier (resumed) processes
-            old.unlink(missing_ok=True)
+        if main:
+            for old in checkpoints(run_dir)[:-n_saved]:  # also those of earlier (resumed) processes
+                old.unlink(missing_ok=True)
 
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=checkpoint_every) | Events.COMPLETED, _save)
-    if progress:
+    if progress and main:
         ProgressBar(persist=True).attach(engine, output_transform=lambda out: {k: float(v) for k, v in out.items()})
-    if tensorboard:
+    if tensorboard and main:
         tb = TensorboardLogger(log_dir=str(run_dir / "tb"))
         tb.attach(
             engine,

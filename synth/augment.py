@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from plumbing.config import dataclass_from_dict
+from plumbing.distributed import sum_over_ranks
 from plumbing.errors import UserError
 
 from .layers import autocast_off
@@ -316,7 +317,9 @@ class AdaController:
     ``interval`` minibatches, with ``r_t = mean(sign(D(real)))`` over the
     observations since the last update,
     ``p <- clamp(p + sign(r_t - target) * batch_size * interval / (ada_kimg * 1000), 0, 1)``,
-    so ``p`` can go from 0 to 1 in ``ada_kimg`` thousand images.
+    so ``p`` can go from 0 to 1 in ``ada_kimg`` thousand images. Under several
+    processes the observations of every rank count (summed over ranks) and
+    ``batch_size`` is the global batch, so every rank moves ``p`` alike.
     """
 
     def __init__(self, pipe: AugmentPipe, *, batch_size: int, target: float = 0.6, interval: int = 4,
@@ -344,9 +347,11 @@ class AdaController:
         self._minibatches += 1
         if self._minibatches % self.interval:
             return False
-        if self._count == 0:
+        totals = sum_over_ranks(torch.tensor([float(self._sign_sum), float(self._count)], dtype=torch.float64))
+        sign_sum, count = totals.tolist()
+        if count == 0:
             return False
-        rt = float(self._sign_sum) / self._count
+        rt = sign_sum / count
         direction = (rt > self.target) - (rt < self.target)
         with torch.no_grad():
             self.pipe.p.copy_((self.pipe.p + direction * self.step_size).clamp(0.0, 1.0))

@@ -12,6 +12,10 @@ sample grid (fixed latents, one row per condition) and
 ``generator.safetensors`` (the EMA generator, what ``synth.generate`` reads).
 A resume takes every run-defining setting from the checkpoint; options given
 on the resuming command that contradict it are refused.
+
+Several processes: ``torchrun --standalone --nproc_per_node N -m synth.train ...``
+(gloo on CPUs, NCCL on GPUs, one GPU per process); ``--batch-size`` stays the
+global batch, and a run may be resumed with another number of processes.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import math
 import sys
 from collections.abc import Sequence
 
+import torch
+
 from datasets.cache import CachedDataset
 from datasets.registry import names
 from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.distributed import distributed, is_main_process, process_device, processes
 from plumbing.errors import UserError
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
@@ -151,13 +158,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     _validate(args)
+    with distributed(device):
+        return _train(parser, argv, args, process_device(device))
+
+
+def _train(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, device: torch.device
+) -> int:
+    """Start or resume the run (every process; rank 0 writes)."""
+    main_process = is_main_process()
     run = open_run(args.runs_dir, args.name or f"gan-{args.data}-{args.resolution}", args.resume)
     if run.checkpoint is not None:
         saved = saved_run(run.checkpoint, run.checkpoint_path)
         _refuse_changes(parser, argv, args, saved)
         record, cfg, network = saved.record, dataclasses.replace(saved.training, kimg=args.kimg), saved.network
-        print(f"resuming {run.checkpoint_path}: the run's saved settings apply; {FROM_COMMAND} come from this "
-              f"command (--kimg {args.kimg})", file=sys.stderr)
+        if main_process:
+            print(f"resuming {run.checkpoint_path}: the run's saved settings apply; {FROM_COMMAND} come from this "
+                  f"command (--kimg {args.kimg})", file=sys.stderr)
     else:
         record, cfg = None, _requested(args)
     schedule = cfg.schedule()
@@ -180,14 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"the run already trained {start * cfg.batch_size / 1000:.2f} kimg; "
                         "pass a larger --kimg to continue")
     if cfg.cache:
-        dataset = CachedDataset(dataset, progress=not args.no_progress)
+        dataset = CachedDataset(dataset, progress=main_process and not args.no_progress)
 
     run.create()  # every check has passed
     try:
         trainer.state.config = record_config(run, record | {"training": cfg.to_dict()}, command_line(PROG, argv))
-        print(f"training {run.path.name}: {total - start} iterations of {cfg.batch_size} images at "
-              f"{network.resolution} px (now {schedule.state(start * cfg.batch_size)[0]} px) on {device} "
-              f"-> {run.path}", file=sys.stderr)
+        if main_process:
+            print(f"training {run.path.name}: {total - start} iterations of {cfg.batch_size} images at "
+                  f"{network.resolution} px (now {schedule.state(start * cfg.batch_size)[0]} px) on {device} "
+                  f"{processes()}-> {run.path}", file=sys.stderr)
         workers = args.workers if args.workers is not None else default_workers(device)
         train(trainer, dataset, run.path, workers=workers, progress=not args.no_progress)
     except BaseException:

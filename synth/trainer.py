@@ -25,6 +25,17 @@ generator's output is (:func:`synth.networks.fade_images`). Every random draw of
 step ``t`` comes from a generator seeded by ``(seed, t)``, so on the CPU ``k``
 steps, a resume and ``k`` more steps equal ``2k`` uninterrupted steps exactly.
 
+Under several processes (``torchrun``, :mod:`plumbing.distributed`) each rank
+takes its part of every global batch of ``batch_size`` images, and the
+gradients of each update are averaged over ranks by one all-reduce
+(:func:`plumbing.distributed.average_gradients`) instead of DDP, whose hooks
+do not fit the double-backward passes of R1 and the path length; the ADA
+statistics and the path-length mean are reduced over ranks too, so the
+networks stay identical on every rank. Each rank draws its own latents,
+noise and augmentations (seeded by ``(seed, t, rank)``), and the minibatch
+standard deviation of D groups the images of one rank, so a run on ``N``
+processes follows the single-process run in distribution, not bit for bit.
+
 On a GPU the networks are channels_last and, with bf16 autocast on a GPU
 with native bf16 (:mod:`plumbing.precision`), run under autocast (which
 parts stay fp32: :mod:`synth.networks`).
@@ -46,6 +57,15 @@ from torchvision.utils import save_image
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec
 from datasets.spec import DataSetSpec
+from plumbing.distributed import (
+    average_gradients,
+    broadcast_module,
+    local_batch_size,
+    mean_over_ranks,
+    mean_values_over_ranks,
+    rank,
+    world_size,
+)
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
 from plumbing.sampling import ResumableBatchSampler
@@ -179,8 +199,9 @@ class GanTrainer:
         """One G and one D update; ``iteration`` counts from 0."""
         cfg, B = self.cfg, self.cfg.batch_size
         res, alpha = self.schedule.state(iteration * B)
-        gen = generator(cfg.seed, "step", iteration, device=self.device)
-        torch.manual_seed(derive_seed(cfg.seed, "global", iteration))  # augmentation and noise draws
+        per_rank = (rank(),) if world_size() > 1 else ()
+        gen = generator(cfg.seed, "step", iteration, *per_rank, device=self.device)
+        torch.manual_seed(derive_seed(cfg.seed, "global", iteration, *per_rank))  # augmentation and noise draws
 
         real = batch["image"].to(self.device, non_blocking=True) * 2.0 - 1.0
         if real.shape[-1] != res:
@@ -205,9 +226,10 @@ class GanTrainer:
             if self.state.pl_resolution != res:  # the running mean depends on the resolution
                 self.state.pl_mean, self.state.pl_resolution = torch.zeros(()), res
             out = path_length_penalty(img, ws, self.state.pl_mean.to(self.device), generator=gen)
-            self.state.pl_mean = out.pl_mean.detach().cpu()
+            self.state.pl_mean = mean_over_ranks(out.pl_mean.detach()).cpu()
             (out.penalty * cfg.pl_weight * PL_INTERVAL).backward()
             pl = out.penalty.detach()
+        average_gradients(self.G.parameters())
         self.opt_G.step()
 
         # Discriminator step.
@@ -226,15 +248,16 @@ class GanTrainer:
             loss_d = loss_d + r1 * cfg.r1_interval
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
+        average_gradients(self.D.parameters())
         self.opt_D.step()
 
         ema_update(self.G_ema, self.G, ema_beta(B, cfg.ema_kimg, cur_nimg=(iteration + 1) * B, rampup=0.05))
         if self.ada is not None:
             self.ada.step()
-        return {
+        return mean_values_over_ranks({
             "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "r1": float(r1.detach()),
             "pl": float(pl), "ada_p": float(self.augment.p), "resolution": float(res), "alpha": float(alpha),
-        }
+        })
 
     @torch.no_grad()
     def sample_grid(self, path: Path, iteration: int, columns: int = 8) -> None:
@@ -274,12 +297,19 @@ def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int,
     The minibatch order comes from :class:`plumbing.sampling.ResumableBatchSampler`
     started at the current iteration, so a resumed run continues exactly.
     A non-finite loss is a :class:`UserError` naming the last good checkpoint.
+    Under several processes each rank loads its part of every global batch and
+    starts from rank 0's networks; rank 0 writes the snapshots.
     """
     cfg, start = trainer.cfg, trainer.state.iteration
     total, snapshot = iterations(cfg)
+    local_batch_size(cfg.batch_size)  # refuses a global batch the processes cannot share
+    for module in (trainer.G, trainer.D, trainer.G_ema):
+        broadcast_module(module)
     loader = DataLoader(
         dataset,
-        batch_sampler=ResumableBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start=start),
+        batch_sampler=ResumableBatchSampler(
+            len(dataset), cfg.batch_size, cfg.seed, start=start, rank=rank(), world_size=world_size()
+        ),
         num_workers=workers,
         pin_memory=trainer.device.type == "cuda",
         persistent_workers=workers > 0,

@@ -15,6 +15,7 @@ from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.export import load_generator
 from synth.train import main
 from tests import real_layouts as rl
+from tests.launch import torchrun
 
 # 8 images per step; 0.064 kimg = 8 steps. Progressive 16 -> 32 px: 2 stable steps at 16 px,
 # then a 4-step fade of 32 px, so a resume after 4 steps lands mid-fade (alpha = 0.5).
@@ -276,3 +277,26 @@ def test_bench_zero_sizes_are_one_line(option: str, value: str, capsys: pytest.C
         run_cli(bench_main, [option, value, "--device", "cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and option in err[0]
+
+
+def test_two_gloo_processes_train_and_resume_with_one(tmp_path: Path) -> None:
+    """2 processes share each global batch, write one run; 1 process resumes it where it stopped.
+
+    The 2-process run is not compared value for value with a 1-process run:
+    each rank draws its own latents, noise and augmentations and the
+    minibatch standard deviation groups one rank's images (synth.trainer).
+    """
+    args = [
+        "--data", "phantom", "--data-length", "32", "--resolution", "32", "--batch-size", "8", "--r1-interval", "2",
+        "--pl-weight", "2", "--ada-kimg", "0.1", "--ada-target", "0.0", "--snapshot-kimg", "0.016",
+        "--device", "cpu", "--no-progress", "--runs-dir", str(tmp_path), "--name", "ddp",
+    ]
+    done = torchrun("synth.train", [*args, "--kimg", "0.032"])
+    assert done.stderr.count("training ddp") == 1  # rank 0 alone reports
+    run = tmp_path / "ddp"
+    assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_2.pt", "checkpoint_4.pt"]
+    ckpt = load_checkpoint(run / "checkpoint_4.pt")
+    assert ckpt["run"]["iteration"] == 4 and float(ckpt["augment"]["p"]) > 0.0  # ADA saw both ranks' logits
+    assert load_generator(run / "generator.safetensors", torch.device("cpu")).training["kimg_done"] == 0.032
+    main([*args, "--kimg", "0.048", "--resume"])
+    assert load_checkpoint(latest_checkpoint(run))["run"]["iteration"] == 6

@@ -1,0 +1,169 @@
+"""One process or several (``torchrun``), the same way for every trainer, through ``ignite.distributed``.
+
+A trainer's command runs its whole ``main`` in every process ``torchrun``
+starts (``torchrun --standalone --nproc_per_node N -m synth.train ...``, or
+``--nnodes M`` with a rendezvous for several machines) and wraps the work in
+:func:`distributed`:
+
+* without ``torchrun`` (no ``WORLD_SIZE`` in the environment) nothing is
+  initialised: one process, rank 0 of 1;
+* under ``torchrun`` the process group is initialised from the environment
+  (``env://``): NCCL when the device is a GPU (each process takes the GPU of
+  its local rank, :func:`process_device`), gloo on CPUs.
+
+Conventions every trainer follows (the shared handlers of
+:mod:`plumbing.training` apply them):
+
+* ``--batch-size`` is the *global* batch; each rank takes its contiguous
+  share of every global batch (:func:`local_batch_size`,
+  :class:`plumbing.sampling.ResumableBatchSampler` with ``rank`` /
+  ``world_size``), so a run sees the same images in the same order with any
+  number of processes, and a resume may use another number of processes;
+* gradients are averaged over ranks (:func:`average_gradients` or DDP), so a
+  step on ``N`` ranks equals a step on the whole batch wherever the loss is a
+  mean over samples;
+* only rank 0 (:func:`is_main_process`) writes: run folders, checkpoints,
+  results, sample grids, exports, TensorBoard and the progress bar;
+* evaluation shards are exact (:func:`shard`): no padding duplicates, so
+  metrics reduced over ranks count every sample once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+
+import ignite.distributed as idist
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+def under_launcher() -> bool:
+    """Whether this process was started by ``torchrun`` (or another ``env://`` launcher)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def backend_for(device: torch.device) -> str | None:
+    """``None`` (one process) without a launcher, else ``nccl`` for GPUs and ``gloo`` otherwise."""
+    if not under_launcher():
+        return None
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def distributed(device: torch.device) -> Iterator[None]:
+    """Initialise the process group for ``device`` when started by ``torchrun``, and finalise it on exit."""
+    backend = backend_for(device)
+    if backend is None:
+        yield
+        return
+    idist.initialize(backend)
+    try:
+        yield
+    finally:
+        idist.finalize()
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device of this process: a GPU's index comes from the local rank under a launcher."""
+    if device.type == "cuda" and under_launcher():
+        index = idist.get_local_rank()
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"local rank {index} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start at most that many processes per node"
+            )
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return device
+
+
+def rank() -> int:
+    return idist.get_rank()
+
+
+def world_size() -> int:
+    return idist.get_world_size()
+
+
+def is_main_process() -> bool:
+    """Rank 0: the one process that writes files and shows progress."""
+    return idist.get_rank() == 0
+
+
+def processes() -> str:
+    """``"x N processes "`` for messages under several processes, else ``""``."""
+    world = idist.get_world_size()
+    return f"x {world} processes " if world > 1 else ""
+
+
+def local_batch_size(global_batch: int) -> int:
+    """This rank's share of a global batch; the global batch must divide evenly."""
+    world = idist.get_world_size()
+    if global_batch % world:
+        raise UserError(f"--batch-size {global_batch} must be a multiple of the number of processes ({world})")
+    return global_batch // world
+
+
+def shard(length: int) -> range:
+    """The indices of ``range(length)`` this rank evaluates: every ``world``-th from ``rank`` (no duplicates)."""
+    return range(idist.get_rank(), length, idist.get_world_size())
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Replace each gradient by its mean over ranks (one flat all-reduce; nothing to do in one process).
+
+    Parameters without a gradient in this step take part with zeros, so every
+    rank joins the same collective.
+    """
+    world = idist.get_world_size()
+    if world == 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    flat = idist.all_reduce(flat) / world
+    offset = 0
+    for p in params:
+        mean = flat[offset : offset + p.numel()].view(p.shape)
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)
+        offset += p.numel()
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over ranks (itself in one process)."""
+    world = idist.get_world_size()
+    if world == 1:
+        return value
+    return idist.all_reduce(value.clone()) / world
+
+
+def mean_values_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over ranks in one all-reduce (the same dict in one process)."""
+    if idist.get_world_size() == 1:
+        return values
+    means = mean_over_ranks(torch.tensor(list(values.values()), dtype=torch.float64))
+    return dict(zip(values, means.tolist(), strict=True))
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into every rank's ``module`` (nothing to do in one process)."""
+    if idist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            tensor.copy_(idist.broadcast(tensor.clone(), src=0))
+
+
+def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor over ranks (itself in one process)."""
+    if idist.get_world_size() == 1:
+        return value
+    return idist.all_reduce(value.clone())
