@@ -13,7 +13,6 @@ path unpickles code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from datasets.registry import REGISTRY
 from plumbing.errors import UserError
-from plumbing.files import atomic_path
+from plumbing.files import atomic_path, sha256_file
 from plumbing.training import load_checkpoint
 
 from .config import TrainingConfig, saved_run
@@ -59,14 +58,6 @@ class LoadedGenerator:
                 f"{self.generator.img_resolution} px; train it further (synth.train --resume --kimg ...) "
                 "before generating"
             )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def training_metadata(record: dict[str, Any], iteration: int) -> dict[str, Any]:
