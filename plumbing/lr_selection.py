@@ -1,0 +1,88 @@
+"""Learning-rate selection, the same for every training step (downstream fine-tuning, each SSL step).
+
+The policy of the seed's curricular pipeline: each learning rate of a grid
+trains a short *trial* (a few epochs) from the same starting point; the one
+whose trial scores best by the step's criterion (highest validation balanced
+accuracy for a classifier, lowest loss for a pretext task) trains the full
+run. :func:`select_lr` runs the trials through a callback, records every
+score and returns the choice. A trial whose score is not finite (the loss
+diverged) counts as the worst; when every trial diverged there is no choice,
+which is a :class:`UserError`. Ties go to the earlier learning rate of the
+grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Trial:
+    lr: float
+    score: float
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The chosen learning rate, every trial's score, and what was compared."""
+
+    lr: float
+    trials: tuple[Trial, ...]
+    criterion: str
+    maximise: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "criterion": self.criterion,
+            "best": "highest" if self.maximise else "lowest",
+            "trials": [{"lr": t.lr, "score": t.score if math.isfinite(t.score) else None} for t in self.trials],
+        }
+
+
+def parse_lr_grid(text: str) -> tuple[float, ...]:
+    """``"1e-4,3e-4,1e-3"`` as positive finite floats (an option value; one :class:`UserError` line otherwise)."""
+    try:
+        grid = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--lr-grid {text!r} must be comma-separated numbers such as 1e-4,3e-4,1e-3") from None
+    if not grid or not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise UserError(f"--lr-grid {text!r} must hold positive finite learning rates")
+    if len(set(grid)) != len(grid):
+        raise UserError(f"--lr-grid {text!r} names a learning rate twice")
+    return grid
+
+
+def select_lr(
+    grid: Sequence[float],
+    trial: Callable[[float], float],
+    *,
+    criterion: str,
+    maximise: bool,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> LrChoice:
+    """Run ``trial(lr)`` for every learning rate of ``grid`` and choose the best score.
+
+    ``criterion`` names the score for the record (``"validation balanced
+    accuracy"``); ``maximise`` says whether higher is better. ``on_trial``
+    receives each finished trial (to report or record it).
+    """
+    if not grid:
+        raise UserError("the learning-rate grid is empty")
+    trials: list[Trial] = []
+    for lr in grid:
+        done = Trial(float(lr), float(trial(float(lr))))
+        trials.append(done)
+        if on_trial is not None:
+            on_trial(done)
+    finite = [t for t in trials if math.isfinite(t.score)]
+    if not finite:
+        tried = ", ".join(f"{t.lr:g}" for t in trials)
+        raise UserError(f"every learning rate of the grid ({tried}) diverged; try smaller ones")
+    best = max(finite, key=lambda t: t.score) if maximise else min(finite, key=lambda t: t.score)
+    return LrChoice(best.lr, tuple(trials), criterion, maximise)
