@@ -1,0 +1,306 @@
+"""One registry of backbones, so every trainer and evaluator accepts a backbone by name.
+
+:data:`BACKBONES` is a plain table of names to :class:`BackboneSpec`:
+torchvision's ResNet-18/34/50 and DenseNet-121 (built with ``weights=None``,
+never downloaded) and ``tiny``, a three-stage CNN for tests. A
+:class:`Backbone` wraps the spec's ``body`` (the network up to its last
+feature maps, classifier layer removed, stem convolution built for 1-channel
+radiographs or 3-channel ISIC images); :class:`Classifier` puts one linear
+``head`` on its pooled features, as ``head(backbone(x))``, so that
+``monai.visualize.CAM(fc_layers="head")`` and
+``GradCAM(target_layers=classifier.cam_layer)`` work on it.
+
+Grad-CAM layers (names in ``Classifier.named_modules()``):
+
+* ResNet: ``backbone.body.layer4`` (the last residual stage; nothing follows it in the body);
+* DenseNet-121: ``backbone.body.features.denseblock4`` (the last dense block; ``norm5`` and a
+  non-in-place ReLU follow it, as in torchvision's ``DenseNet.forward``);
+* tiny: ``backbone.body.stage3``.
+
+No CAM layer is followed by an in-place operation or used twice in a forward pass.
+
+:func:`initialise` starts a backbone from ``scratch``, ``imagenet``
+(torchvision's file in torch.hub's cache, :func:`imagenet_weights_file`; a
+1-channel stem gets the sum of the RGB filters), ``ssl:RUN`` (a run folder's
+final ``backbone.safetensors``) or the path of a model file
+(:mod:`evaluate.model_file`), and returns the provenance to record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from plumbing.errors import UserError
+from plumbing.files import sha256_file
+
+CHANNELS = (1, 3)
+# Old torchvision DenseNet checkpoints (the ImageNet file among them) name ``norm1`` etc. ``norm.1``.
+_DENSE_LAYER_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    Attributes:
+        name: registry name.
+        description: one line for ``--help`` texts and reports.
+        feature_dim: size of the pooled features (channels of the last feature maps).
+        cam_layer: module name in ``Classifier.named_modules()`` that Grad-CAM hooks.
+        build: channels -> the body module, mapping ``[B, C, H, W]`` to feature maps ``[B, D, h, w]``.
+        imagenet: torchvision weights name (``torchvision.models.get_weight``); ``None``: none exist.
+    """
+
+    name: str
+    description: str
+    feature_dim: int
+    cam_layer: str
+    build: Callable[[int], nn.Module]
+    imagenet: str | None
+
+
+def _stem(channels: int) -> nn.Conv2d:
+    """The 7x7 stride-2 stem convolution of ResNet and DenseNet for ``channels`` inputs."""
+    return nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+
+def _resnet(factory: Callable[..., torchvision.models.ResNet]) -> Callable[[int], nn.Module]:
+    def build(channels: int) -> nn.Module:
+        net = factory(weights=None)
+        if channels != 3:
+            net.conv1 = _stem(channels)
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in names))
+
+    return build
+
+
+def _densenet121(channels: int) -> nn.Module:
+    net = torchvision.models.densenet121(weights=None)
+    if channels != 3:
+        net.features.conv0 = _stem(channels)
+    return nn.Sequential(OrderedDict(features=net.features, relu=nn.ReLU(inplace=False)))
+
+
+def _tiny(channels: int) -> nn.Module:
+    stages, width = [], channels
+    for i, out in enumerate((16, 32, 64), start=1):
+        stage = nn.Sequential(
+            nn.Conv2d(width, out, kernel_size=3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()
+        )
+        stages.append((f"stage{i}", stage))
+        width = out
+    return nn.Sequential(OrderedDict(stages))
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            "resnet18", "ResNet-18 (torchvision)", 512, "backbone.body.layer4",
+            _resnet(torchvision.models.resnet18), "ResNet18_Weights.IMAGENET1K_V1",
+        ),
+        BackboneSpec(
+            "resnet34", "ResNet-34 (torchvision)", 512, "backbone.body.layer4",
+            _resnet(torchvision.models.resnet34), "ResNet34_Weights.IMAGENET1K_V1",
+        ),
+        BackboneSpec(
+            "resnet50", "ResNet-50 (torchvision)", 2048, "backbone.body.layer4",
+            _resnet(torchvision.models.resnet50), "ResNet50_Weights.IMAGENET1K_V1",
+        ),
+        BackboneSpec(
+            "densenet121", "DenseNet-121 (torchvision)", 1024, "backbone.body.features.denseblock4",
+            _densenet121, "DenseNet121_Weights.IMAGENET1K_V1",
+        ),
+        BackboneSpec(
+            "tiny", "three conv-BN-ReLU stages of 16/32/64 channels, stride 2 (for tests)", 64,
+            "backbone.body.stage3", _tiny, None,
+        ),
+    )
+}  # fmt: skip
+
+
+def backbone_names() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone; a :class:`UserError` names the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}") from None
+
+
+class Backbone(nn.Module):
+    """A registered backbone's body for ``channels``-channel images.
+
+    ``forward_features`` gives the last feature maps ``[B, feature_dim, h, w]``
+    (what CAM uses), ``forward`` their global average ``[B, feature_dim]``.
+    The state dict holds the body's tensors under ``body.``.
+    """
+
+    def __init__(self, arch: str, channels: int) -> None:
+        super().__init__()
+        spec = get_backbone_spec(arch)
+        if channels not in CHANNELS:
+            raise UserError(f"{arch}: images must have 1 (radiographs) or 3 (ISIC) channels, not {channels!r}")
+        self.arch = arch
+        self.channels = channels
+        self.feature_dim = spec.feature_dim
+        self.body = spec.build(channels)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x).mean(dim=(2, 3))
+
+
+def build_backbone(name: str, channels: int) -> Backbone:
+    """A randomly initialised backbone; unknown ``name`` or channels other than 1 and 3 are a :class:`UserError`."""
+    return Backbone(name, channels)
+
+
+class Classifier(nn.Module):
+    """``head(backbone(x))``: logits ``[B, num_classes]`` from a backbone's pooled features."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+
+    @property
+    def cam_layer(self) -> str:
+        """The module Grad-CAM hooks, named as in :meth:`named_modules` (``backbone.`` + its name in the backbone)."""
+        return get_backbone_spec(self.backbone.arch).cam_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def fit_problem(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str | None:
+    """Why tensors ``given`` cannot be loaded into a state dict ``expected`` (first few differences), or ``None``."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} for {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and given[k].shape != v.shape
+    ]
+    problems = [
+        f"{label} {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        if items
+    ]
+    return "; ".join(problems) or None
+
+
+def _imagenet_weights(name: str) -> torchvision.models.WeightsEnum:
+    spec = get_backbone_spec(name)
+    if spec.imagenet is None:
+        raise UserError(f"{name} has no ImageNet weights; use --init scratch")
+    return torchvision.models.get_weight(spec.imagenet)
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """Where torch.hub's cache holds (or would hold) the ImageNet weights of backbone ``name``.
+
+    ``Path(torch.hub.get_dir()) / "checkpoints" / <basename of the weights' URL>``; ``torch.hub.get_dir``
+    follows ``torch.hub.set_dir``, then ``$TORCH_HOME/hub``, then ``~/.cache/torch/hub``.
+    """
+    url = _imagenet_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def load_imagenet(backbone: Backbone) -> None:
+    """Load torchvision's ImageNet weights from torch.hub's cache into ``backbone`` (never downloads).
+
+    The classifier layer (``fc``/``classifier``) is dropped; a 1-channel stem gets the sum of the RGB filters.
+    """
+    url = _imagenet_weights(backbone.arch).url
+    path = imagenet_weights_file(backbone.arch)
+    if not path.is_file():
+        raise UserError(
+            f"no ImageNet weights for {backbone.arch} in {path.parent}; place {path.name} there "
+            f"(download {url} on a machine with network access, "
+            "or set TORCH_HOME to a folder whose hub/checkpoints holds it)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only refusals have no common type
+        raise UserError(f"cannot read ImageNet weights {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds no state dict of {backbone.arch}")
+    expected = backbone.body.state_dict()
+    body: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = _DENSE_LAYER_KEY.sub(r"\1\2", str(key))
+        if key.startswith(("fc.", "classifier.")):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path} holds no state dict of {backbone.arch} ({key} is not a tensor)")
+        target = expected.get(key)
+        if target is not None and target.dim() == value.dim() == 4 and target.shape[1] == 1 and value.shape[1] == 3:
+            value = value.sum(dim=1, keepdim=True)  # a grayscale image is R = G = B
+        body[key] = value
+    for key, value in expected.items():  # files older than BatchNorm's counter (DenseNet's) lack it
+        if key.endswith(".num_batches_tracked"):
+            body.setdefault(key, value)
+    problem = fit_problem(expected, body)
+    if problem is not None:
+        raise UserError(f"{path} does not fit a {backbone.arch} backbone: {problem}")
+    backbone.body.load_state_dict(body)
+
+
+def initialise(backbone: Backbone, init: str, runs_dir: Path) -> dict[str, Any]:
+    """Initialise ``backbone`` as ``init`` says and return the provenance (JSON-ready).
+
+    ``init`` is ``scratch`` (keep the random initialisation), ``imagenet``
+    (:func:`load_imagenet`), ``ssl:RUN`` (``runs_dir / RUN / backbone.safetensors``,
+    the final backbone of a run) or the path of a model file. The provenance is
+    ``{"init", "file", "sha256", "trained_by", "training"}``: the file loaded
+    and its SHA-256 (``None`` for scratch), and for a model file the program that
+    trained it and its whole ``training`` record (for ImageNet, the torchvision
+    weights name and ``None``).
+    """
+    from .model_file import BACKBONE_FILE, load_backbone_weights  # model_file imports this module
+
+    provenance: dict[str, Any] = {"init": init, "file": None, "sha256": None, "trained_by": None, "training": None}
+    if init == "scratch":
+        return provenance
+    if init == "imagenet":
+        load_imagenet(backbone)
+        path = imagenet_weights_file(backbone.arch)
+        trained_by = get_backbone_spec(backbone.arch).imagenet
+        return dict(provenance, file=str(path), sha256=sha256_file(path), trained_by=trained_by)
+    if init.startswith("ssl:"):
+        run = init.removeprefix("ssl:")
+        path = runs_dir / run / BACKBONE_FILE
+        if not run or not path.is_file():
+            raise UserError(
+                f"{init}: no {BACKBONE_FILE} in {runs_dir / run}; the run has not finished (or {run!r} is not a run)"
+            )
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise UserError(f"--init {init}: no such model file; give scratch, imagenet, ssl:RUN or a model file")
+    info = load_backbone_weights(backbone, path)
+    return dict(
+        provenance,
+        file=str(path),
+        sha256=info.sha256,
+        trained_by=info.training.get("trained_by"),
+        training=info.training,
+    )
