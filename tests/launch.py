@@ -17,5 +17,5 @@ def torchrun(module: str, args: list[str], nproc: int = 2, timeout: float = 300)
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", module, *args
     ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"torchrun {module} failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, f"torchrun {module} failed ({done.returncode}):\n{done.stderr[-20000:]}"
     return done

@@ -142,6 +142,11 @@ class PhantomDataset(Dataset):
         pool = self.pools[derive_seed(s, "class") % len(self.pools)] if self.balanced else self.pools[0]
         return int(pool[derive_seed(s, "row") % len(pool)])
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The class of every sample (-1 without a task), read from the label table without rendering."""
+        return np.array([self.classes[self.row(i)] for i in range(self.length)], dtype=np.int64)
+
     def mark(self, index: int, row: int) -> int:
         """The shortcut-mark value of sample ``index`` (0 when there is no shortcut)."""
         if self.shortcut is None:

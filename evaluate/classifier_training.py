@@ -1,0 +1,351 @@
+"""Training and scoring a classifier: the downstream protocol (its command is ``python -m evaluate.finetune``).
+
+:class:`FinetuneConfig` is what a run records. :func:`run_protocol` does, in
+one process or under ``torchrun`` (:mod:`plumbing.distributed`):
+
+1. **learning-rate selection** (:func:`plumbing.lr_selection.select_lr`):
+   each rate of ``lr_grid`` trains ``lr_trial_epochs`` from the same
+   initialisation; its score is the best validation balanced accuracy of its
+   epochs; the highest wins (skipped when ``lr`` is given);
+2. **the full run** with that rate for ``epochs`` (:func:`fit`): AdamW,
+   cosine decay per iteration, class-balanced cross-entropy
+   (:mod:`evaluate.losses`) unless ``balance`` is ``none``; after every epoch
+   the validation set is scored and the best epoch so far is written as
+   ``best.pt`` (weights) and ``classifier.safetensors`` (the exported
+   classifier, :mod:`evaluate.model_file`); checkpoints every epoch through
+   the shared handlers (NaN guard, progress bar, TensorBoard), so
+   ``--resume`` continues after the last finished epoch;
+3. **scoring** the best epoch's weights on the evaluation set
+   (:func:`score`, the metrics of :mod:`evaluate.metrics`) into ``results.json``.
+
+``mode`` ``finetune`` trains every weight; ``linear`` freezes the backbone
+(batch-norm statistics included: it stays in eval mode) and trains the head
+alone - a linear probe. Under several processes the model is wrapped in DDP
+(batch norm synchronised on GPUs); a linear probe then equals the
+single-process run up to float rounding, a fine-tune differs by the
+per-rank batch-norm statistics on CPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
+from torch import nn
+
+from plumbing.config import dataclass_from_dict
+from plumbing.distributed import is_main_process, mean_values_over_ranks
+from plumbing.files import atomic_path, write_json_atomic
+from plumbing.lr_selection import LrChoice, Trial, select_lr
+from plumbing.runs import RunFolder
+from plumbing.seeding import derive_seed
+from plumbing.training import attach_training_handlers, restore
+
+from .backbones import Classifier, build_backbone, initialise
+from .losses import class_weights, weighted_cross_entropy
+from .metrics import classification_metrics, metrics_report
+from .model_file import CLASSIFIER_FILE, save_model
+from .task_data import DataChoice, TaskData, evaluation_batches, steps_per_epoch, training_batches
+
+MODES = ("finetune", "linear")
+BALANCE = ("loss", "none")
+CRITERION = "validation balanced accuracy"
+BEST_FILE = "best.pt"
+RESULTS_FILE = "results.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that defines a downstream run (recorded in ``config.json`` and the checkpoints)."""
+
+    data: str = "phantom"
+    data_root: str | None = None
+    version: int | None = 3
+    setting: str | None = "0s"
+    length: int | None = None
+    eval_data: str | None = None
+    eval_root: str | None = None
+    eval_length: int | None = None
+    backbone: str = "resnet18"
+    init: str = "scratch"
+    mode: str = "finetune"
+    image_size: int = 64
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float | None = None
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    lr_trial_epochs: int = 1
+    weight_decay: float = 1e-4
+    balance: str = "loss"
+    augment: bool = False
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"lr_grid": list(self.lr_grid)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        cfg = dataclass_from_dict(cls, data, "finetune configuration", complete=True)
+        return cls(**{**asdict(cfg), "lr_grid": tuple(cfg.lr_grid)})
+
+    def data_choices(self) -> tuple[DataChoice, DataChoice]:
+        """The training and the evaluation images (for the same data set the evaluation root defaults to its root)."""
+        train = DataChoice(self.data, self.data_root, self.version, self.setting, self.length, self.augment)
+        same = self.eval_data in (None, self.data)
+        eval_root = self.data_root if same and self.eval_root is None else self.eval_root
+        evaluation = DataChoice(self.eval_data or self.data, eval_root, self.version, self.setting, self.eval_length)
+        return train, evaluation
+
+
+@dataclass
+class RunState:
+    """The checkpointed progress of the full run: the record, the chosen rate and the best epoch."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+    lr_choice: dict[str, Any] = field(default_factory=dict)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in asdict(self):
+            setattr(self, key, state[key])
+
+
+def build_classifier(cfg: FinetuneConfig, channels: int, num_classes: int, runs_dir: Path) -> tuple[Classifier, dict]:
+    """A classifier initialised by ``cfg.init`` (seeded by ``cfg.seed``), and the initialisation's provenance."""
+    torch.manual_seed(derive_seed(cfg.seed, "classifier"))
+    backbone = build_backbone(cfg.backbone, channels)
+    provenance = initialise(backbone, cfg.init, runs_dir)
+    return Classifier(backbone, num_classes), provenance
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+class ClassifierTrainer:
+    """A classifier, its optimiser and schedule, and one training step on a batch."""
+
+    def __init__(
+        self, model: Classifier, cfg: FinetuneConfig, lr: float, total_steps: int, weights: torch.Tensor | None,
+        device: torch.device, amp: bool,
+    ) -> None:
+        self.cfg, self.device, self.amp, self.weights = cfg, device, amp, weights
+        self.linear = cfg.mode == "linear"
+        if self.linear:
+            model.backbone.requires_grad_(False)
+        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(device, memory_format=layout)
+        self.net = idist.auto_model(self.model, sync_bn=device.type == "cuda" and not self.linear)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+        self.state = RunState()
+
+    def objects(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule, "run": self.state}
+
+    def train_mode(self) -> None:
+        self.net.train()
+        if self.linear:
+            self.model.backbone.eval()  # frozen batch-norm statistics
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One AdamW step on the class-balanced cross-entropy of ``batch`` (this rank's part of a global batch)."""
+        self.train_mode()
+        layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=layout)
+        labels = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True)
+        with _autocast(self.device, self.amp):
+            logits = self.net(images)
+        loss = weighted_cross_entropy(logits, labels, self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return mean_values_over_ranks({"loss": float(loss.detach()), "lr": self.schedule.get_last_lr()[0]})
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device, amp: bool,
+            num_classes: int) -> Engine:
+    """Run ``model`` over ``batches`` in an Ignite evaluator with the classification metrics attached."""
+
+    def process(_: Engine, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()
+        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=layout)
+        with _autocast(device, amp):
+            logits = model(images)
+        return logits.float(), torch.as_tensor(batch["label"]).to(device)
+
+    evaluator = Engine(process)
+    for name, metric in classification_metrics(num_classes, device=device).items():
+        metric.attach(evaluator, name)
+    evaluator.run(batches)
+    return evaluator
+
+
+def score(model: nn.Module, dataset: Any, classes: tuple[str, ...], *, batch_size: int, workers: int,
+          device: torch.device, amp: bool) -> dict[str, Any]:
+    """The metrics report (:func:`evaluate.metrics.metrics_report`) of ``model`` on ``dataset`` (on every rank)."""
+    evaluator = predict(model, evaluation_batches(dataset, batch_size, workers, device), device, amp, len(classes))
+    return metrics_report(evaluator.state.metrics, classes)
+
+
+@dataclass
+class FitContext:
+    """What one training (a trial or the full run) needs besides the configuration."""
+
+    data: TaskData
+    device: torch.device
+    amp: bool
+    workers: int
+    progress: bool
+    runs_dir: Path
+
+
+def fit(
+    cfg: FinetuneConfig, ctx: FitContext, lr: float, epochs: int, *, run_dir: Path | None = None,
+    record: dict[str, Any] | None = None, lr_choice: LrChoice | None = None,
+    checkpoint: dict[str, Any] | None = None, on_best: Callable[[ClassifierTrainer], None] | None = None,
+) -> ClassifierTrainer:
+    """Train for ``epochs`` at ``lr``, scoring the validation set after each epoch.
+
+    With ``run_dir`` (the full run) the shared handlers checkpoint every epoch
+    (with ``record``, the run's configuration and command, and ``lr_choice``)
+    and ``on_best`` runs on rank 0 when an epoch improves the validation
+    score; without it (a trial) a diverging loss ends the trial with a score
+    of -inf. ``checkpoint`` resumes the full run.
+    """
+    data = ctx.data
+    model, provenance = build_classifier(cfg, data.channels, len(data.classes), ctx.runs_dir)
+    weights = class_weights(data.train_labels, len(data.classes)) if cfg.balance == "loss" else None
+    steps = steps_per_epoch(data.train, cfg.batch_size)
+    trainer = ClassifierTrainer(model, cfg, lr, steps * epochs, weights, ctx.device, ctx.amp)
+    trainer.state.config = dict(record or {}) | {"init_provenance": provenance}
+    trainer.state.lr_choice = lr_choice.to_dict() if lr_choice is not None else {}
+    if checkpoint is not None:
+        restore(trainer.objects(), checkpoint)
+    start = trainer.state.iteration
+    batches = training_batches(data.train, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+
+    def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
+        out = trainer.step(batch)
+        trainer.state.iteration = engine.state.iteration
+        return out
+
+    engine = Engine(process)
+
+    @engine.on(Events.STARTED)
+    def _resume_position(eng: Engine) -> None:
+        eng.state.iteration, eng.state.epoch = start, start // steps
+
+    @engine.on(Events.ITERATION_COMPLETED(every=steps))
+    def _validate(eng: Engine) -> None:  # before the checkpoint of the same iteration (registered first)
+        report = score(trainer.model, data.validation, data.classes, batch_size=cfg.batch_size, workers=0,
+                       device=ctx.device, amp=ctx.amp)
+        value = report["balanced_accuracy"]
+        if value > trainer.state.best_score:
+            trainer.state.best_score, trainer.state.best_epoch = value, eng.state.iteration // steps
+            if on_best is not None and is_main_process():
+                on_best(trainer)
+
+    if run_dir is not None:
+        attach_training_handlers(engine, run_dir=run_dir, to_save=trainer.objects(), checkpoint_every=steps,
+                                 progress=ctx.progress)
+        engine.run(batches, max_epochs=epochs, epoch_length=steps)
+        return trainer
+    engine.logger.setLevel("CRITICAL")
+    if ctx.progress and is_main_process():
+        ProgressBar(persist=True, desc=f"lr {lr:g}").attach(engine, output_transform=lambda out: out)
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _diverged(eng: Engine) -> None:
+        if not math.isfinite(eng.state.output["loss"]):
+            trainer.state.best_score = -math.inf
+            eng.terminate()
+
+    engine.run(batches, max_epochs=epochs, epoch_length=steps)
+    return trainer
+
+
+def save_best(trainer: ClassifierTrainer, run_dir: Path, cfg: FinetuneConfig, classes: tuple[str, ...]) -> None:
+    """``best.pt`` (the weights) and ``classifier.safetensors`` of the epoch that just improved (rank 0)."""
+    with atomic_path(run_dir / BEST_FILE) as tmp:
+        torch.save({"model": trainer.model.state_dict(), "epoch": trainer.state.best_epoch,
+                    "score": trainer.state.best_score}, tmp)
+    training = {
+        "trained_by": "python -m evaluate.finetune", "data": trainer.state.config.get("data_description"),
+        "command": trainer.state.config.get("command"), "resumed_with": trainer.state.config.get("resumed_with", []),
+        "mode": cfg.mode, "init": trainer.state.config.get("init_provenance"),
+        "epoch": trainer.state.best_epoch, "validation_balanced_accuracy": trainer.state.best_score,
+    }
+    save_model(run_dir / CLASSIFIER_FILE, trainer.model.backbone, image_size=cfg.image_size, training=training,
+               head=trainer.model.head, classes=classes)
+
+
+def choose_lr(cfg: FinetuneConfig, ctx: FitContext) -> LrChoice:
+    """The learning rate of the full run: ``cfg.lr``, or the best of the grid's trials (each reported on rank 0)."""
+    if cfg.lr is not None:
+        return LrChoice(cfg.lr, (), "given", True)
+
+    def trial(lr: float) -> float:
+        return fit(cfg, ctx, lr, cfg.lr_trial_epochs).state.best_score
+
+    def report(done: Trial) -> None:
+        if is_main_process():
+            print(f"lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)",
+                  file=sys.stderr)
+
+    return select_lr(cfg.lr_grid, trial, criterion=CRITERION, maximise=True, on_trial=report)
+
+
+def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrainer, data: TaskData) -> dict:
+    """``results.json``: the evaluation metrics, the chosen rate with every trial, the best epoch and set sizes."""
+    results = report | {
+        "classes": list(data.classes),
+        "lr": trainer.state.lr_choice,
+        "best_epoch": trainer.state.best_epoch,
+        "validation_balanced_accuracy": trainer.state.best_score,
+        "images": data.sizes(),
+    }
+    if is_main_process():
+        write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def run_protocol(cfg: FinetuneConfig, ctx: FitContext, run: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
+    """Choose the rate, train the full run into ``run`` (or resume it) and score its best epoch (module docstring)."""
+    if run.checkpoint is not None:
+        saved = run.checkpoint["run"]["lr_choice"]
+        choice = LrChoice(float(saved["lr"]), (), saved["criterion"], True)
+    else:
+        choice = choose_lr(cfg, ctx)
+    if is_main_process():
+        print(f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
+    trainer = fit(
+        cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
+        checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, ctx.data.classes),
+    )
+    idist.barrier()  # rank 0 has written best.pt
+    best = torch.load(run.path / BEST_FILE, map_location=ctx.device, weights_only=True)
+    trainer.model.load_state_dict(best["model"])
+    report = score(trainer.model, ctx.data.evaluation, ctx.data.classes, batch_size=cfg.batch_size,
+                   workers=ctx.workers, device=ctx.device, amp=ctx.amp)
+    return write_results(run.path, report, trainer, ctx.data)
