@@ -1,0 +1,90 @@
+"""``python -m evaluate.attention --run RUN``: how much of a classifier's attention lies inside the lungs (AIL).
+
+Reads the run's exported classifier (``classifier.safetensors``) and, unless
+``--data`` names other images, the run's evaluation images (its
+``config.json``); computes Grad-CAM (or CAM) maps through ``monai.visualize``
+and the AIL of every image (:mod:`evaluate.attention_report`); writes
+``attention.json``, ``attention.png`` and ``attention.md`` into the run
+folder. Phantoms bring exact lung masks; real images need ``--lung-masks DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
+from plumbing.runs import CONFIG_FILE
+
+from .attention_report import CLASS_OF, measure_attention, write_attention
+from .cam import METHODS
+from .classifier_training import FinetuneConfig
+from .lung_masks import MaskSource
+from .model_file import CLASSIFIER_FILE, load_classifier
+from .task_data import EVAL_SPLIT, DataChoice
+
+PROG = "python -m evaluate.attention"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, "Attention inside the lungs (AIL) of a fine-tuned classifier, with an overlay grid.")
+    parser.add_argument("--run", required=True, help="evaluate.finetune run folder (a path, or a name in --runs-dir)")
+    parser.add_argument("--method", choices=METHODS, default="gradcam", help="saliency maps")
+    parser.add_argument("--class-of", choices=CLASS_OF, default="predicted", help="the class whose map is scored")
+    parser.add_argument("--data", default=None, help="data set of the images (none given: the run's evaluation set)")
+    parser.add_argument("--data-root", default=None, help="root of --data (else its environment variable)")
+    parser.add_argument("--lung-masks", type=Path, default=None,
+                        help="folder of lung-mask images matched by image id (real data; phantoms bring theirs)")
+    parser.add_argument("--max-images", type=int, default=256, help="images scored (the first of the split)")
+    parser.add_argument("--grid", type=int, default=16, help="images shown in attention.png")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runs_dir_arg(parser)
+    add_device_arg(parser)
+    return parser
+
+
+def _run_folder(run: str, runs_dir: Path) -> Path:
+    path = Path(run)
+    folder = path if path.is_dir() else runs_dir / run
+    if not (folder / CLASSIFIER_FILE).is_file():
+        raise UserError(f"--run {run}: no {CLASSIFIER_FILE} in {folder}; is it a finished evaluate.finetune run?")
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_images < 1 or args.grid < 1 or args.batch_size < 1:
+        raise UserError("--max-images, --grid and --batch-size must be positive")
+    device = resolve_device(args.device)
+    folder = _run_folder(args.run, args.runs_dir)
+    try:
+        cfg = FinetuneConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["finetune"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the run's configuration {folder / CONFIG_FILE}: {exc}") from None
+    model, info = load_classifier(folder / CLASSIFIER_FILE, device)
+    if args.data is None:
+        choice = cfg.data_choices()[1]
+    else:
+        choice = DataChoice(args.data, args.data_root, cfg.version, cfg.setting, None)
+    split = EVAL_SPLIT.get(choice.name, "valid")
+    dataset = choice.build(split, info.image_size, augment=False)
+    masks = MaskSource(dataset, choice.name, args.lung_masks, info.image_size)
+    result = measure_attention(
+        model, dataset, masks, method=args.method, class_of=args.class_of, max_images=args.max_images,
+        batch_size=args.batch_size, keep=args.grid, device=device, progress=not args.no_progress,
+    )
+    about = {"method": args.method, "class_of": args.class_of, "layer": model.cam_layer,
+             "data": f"{choice.name} {split} split", "classifier": str(folder / CLASSIFIER_FILE)}
+    record = write_attention(folder, result, tuple(info.classes or ()), about)
+    print(f"AIL {record['ail']['mean']:.3f} +- {record['ail']['std']:.3f} over {record['images']} images -> "
+          f"{folder / 'attention.json'}, {folder / 'attention.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
