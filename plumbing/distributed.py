@@ -55,7 +55,11 @@ def backend_for(device: torch.device) -> str | None:
 
 @contextlib.contextmanager
 def distributed(device: torch.device) -> Iterator[None]:
-    """Initialise the process group for ``device`` when started by ``torchrun``, and finalise it on exit."""
+    """Initialise the process group for ``device`` when started by ``torchrun``, and finalise it on exit.
+
+    After a normal exit the processes wait for each other first, so none
+    closes its connections while another still uses them.
+    """
     backend = backend_for(device)
     if backend is None:
         yield
@@ -63,6 +67,7 @@ def distributed(device: torch.device) -> Iterator[None]:
     idist.initialize(backend)
     try:
         yield
+        idist.barrier()
     finally:
         idist.finalize()
 
