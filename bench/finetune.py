@@ -1,0 +1,135 @@
+"""Speed of the downstream classifier's training: the real data path beside the model step alone.
+
+    python -m bench.finetune --device cpu --backbone resnet18 --image-size 64
+    python -m bench.finetune --device cuda --backbone resnet50 --image-size 224 --batch-size 128 --workers 8
+
+Both measurements run :class:`evaluate.classifier_training.ClassifierTrainer`
+steps (AdamW, class-balanced loss; bf16 autocast and channels_last on CUDA)
+in the same process, one after the other, after ``--warmup`` untimed steps:
+
+* **model step alone**: the same batch, already on the device, every step;
+* **through the data path**: batches from :func:`evaluate.task_data.training_batches`,
+  the loader ``evaluate.finetune`` uses - a synthetic Zarr store through the
+  block loader (``--source store``: ``--store-images`` test images written
+  once into a temporary store, delivered to the device as uint8) or phantom
+  radiographs rendered on the fly through a ``DataLoader`` with ``--workers``
+  workers (``--source phantom``).
+
+The ratio (data path / model step) says how much of the model's speed the
+loading keeps; 100% means the loader is never waited for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datasets.sample import IMAGE, LABEL
+from evaluate.backbones import backbone_names
+from evaluate.classifier_training import ClassifierTrainer, FinetuneConfig, build_classifier
+from evaluate.task_data import DataChoice, training_batches
+from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
+from plumbing.precision import AMP_CHOICES, use_bf16_autocast
+
+from .read_store import test_images, write_store
+from .rows import Row, add_rows_out_arg, append_rows, device_name
+
+SOURCES = ("store", "phantom")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _images_per_second(trainer: ClassifierTrainer, batches: Iterable[dict[str, Any]], steps: int, warmup: int,
+                       batch_size: int) -> float:
+    stream = iter(batches)
+    for batch in itertools.islice(stream, warmup):
+        trainer.step(batch)
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    for batch in itertools.islice(stream, steps):
+        trainer.step(batch)
+    _sync(trainer.device)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def _dataset(source: str, folder: Path, n: int, resolution: int) -> Any:
+    if source == "phantom":
+        return DataChoice("phantom", None, 3, "0s", n).build("train", resolution, augment=False)
+    url = str(folder / "bench.zarr")
+    write_store(url, test_images(n, resolution))
+    return DataChoice("synthetic", url, 1, "0s", None).build("train", resolution, augment=False)
+
+
+def bench_finetune(
+    device: torch.device, source: str, backbone: str, image_size: int, batch_size: int, steps: int, warmup: int,
+    workers: int, store_images: int, amp: bool,
+) -> tuple[float, float]:
+    """(images/s of the model step alone, images/s through the data path) - module docstring."""
+    cfg = FinetuneConfig(backbone=backbone, image_size=image_size, batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        dataset = _dataset(source, Path(tmp), store_images if source == "store" else batch_size * (steps + warmup),
+                           image_size)
+        model, _ = build_classifier(cfg, 1, 4, Path(tmp))
+        trainer = ClassifierTrainer(model, cfg, 1e-4, 10**6, torch.full((4,), 1.0), device, amp)
+        batches = training_batches(dataset, batch_size, 0, 0, workers, device)
+        first = next(iter(batches))
+        fixed = {IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4}
+        alone = _images_per_second(trainer, itertools.repeat(fixed), steps, warmup, batch_size)
+        through = _images_per_second(trainer, batches, steps, warmup, batch_size)
+    return alone, through
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m bench.finetune",
+                         "Benchmark classifier training: images/s through the data path beside the model step alone.")
+    parser.add_argument("--source", choices=SOURCES, default="store",
+                        help="store: a synthetic Zarr store through the block loader; phantom: rendered on the fly")
+    parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
+    parser.add_argument("--image-size", type=int, default=64, help="square input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of each measurement")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
+    parser.add_argument("--store-images", type=int, default=4096, help="images in the temporary store")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for bf16 GPUs)")
+    add_device_arg(parser)
+    add_rows_out_arg(parser)
+    args = parser.parse_args(argv)
+    for option in ("image_size", "batch_size", "steps", "store_images"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
+    if args.warmup < 0 or (args.workers is not None and args.workers < 0):
+        raise UserError("--warmup and --workers must be >= 0")
+    if args.source == "store" and args.store_images < args.batch_size:
+        raise UserError("--store-images must hold at least one --batch-size")
+    device = resolve_device(args.device)
+    workers = args.workers if args.workers is not None else default_workers(device)
+    amp = use_bf16_autocast(args.amp, device)
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.backbone} {args.image_size} px, "
+          f"batch {args.batch_size}, bf16 {'on' if amp else 'off'}, {args.source}, {workers} workers")
+    alone, through = bench_finetune(device, args.source, args.backbone, args.image_size, args.batch_size, args.steps,
+                                    args.warmup, workers, args.store_images, amp)
+    ratio = 100 * through / alone
+    print(f"model step alone: {alone:,.1f} img/s; through the data path: {through:,.1f} img/s ({ratio:.0f}%)")
+    where = f"{args.backbone} {args.image_size} px, batch {args.batch_size}"
+    path = "block loader from a store" if args.source == "store" else f"phantoms rendered, {workers} workers"
+    append_rows(args.rows_out, [
+        Row("classifier training", f"{where}, model step alone", alone, "img/s"),
+        Row("classifier training", f"{where}, through the data path ({path})", through, "img/s"),
+        Row("classifier training", f"{where}, data path / model step", ratio, "%"),
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
