@@ -118,28 +118,41 @@ def shard(length: int) -> range:
     return range(idist.get_rank(), length, idist.get_world_size())
 
 
+def data_parallel(model: nn.Module, device: torch.device, *, sync_bn: bool) -> nn.Module:
+    """``model`` in DDP under several processes (its batch norm synchronised when ``sync_bn``), else ``model``.
+
+    Unlike ``idist.auto_model`` it keeps ``device``: ``--device cpu`` on a GPU
+    machine stays on the CPU, and one process never becomes DataParallel.
+    The batch-norm layers are replaced inside ``model`` itself, so ``model``
+    stays the module to checkpoint and evaluate.
+    """
+    if idist.get_world_size() == 1:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     """Replace each gradient by its mean over ranks (one flat all-reduce; nothing to do in one process).
 
-    Parameters without a gradient in this step take part with zeros, so every
-    rank joins the same collective.
+    Parameters without a gradient in this step (``grad is None``: unused by
+    the step's graph, such as the blocks of a GAN above its current
+    resolution) keep none, as in one process, so an optimiser skips them
+    there too. The graph must be the same on every rank (it is a function of
+    the iteration), so every rank joins the same collective.
     """
-    world = idist.get_world_size()
-    if world == 1:
+    if idist.get_world_size() == 1:
         return
-    params = [p for p in parameters if p.requires_grad]
-    if not params:
+    grads = [p.grad for p in parameters if p.requires_grad and p.grad is not None]
+    if not grads:
         return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    flat = idist.all_reduce(flat) / world
+    flat = idist.all_reduce(torch.cat([g.reshape(-1) for g in grads])) / idist.get_world_size()
     offset = 0
-    for p in params:
-        mean = flat[offset : offset + p.numel()].view(p.shape)
-        if p.grad is None:
-            p.grad = mean.clone()
-        else:
-            p.grad.copy_(mean)
-        offset += p.numel()
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+        offset += g.numel()
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:

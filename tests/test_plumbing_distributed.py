@@ -29,7 +29,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 def _gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
-    average_gradients(model.parameters())
+    unused = nn.Parameter(torch.ones(3))  # not in this step's graph: keeps no gradient, as in one process
+    average_gradients([*model.parameters(), unused])
+    assert unused.grad is None
     return [p.grad.clone() for p in model.parameters()]
 
 
