@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import torch
 
 from datasets.registry import get_spec, names
-from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, is_main_process, process_device, processes
+from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
+from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device, processes
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
@@ -85,12 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                      help="bf16 autocast (auto: on for GPUs with native bf16)")
     run = parser.add_argument_group("run")
-    run.add_argument("--name", default=None, help="run folder name (none given: finetune-<data>-<backbone>)")
-    run.add_argument("--resume", action="store_true", help="continue the run after its last finished epoch")
-    run.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation, order and validation set")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_runs_dir_arg(parser)
-    add_device_arg(parser)
+    add_run_args(parser, run, name_help="run folder name (none given: finetune-<data>-<backbone>)",
+                 resume_help="continue the run after its last finished epoch", seed=d.seed,
+                 seed_help="seed of the initialisation, order and validation set")
     return parser
 
 
@@ -150,7 +147,8 @@ def _finetune(
         f"{cfg.data} {data.classes} train split ({len(data.train)} images)"
         + (f", task v{cfg.version}-{cfg.setting}" if cfg.version is not None else "")
     )
-    build_classifier(cfg, data.channels, len(data.classes), args.runs_dir)  # a bad --init stops here
+    local_batch_size(cfg.batch_size)  # a global batch the processes cannot share stops here
+    build_classifier(cfg, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
     workers = args.workers if args.workers is not None else default_workers(device)
     ctx = FitContext(data, device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     run.create()  # every check has passed

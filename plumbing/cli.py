@@ -123,6 +123,20 @@ def add_runs_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_args(
+    parser: argparse.ArgumentParser, group: argparse._ArgumentGroup, *, name_help: str, resume_help: str, seed: int,
+    seed_help: str,
+) -> None:
+    """The options of every trainer: ``--name``, ``--resume``, ``--seed``, ``--no-progress`` (in ``group``),
+    ``--runs-dir`` and ``--device``."""
+    group.add_argument("--name", default=None, help=name_help)
+    group.add_argument("--resume", action="store_true", help=resume_help)
+    group.add_argument("--seed", type=int, default=seed, help=seed_help)
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runs_dir_arg(parser)
+    add_device_arg(parser)
+
+
 def user_message(exc: UserError) -> str:
     """The one-line message of ``exc``.
 

@@ -30,7 +30,7 @@ import torch
 
 from datasets.cache import CachedDataset
 from datasets.registry import names
-from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
 from plumbing.distributed import distributed, is_main_process, process_device, processes
 from plumbing.errors import UserError
 from plumbing.precision import AMP_CHOICES, use_bf16_autocast
@@ -92,15 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--amp", choices=AMP_CHOICES, default="auto",
                      help="bf16 autocast (auto: on for GPUs with native bf16)")
     run = parser.add_argument_group("run")
-    run.add_argument("--name", default=None, help="run folder name (none given: gan-<data>-<resolution>)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the run in the run folder from its newest readable checkpoint")
     run.add_argument("--snapshot-kimg", type=float, default=d.snapshot_kimg,
                      help="checkpoint, sample grid and generator export every this many kimg")
-    run.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_runs_dir_arg(parser)
-    add_device_arg(parser)
+    add_run_args(parser, run, name_help="run folder name (none given: gan-<data>-<resolution>)",
+                 resume_help="continue the run in the run folder from its newest readable checkpoint", seed=d.seed,
+                 seed_help="random seed")
     return parser
 
 
