@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from datasets.registry import get_spec
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.runs import CONFIG_FILE
@@ -25,7 +26,7 @@ from .cam import METHODS
 from .classifier_training import FinetuneConfig
 from .lung_masks import MaskSource
 from .model_file import CLASSIFIER_FILE, load_classifier
-from .task_data import EVAL_SPLIT, DataChoice
+from .task_data import EVAL_SPLIT, DataChoice, task_classes
 
 PROG = "python -m evaluate.attention"
 
@@ -56,6 +57,16 @@ def _run_folder(run: str, runs_dir: Path) -> Path:
     return folder
 
 
+def _check_data(choice: DataChoice, classes: tuple[str, ...], channels: int, trained_on: str) -> None:
+    """``--data`` must have the classifier's classes and channels (one :class:`UserError` line otherwise)."""
+    spec = get_spec(choice.name)
+    if spec.schema is not None and choice.version is None:
+        raise UserError(f"--data {choice.name} needs a label task, but the run trained on {trained_on} without one")
+    if task_classes(choice) != classes or spec.channels != channels:
+        raise UserError(f"--data {choice.name} ({', '.join(task_classes(choice))}; {spec.channels} channel(s)) does "
+                        f"not fit the classifier ({', '.join(classes)}; {channels} channel(s))")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_images < 1 or args.grid < 1 or args.batch_size < 1:
@@ -71,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choice = cfg.data_choices()[1]
     else:
         choice = DataChoice(args.data, args.data_root, cfg.version, cfg.setting, None)
+        _check_data(choice, info.classes or (), info.channels, cfg.data)
     split = EVAL_SPLIT.get(choice.name, "valid")
     dataset = choice.build(split, info.image_size, augment=False)
     masks = MaskSource(dataset, choice.name, args.lung_masks, info.image_size)

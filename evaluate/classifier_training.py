@@ -21,7 +21,8 @@ one process or under ``torchrun`` (:mod:`plumbing.distributed`):
 ``mode`` ``finetune`` trains every weight; ``linear`` freezes the backbone
 (batch-norm statistics included: it stays in eval mode) and trains the head
 alone - a linear probe. Under several processes the model is wrapped in DDP
-(batch norm synchronised on GPUs); a linear probe then equals the
+(batch norm synchronised on GPUs); without augmentation (its random
+state is per process and restarts on resume) a linear probe then equals the
 single-process run up to float rounding, a fine-tune differs by the
 per-rank batch-norm statistics on CPUs.
 """
@@ -43,7 +44,7 @@ from ignite.handlers import ProgressBar
 from torch import nn
 
 from plumbing.config import dataclass_from_dict
-from plumbing.distributed import is_main_process, mean_values_over_ranks
+from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.runs import RunFolder
@@ -54,7 +55,14 @@ from .backbones import Classifier, build_backbone, initialise
 from .losses import class_weights, weighted_cross_entropy
 from .metrics import classification_metrics, metrics_report
 from .model_file import CLASSIFIER_FILE, save_model
-from .task_data import DataChoice, TaskData, evaluation_batches, steps_per_epoch, training_batches
+from .task_data import (
+    DataChoice,
+    StoreBatches,
+    TaskData,
+    evaluation_batches,
+    steps_per_epoch,
+    training_batches,
+)
 
 MODES = ("finetune", "linear")
 BALANCE = ("loss", "none")
@@ -149,7 +157,7 @@ class ClassifierTrainer:
             model.backbone.requires_grad_(False)
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.model = model.to(device, memory_format=layout)
-        self.net = idist.auto_model(self.model, sync_bn=device.type == "cuda" and not self.linear)
+        self.net = data_parallel(self.model, device, sync_bn=device.type == "cuda" and not self.linear)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -236,14 +244,20 @@ def fit(
     data = ctx.data
     model, provenance = build_classifier(cfg, data.channels, len(data.classes), ctx.runs_dir)
     weights = class_weights(data.train_labels, len(data.classes)) if cfg.balance == "loss" else None
-    steps = steps_per_epoch(data.train, cfg.batch_size)
+    steps = steps_per_epoch(data.train, cfg.batch_size, ctx.workers)
     trainer = ClassifierTrainer(model, cfg, lr, steps * epochs, weights, ctx.device, ctx.amp)
-    trainer.state.config = dict(record or {}) | {"init_provenance": provenance}
     trainer.state.lr_choice = lr_choice.to_dict() if lr_choice is not None else {}
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
+        provenance = trainer.state.config["init_provenance"]  # the run's, not this process's re-initialisation
+    trainer.state.config = dict(record or {}) | {"init_provenance": provenance}  # with this resume's command
     start = trainer.state.iteration
     batches = training_batches(data.train, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+    to_save = trainer.objects()
+    if isinstance(batches, StoreBatches):
+        to_save["batches"] = batches
+        if checkpoint is not None:
+            restore({"batches": batches}, checkpoint)
 
     def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
         out = trainer.step(batch)
@@ -267,7 +281,7 @@ def fit(
                 on_best(trainer)
 
     if run_dir is not None:
-        attach_training_handlers(engine, run_dir=run_dir, to_save=trainer.objects(), checkpoint_every=steps,
+        attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=steps,
                                  progress=ctx.progress)
         engine.run(batches, max_epochs=epochs, epoch_length=steps)
         return trainer
@@ -338,7 +352,10 @@ def run_protocol(cfg: FinetuneConfig, ctx: FitContext, run: RunFolder, record: d
     else:
         choice = choose_lr(cfg, ctx)
     if is_main_process():
-        print(f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
+        done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
+            ctx.data.train, cfg.batch_size, ctx.workers)
+        print(f"{run.path}: finished; scoring its best epoch again" if done else
+              f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
     trainer = fit(
         cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
         checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, ctx.data.classes),

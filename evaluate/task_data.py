@@ -1,11 +1,12 @@
 """The images of a downstream classification task: training, validation and evaluation sets, and their loaders.
 
-Three disjoint sets of one labelled task (:func:`task_data`):
+Three sets of one labelled task, disjoint by image (:func:`task_data`):
 
 * **training**: the ``train`` split of ``--data``;
 * **validation** (chooses the learning rate and the best epoch): a seeded
   10% of the training split held out from training (``numpy_rng(seed,
-  "validation")``), or the ``val`` split of a synthetic store;
+  "validation")``; by image, so images of one patient may fall on both
+  sides), or the ``val`` split of a synthetic store;
 * **evaluation** (reported, never used for a choice): the held-out split of
   ``--eval-data`` (by default ``--data`` itself) - for phantoms the ``test``
   seed stream, disjoint from the ``train`` one; for real data the official
@@ -145,15 +146,38 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     empty = [name for name, n in data.sizes().items() if n == 0]
     if empty:
         raise UserError(f"the {' and '.join(empty)} set of the task is empty")
+    small = [name for name, n in data.sizes().items() if n < world_size()]
+    if small:
+        raise UserError(f"the {' and '.join(small)} set has fewer images than the {world_size()} processes")
     return data
 
 
-def _endless_blocks(loader: BlockLoader, start: int, steps: int) -> Iterator[dict[str, Any]]:
-    epoch, skip = divmod(start, steps)
-    while True:
-        loader.set_epoch(epoch)
-        yield from itertools.islice(loader, skip, None)
-        epoch, skip = epoch + 1, 0
+class StoreBatches:
+    """Endless training batches of a store's block loader, resumable at (pass, batch) through ``state_dict``.
+
+    Passes of the block loader may differ by a batch (blocks of unequal size
+    land in other streams from pass to pass), so the position is counted as
+    batches are taken, not derived from the iteration.
+    """
+
+    def __init__(self, loader: BlockLoader) -> None:
+        self.loader = loader
+        self.position = [0, 0]  # [pass, batches of that pass taken]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, skip = self.position
+        while True:
+            self.loader.set_epoch(epoch)
+            for taken, batch in enumerate(itertools.islice(self.loader, skip, None), start=skip + 1):
+                self.position = [epoch, taken]
+                yield batch
+            epoch, skip = epoch + 1, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": list(self.position)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = [int(v) for v in state["position"]]
 
 
 def _block_loader(
@@ -165,15 +189,16 @@ def _block_loader(
     )
 
 
-def steps_per_epoch(dataset: Dataset, batch_size: int) -> int:
+def steps_per_epoch(dataset: Dataset, batch_size: int, workers: int) -> int:
     """Iterations of one epoch of a global batch of ``batch_size``.
 
     ``ceil(N / batch_size)`` through the resumable sampler; for a synthetic
-    store, the block loader's full batches (it drops the last partial one, so
-    every rank takes as many steps).
+    store, the full batches of the block loader's first pass with ``workers``
+    streams (it drops each stream's last partial batch, so every rank takes
+    as many steps).
     """
     if isinstance(dataset, SyntheticDataset):
-        steps = len(_block_loader(dataset, batch_size, 0, 0, None))
+        steps = len(_block_loader(dataset, batch_size, 0, workers, None))
         if steps == 0:
             raise UserError(f"the store's training split has fewer images than one batch of {batch_size}")
         return steps
@@ -185,12 +210,12 @@ def training_batches(
 ) -> Iterable[dict[str, Any]]:
     """An endless stream of this rank's training batches from iteration ``start`` (``batch_size``: the global batch).
 
-    A synthetic store reads through the block loader, other data sets through
-    a ``DataLoader`` over the resumable sampler.
+    A synthetic store reads through the block loader (:class:`StoreBatches`,
+    which resumes from its own ``state_dict`` instead of ``start``), other
+    data sets through a ``DataLoader`` over the resumable sampler.
     """
     if isinstance(dataset, SyntheticDataset):
-        loader = _block_loader(dataset, batch_size, seed, workers, device)
-        return _endless_blocks(loader, start, steps_per_epoch(dataset, batch_size))
+        return StoreBatches(_block_loader(dataset, batch_size, seed, workers, device))
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start=start, rank=rank(), world_size=world_size())
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",

@@ -52,6 +52,14 @@ def test_a_folder_without_a_classifier_is_one_line(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and "no classifier.safetensors" in err[0]
 
 
+def test_data_that_does_not_fit_the_classifier_is_one_line(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--run", str(run), "--data", "isic2019", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data isic2019" in err[0] and "does not fit the classifier" in err[0]
+
+
 def _mask(path: Path, width: int, height: int) -> None:
     pixels = np.zeros((height, width), dtype=np.uint8)
     pixels[:, : width // 2] = 255  # left half is lung

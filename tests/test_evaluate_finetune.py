@@ -113,6 +113,9 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.Mon
     split = _interrupted_then_resumed(tmp_path, "split", args, 6, monkeypatch)
     _assert_same_run(full, split, 18)
     assert "--resume" in json.loads((split / "config.json").read_text())["resumed_with"][0]
+    before = _results(full)
+    _finetune(tmp_path, "full", "--device", "cpu", "--no-progress", "--resume")  # a finished run: scored again
+    assert _results(full) == before and latest_checkpoint(full).name == "checkpoint_18.pt"
 
 
 def test_synthetic_store_trains_through_the_block_loader_and_resumes(
