@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           max_images=args.ail_images, batch_size=64, keep=1, device=device,
                                           progress=False)
             scores["AIL, no mark"] = float(attention.ail.mean())
+            uniform = float(attention.lung_fraction.mean())
             for key, value in scores.items():
                 rows[name].setdefault(key, []).append(value)
             print(f"seed {seed}, trained {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
@@ -112,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|" + "---|" * len(columns))
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(_mean_std(values[c]) for c in columns) + " |")
-    print(f"\nmean ± std over {args.seeds} seeds; {device_name(device)}")
+    print(f"\nmean ± std over {args.seeds} seeds; a map spread evenly over the image scores AIL {uniform:.3f} "
+          f"(the lungs' share of these images); {device_name(device)}")
     return 0
 
 

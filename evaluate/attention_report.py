@@ -6,7 +6,9 @@ predicted class, or the true one) with :func:`evaluate.cam.saliency_maps`,
 and its AIL (:func:`evaluate.cam.attention_inside_lungs`) against the lung
 mask (:class:`evaluate.lung_masks.MaskSource`). :func:`write_attention`
 writes ``attention.json`` (mean and standard deviation overall and per
-true class, with the accuracy on these images), ``attention.png`` (the
+true class, with the accuracy on these images and ``uniform_map_ail``, the
+AIL a map spread evenly over the image would score: the lungs' mean share
+of the image), ``attention.png`` (the
 overlay grid: image, heat map, lung contour, true and predicted class) and
 ``attention.md`` (a short summary) into the run folder.
 """
@@ -35,6 +37,7 @@ class Attention:
     """Per-image results, and the first images kept for the grid."""
 
     ail: torch.Tensor
+    lung_fraction: torch.Tensor
     labels: torch.Tensor
     predicted: torch.Tensor
     images: torch.Tensor
@@ -49,7 +52,7 @@ def measure_attention(
     """AIL of ``model`` on ``dataset[:max_images]`` (module docstring); ``keep`` images stay for the grid."""
     model = model.to(device).eval()
     n = min(max_images, len(dataset))
-    ail, labels, predicted, kept = [], [], [], []
+    ail, fraction, labels, predicted, kept = [], [], [], [], []
     for start in tqdm(range(0, n, batch_size), desc="attention", unit="batch", disable=not progress):
         indices = list(range(start, min(start + batch_size, n)))
         fetch = getattr(dataset, "__getitems__", None)
@@ -62,12 +65,13 @@ def measure_attention(
         target = pred if class_of == "predicted" else truth
         maps = saliency_maps(model, images, target, model.cam_layer, method=method)
         ail.append(attention_inside_lungs(maps, lungs).cpu())
+        fraction.append(lungs.float().mean(dim=(1, 2, 3)).cpu())
         labels.append(truth)
         predicted.append(pred)
         if sum(len(k[0]) for k in kept) < keep:
             kept.append((images.cpu(), maps.detach().cpu(), lungs.cpu()))
     images, maps, lungs = (torch.cat(parts)[:keep] for parts in zip(*kept, strict=True))
-    return Attention(torch.cat(ail), torch.cat(labels), torch.cat(predicted), images, maps, lungs)
+    return Attention(torch.cat(ail), torch.cat(fraction), torch.cat(labels), torch.cat(predicted), images, maps, lungs)
 
 
 def write_attention(
@@ -76,7 +80,8 @@ def write_attention(
     """``attention.json``, ``attention.png`` and ``attention.md`` in ``run_dir``; returns the JSON record."""
     summary = summarise_ail(result.ail, result.labels, classes)
     accuracy = float((result.predicted == result.labels).float().mean())
-    record = about | {"ail": summary, "accuracy": accuracy, "images": int(len(result.ail))}
+    uniform = float(result.lung_fraction.mean())
+    record = about | {"ail": summary, "uniform_map_ail": uniform, "accuracy": accuracy, "images": int(len(result.ail))}
     write_json_atomic(run_dir / "attention.json", record)
     k = len(result.images)
     overlay_grid(result.images, result.maps, result.masks, result.labels[:k].tolist(),
@@ -95,7 +100,8 @@ def write_attention(
         mean = "-" if stats["mean"] is None else f"{stats['mean']:.3f}"
         std = "-" if stats["std"] is None else f"{stats['std']:.3f}"
         lines.append(f"| {name} | {stats['n']} | {mean} | {std} |")
-    lines += ["", f"Accuracy on these images: {accuracy:.3f}.", "",
+    lines += ["", f"A map spread evenly over the image would score the lungs' share of it: {uniform:.3f} on "
+              f"these images. Accuracy on these images: {accuracy:.3f}.", "",
               "![overlay: image, heat map, lung contour (green), true and predicted class](attention.png)", ""]
     with atomic_path(run_dir / "attention.md") as tmp:
         tmp.write_text("\n".join(lines))

@@ -38,6 +38,7 @@ def test_attention_writes_figures_grid_and_summary(run: Path, method: str) -> No
     assert 0.0 <= ail["mean"] <= 1.0 and ail["std"] >= 0.0 and ail["n"] == 24
     assert sum(c["n"] for c in ail["per_class"].values()) == 24
     assert 0.0 <= record["accuracy"] <= 1.0
+    assert 0.1 < record["uniform_map_ail"] < 0.6  # the lungs' share of a phantom radiograph
     with Image.open(run / "attention.png") as grid:
         assert grid.mode == "RGB" and grid.width > 6 * 32 and grid.height > 32
     summary = (run / "attention.md").read_text()
