@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", required=True, help="evaluate.finetune run folder (a path, or a name in --runs-dir)")
     parser.add_argument("--method", choices=METHODS, default="gradcam", help="saliency maps")
     parser.add_argument("--class-of", choices=CLASS_OF, default="predicted", help="the class whose map is scored")
+    parser.add_argument("--layer", default=None,
+                        help="module whose Grad-CAM maps are taken, e.g. backbone.body.layer3 (none given: the "
+                             "classifier's last feature map; CAM needs that one)")
     parser.add_argument("--data", default=None, help="data set of the images (none given: the run's evaluation set)")
     parser.add_argument("--data-root", default=None, help="root of --data (else its environment variable)")
     parser.add_argument("--lung-masks", type=Path, default=None,
@@ -78,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot read the run's configuration {folder / CONFIG_FILE}: {exc}") from None
     model, info = load_classifier(folder / CLASSIFIER_FILE, device)
+    layer = args.layer or model.cam_layer
+    if args.method == "cam" and layer != model.cam_layer:
+        raise UserError(f"--method cam takes the last feature map ({model.cam_layer}), not --layer {layer}")
     if args.data is None:
         choice = cfg.data_choices()[1]
     else:
@@ -88,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     masks = MaskSource(dataset, choice.name, args.lung_masks, info.image_size)
     result = measure_attention(
         model, dataset, masks, method=args.method, class_of=args.class_of, max_images=args.max_images,
-        batch_size=args.batch_size, keep=args.grid, device=device, progress=not args.no_progress,
+        batch_size=args.batch_size, keep=args.grid, device=device, progress=not args.no_progress, layer=layer,
     )
-    about = {"method": args.method, "class_of": args.class_of, "layer": model.cam_layer,
+    about = {"method": args.method, "class_of": args.class_of, "layer": layer,
              "data": f"{choice.name} {split} split", "classifier": str(folder / CLASSIFIER_FILE)}
     record = write_attention(folder, result, tuple(info.classes or ()), about)
     print(f"AIL {record['ail']['mean']:.3f} +- {record['ail']['std']:.3f} over {record['images']} images -> "

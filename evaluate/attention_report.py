@@ -47,9 +47,13 @@ class Attention:
 
 def measure_attention(
     model: Classifier, dataset: Any, masks: MaskSource, *, method: str, class_of: str, max_images: int,
-    batch_size: int, keep: int, device: torch.device, progress: bool,
+    batch_size: int, keep: int, device: torch.device, progress: bool, layer: str | None = None,
 ) -> Attention:
-    """AIL of ``model`` on ``dataset[:max_images]`` (module docstring); ``keep`` images stay for the grid."""
+    """AIL of ``model`` on ``dataset[:max_images]`` (module docstring); ``keep`` images stay for the grid.
+
+    ``layer`` is the module whose maps are taken (default: the classifier's ``cam_layer``, its last feature map).
+    """
+    layer = layer or model.cam_layer
     model = model.to(device).eval()
     n = min(max_images, len(dataset))
     ail, fraction, labels, predicted, kept = [], [], [], [], []
@@ -63,7 +67,7 @@ def measure_attention(
         with torch.no_grad():
             pred = model(images).argmax(dim=1).cpu()
         target = pred if class_of == "predicted" else truth
-        maps = saliency_maps(model, images, target, model.cam_layer, method=method)
+        maps = saliency_maps(model, images, target, layer, method=method)
         ail.append(attention_inside_lungs(maps, lungs).cpu())
         fraction.append(lungs.float().mean(dim=(1, 2, 3)).cpu())
         labels.append(truth)

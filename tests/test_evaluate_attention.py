@@ -45,6 +45,13 @@ def test_attention_writes_figures_grid_and_summary(run: Path, method: str) -> No
     assert "| all | 24 |" in summary and "attention.png" in summary
 
 
+def test_an_earlier_layer_gives_finer_maps(run: Path) -> None:
+    assert main(["--run", str(run), "--layer", "backbone.body.stage2", "--max-images", "8", "--grid", "2",
+                 "--device", "cpu", "--no-progress"]) == 0
+    record = json.loads((run / "attention.json").read_text())
+    assert record["layer"] == "backbone.body.stage2" and record["images"] == 8
+
+
 def test_a_folder_without_a_classifier_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--run", str(tmp_path), "--device", "cpu"])
