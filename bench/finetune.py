@@ -5,7 +5,9 @@
 
 Both measurements run :class:`evaluate.classifier_training.ClassifierTrainer`
 steps (AdamW, class-balanced loss; bf16 autocast and channels_last on CUDA)
-in the same process, one after the other, after ``--warmup`` untimed steps:
+in the same process, in ``--repeats`` interleaved rounds of ``--steps`` steps
+each (the best round of each is kept), after ``--warmup`` untimed steps of
+each:
 
 * **model step alone**: the same batch, already on the device, every step;
 * **through the data path**: batches from :func:`evaluate.task_data.training_batches`,
@@ -24,7 +26,7 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _images_per_second(trainer: ClassifierTrainer, batches: Iterable[dict[str, Any]], steps: int, warmup: int,
+def _images_per_second(trainer: ClassifierTrainer, stream: Iterator[dict[str, Any]], steps: int,
                        batch_size: int) -> float:
-    stream = iter(batches)
-    for batch in itertools.islice(stream, warmup):
-        trainer.step(batch)
     _sync(trainer.device)
     t0 = time.perf_counter()
     for batch in itertools.islice(stream, steps):
@@ -72,21 +71,22 @@ def _dataset(source: str, folder: Path, n: int, resolution: int) -> Any:
 
 def bench_finetune(
     device: torch.device, source: str, backbone: str, image_size: int, batch_size: int, steps: int, warmup: int,
-    workers: int, store_images: int, amp: bool,
+    workers: int, store_images: int, amp: bool, repeats: int,
 ) -> tuple[float, float]:
-    """(images/s of the model step alone, images/s through the data path) - module docstring."""
+    """(images/s of the model step alone, images/s through the data path), the best of ``repeats`` rounds each."""
     cfg = FinetuneConfig(backbone=backbone, image_size=image_size, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-        dataset = _dataset(source, Path(tmp), store_images if source == "store" else batch_size * (steps + warmup),
-                           image_size)
+        dataset = _dataset(source, Path(tmp), store_images if source == "store" else 2048, image_size)
         model, _ = build_classifier(cfg, 1, 4, Path(tmp))
         trainer = ClassifierTrainer(model, cfg, 1e-4, 10**6, torch.full((4,), 1.0), device, amp)
-        batches = training_batches(dataset, batch_size, 0, 0, workers, device)
-        first = next(iter(batches))
-        fixed = {IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4}
-        alone = _images_per_second(trainer, itertools.repeat(fixed), steps, warmup, batch_size)
-        through = _images_per_second(trainer, batches, steps, warmup, batch_size)
-    return alone, through
+        stream = iter(training_batches(dataset, batch_size, 0, 0, workers, device))
+        first = next(stream)
+        fixed = itertools.repeat({IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4})
+        _images_per_second(trainer, fixed, warmup, batch_size)
+        _images_per_second(trainer, stream, warmup, batch_size)
+        rounds = [(_images_per_second(trainer, fixed, steps, batch_size),
+                   _images_per_second(trainer, stream, steps, batch_size)) for _ in range(repeats)]
+    return max(r[0] for r in rounds), max(r[1] for r in rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,15 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
     parser.add_argument("--image-size", type=int, default=64, help="square input size in pixels")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of each measurement")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of each measurement in each round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of both measurements, interleaved (best kept)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each before the first round")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
     parser.add_argument("--store-images", type=int, default=4096, help="images in the temporary store")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for bf16 GPUs)")
     add_device_arg(parser)
     add_rows_out_arg(parser)
     args = parser.parse_args(argv)
-    for option in ("image_size", "batch_size", "steps", "store_images"):
+    for option in ("image_size", "batch_size", "steps", "repeats", "store_images"):
         if getattr(args, option) < 1:
             raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
     if args.warmup < 0 or (args.workers is not None and args.workers < 0):
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.backbone} {args.image_size} px, "
           f"batch {args.batch_size}, bf16 {'on' if amp else 'off'}, {args.source}, {workers} workers")
     alone, through = bench_finetune(device, args.source, args.backbone, args.image_size, args.batch_size, args.steps,
-                                    args.warmup, workers, args.store_images, amp)
+                                    args.warmup, workers, args.store_images, amp, args.repeats)
     ratio = 100 * through / alone
     print(f"model step alone: {alone:,.1f} img/s; through the data path: {through:,.1f} img/s ({ratio:.0f}%)")
     where = f"{args.backbone} {args.image_size} px, batch {args.batch_size}"

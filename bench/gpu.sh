@@ -27,11 +27,11 @@ ROWS="$(mktemp)"
 if [ -n "${CXR_BENCH_QUICK:-}" ]; then
     SYNTH=(--resolution 32 --preset tiny --batch-size 8 --steps 2 --warmup 1 --gen-images 64 --gen-batch 32)
     READ=(--n 256 --resolutions 32 --repeats 1)
-    FINETUNE=(--backbone tiny --image-size 32 --batch-size 16 --steps 3 --warmup 1 --store-images 128)
+    FINETUNE=(--backbone tiny --image-size 32 --batch-size 16 --steps 3 --repeats 1 --warmup 1 --store-images 128)
 else
     SYNTH=(--resolution 256 --preset paper --batch-size 64 --steps 20 --warmup 5 --gen-images 4096 --gen-batch 128)
     READ=(--n 8192 --resolutions 256 --repeats 3 --workers 8)
-    FINETUNE=(--backbone resnet50 --image-size 256 --batch-size 128 --steps 40 --warmup 10 --store-images 2048)
+    FINETUNE=(--backbone resnet50 --image-size 256 --batch-size 128 --steps 15 --repeats 3 --warmup 10 --store-images 2048)
 fi
 "$PY" -m bench.synth --device "$DEVICE" "${SYNTH[@]}" --rows-out "$ROWS"
 "$PY" -m bench.read_store --device "$DEVICE" "${READ[@]}" --rows-out "$ROWS"
