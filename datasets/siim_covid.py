@@ -133,6 +133,7 @@ def siim_covid_dataset(
         paths=np.array([index[u] for u in uids[found]], dtype=object),
         ids=ids[found],
         labels=studies.loc[study_of[found]].to_numpy().astype(np.int64),
+        groups=study_of[found].astype(object),
     )
     return make_dataset(records, opts, channels=1, resolution=resolution, augment=augment)
 

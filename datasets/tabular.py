@@ -68,17 +68,22 @@ class Records:
         ids: ``[N]`` object array of sample ids.
         labels: ``[N]`` int64 class indices (-1 = no class).
         findings: ``[N, K]`` float32 finding vectors, or ``None``.
+        groups: ``[N]`` object array of the patient (or study) of each image, where the data set knows it,
+            else ``None``; splits of the images keep a group on one side.
     """
 
     paths: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
     findings: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.paths)
-        if len(self.ids) != n or len(self.labels) != n or (self.findings is not None and len(self.findings) != n):
-            raise ValueError("paths, ids, labels and findings must have the same length")
+        if len(self.ids) != n or len(self.labels) != n or any(
+            a is not None and len(a) != n for a in (self.findings, self.groups)
+        ):
+            raise ValueError("paths, ids, labels, findings and groups must have the same length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,6 +95,7 @@ class Records:
             ids=self.ids[rows],
             labels=self.labels[rows],
             findings=None if self.findings is None else self.findings[rows],
+            groups=None if self.groups is None else self.groups[rows],
         )
 
 
@@ -100,6 +106,7 @@ def table_records(paths: np.ndarray, table: LabelTable, task: LabelTask | None) 
         ids=table.ids,
         labels=np.full(len(table), -1, dtype=np.int64),
         findings=table.vectors,
+        groups=table.patients,
     )
     return apply_task(records, table.schema, task)
 
@@ -113,7 +120,7 @@ def apply_task(records: Records, schema: FindingSchema, task: LabelTask | None) 
     classes = assign_classes(records.findings, schema, task)
     keep = classes >= 0
     kept = records.subset(keep)
-    return Records(kept.paths, kept.ids, classes[keep].astype(np.int64), kept.findings)
+    return Records(kept.paths, kept.ids, classes[keep].astype(np.int64), kept.findings, kept.groups)
 
 
 def subset_rows(n: int, max_samples: int | None, seed: int = 0) -> np.ndarray:

@@ -1,12 +1,12 @@
 """The images of a downstream classification task: training, validation and evaluation sets, and their loaders.
 
-Three sets of one labelled task, disjoint by image (:func:`task_data`):
+Three disjoint sets of one labelled task (:func:`task_data`):
 
 * **training**: the ``train`` split of ``--data``;
 * **validation** (chooses the learning rate and the best epoch): a seeded
-  10% of the training split held out from training (``numpy_rng(seed,
-  "validation")``; by image, so images of one patient may fall on both
-  sides), or the ``val`` split of a synthetic store;
+  10% of the training split held out from training (:func:`validation_rows`:
+  whole patients - or SIIM studies - where the reader knows them, else
+  images), or the ``val`` split of a synthetic store;
 * **evaluation** (reported, never used for a choice): the held-out split of
   ``--eval-data`` (by default ``--data`` itself) - for phantoms the ``test``
   seed stream, disjoint from the ``train`` one; for real data the official
@@ -117,6 +117,30 @@ def task_classes(choice: DataChoice) -> tuple[str, ...]:
     return tuple(classes)
 
 
+def groups_of(dataset: Dataset) -> np.ndarray | None:
+    """The patient (or study) of every image where the reader knows it (:class:`datasets.tabular.Records`)."""
+    records = getattr(dataset, "records", None)
+    return None if records is None else records.groups
+
+
+def validation_rows(groups: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+    """Boolean ``[n]``: the seeded ``VALIDATION_FRACTION`` of the images held out for validation (at least one).
+
+    With ``groups`` whole groups are held out - in a seeded order, until they
+    hold the fraction - so no patient has images on both sides; else images.
+    """
+    want = max(1, round(VALIDATION_FRACTION * n))
+    if groups is None:
+        held = np.zeros(n, dtype=bool)
+        held[numpy_rng(seed, "validation").permutation(n)[:want]] = True
+        return held
+    _, first, codes = np.unique(groups, return_index=True, return_inverse=True)
+    ranked = numpy_rng(seed, "validation groups").permutation(len(first))
+    sizes = np.bincount(codes, minlength=len(first))[ranked]
+    chosen = ranked[: int(np.searchsorted(np.cumsum(sizes), want)) + 1]
+    return np.isin(codes, chosen)
+
+
 def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: int) -> TaskData:
     """The training, validation and evaluation sets (module docstring); one :class:`UserError` line for a mismatch."""
     classes = task_classes(train)
@@ -135,12 +159,11 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     if train.name == "synthetic":
         fit, validation = full, train.build("val", resolution, False)
     else:
-        order = numpy_rng(seed, "validation").permutation(len(full))
-        held = max(1, round(VALIDATION_FRACTION * len(full)))
-        if len(full) - held < 1:
-            raise UserError(f"--data {train.name} has {len(full)} training images; at least 2 are needed")
+        held = validation_rows(groups_of(full), len(full), seed)
+        if held.all():
+            raise UserError(f"--data {train.name} has {len(full)} training images in one group; more are needed")
         plain = full if not train.augment else train.build("train", resolution, False)
-        fit, validation = Subset(full, sorted(order[held:].tolist())), Subset(plain, sorted(order[:held].tolist()))
+        fit, validation = Subset(full, np.flatnonzero(~held).tolist()), Subset(plain, np.flatnonzero(held).tolist())
     held_out = evaluation.build(EVAL_SPLIT.get(evaluation.name, "valid"), resolution, False)
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))
     empty = [name for name, n in data.sizes().items() if n == 0]
