@@ -31,6 +31,7 @@ from datasets.label_tasks import label_task
 from datasets.registry import build_dataset
 from evaluate.attention_report import measure_attention
 from evaluate.backbones import backbone_names
+from evaluate.cam import overlay_grid
 from evaluate.classifier_training import FinetuneConfig, FitContext, fit, score
 from evaluate.lung_masks import MaskSource
 from evaluate.task_data import TaskData, labels_of
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", default=None,
                         help="comma-separated modules whose Grad-CAM maps are scored (none given: layer4 and layer3 "
                              "of a ResNet, else the classifier's last feature map)")
+    parser.add_argument("--grids", type=Path, default=None,
+                        help="folder for the overlay grids of seed 0's models (each layer, marked and unmarked test)")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for bf16 GPUs)")
     add_device_arg(parser)
     args = parser.parse_args(argv)
@@ -109,10 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for test, marked in ((test_plain, "no mark"), (test_marked, "marked")):
                     attention = measure_attention(
                         model, test, MaskSource(test, "phantom", None, res), method="gradcam", class_of="predicted",
-                        max_images=args.ail_images, batch_size=64, keep=1, device=device, progress=False, layer=layer,
+                        max_images=args.ail_images, batch_size=64, keep=16, device=device, progress=False, layer=layer,
                     )
-                    scores[f"AIL {layer.rsplit('.', 1)[-1]}, {marked}"] = float(attention.ail.mean())
+                    short = layer.rsplit(".", 1)[-1]
+                    scores[f"AIL {short}, {marked}"] = float(attention.ail.mean())
                     uniform = float(attention.lung_fraction.mean())
+                    if args.grids is not None and seed == 0:
+                        k = len(attention.images)
+                        file = f"trained-{name}_{short}_{marked}.png".replace(" ", "-")
+                        overlay_grid(attention.images, attention.maps, attention.masks, attention.labels[:k].tolist(),
+                                     attention.predicted[:k].tolist(), TASK.classes, args.grids / file)
             for key, value in scores.items():
                 rows[name].setdefault(key, []).append(value)
             print(f"seed {seed}, trained {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
