@@ -37,7 +37,7 @@ from evaluate.lung_masks import MaskSource
 from evaluate.task_data import TaskData, labels_of
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
-from plumbing.precision import AMP_CHOICES, use_bf16_autocast
+from plumbing.precision import add_amp_arg, use_bf16_autocast
 
 from .rows import device_name
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "of a ResNet, else the classifier's last feature map)")
     parser.add_argument("--grids", type=Path, default=None,
                         help="folder for the overlay grids of seed 0's models (each layer, marked and unmarked test)")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for bf16 GPUs)")
+    add_amp_arg(parser)
     add_device_arg(parser)
     args = parser.parse_args(argv)
     for option in ("image_size", "train_images", "test_images", "ail_images", "epochs", "batch_size", "seeds"):

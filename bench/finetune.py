@@ -38,7 +38,7 @@ from evaluate.classifier_training import ClassifierTrainer, FinetuneConfig, buil
 from evaluate.task_data import DataChoice, training_batches
 from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
-from plumbing.precision import AMP_CHOICES, use_bf16_autocast
+from plumbing.precision import add_amp_arg, use_bf16_autocast
 
 from .read_store import test_images, write_store
 from .rows import Row, add_rows_out_arg, append_rows, device_name
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each before the first round")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
     parser.add_argument("--store-images", type=int, default=4096, help="images in the temporary store")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="bf16 autocast (auto: on for bf16 GPUs)")
+    add_amp_arg(parser)
     add_device_arg(parser)
     add_rows_out_arg(parser)
     args = parser.parse_args(argv)

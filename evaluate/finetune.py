@@ -29,7 +29,7 @@ from plumbing.cli import add_run_args, default_workers, make_parser, resolve_dev
 from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device, processes
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
-from plumbing.precision import AMP_CHOICES, use_bf16_autocast
+from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
 from plumbing.training import TrainingDiverged
 
@@ -82,8 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     opt.add_argument("--balance", choices=BALANCE, default=d.balance,
                      help="loss: class-balanced cross-entropy (inverse class frequencies); none: plain")
-    opt.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                     help="bf16 autocast (auto: on for GPUs with native bf16)")
+    add_amp_arg(opt)
     run = parser.add_argument_group("run")
     add_run_args(parser, run, name_help="run folder name (none given: finetune-<data>-<backbone>)",
                  resume_help="continue the run after its last finished epoch", seed=d.seed,

@@ -8,6 +8,7 @@ fp32; ``on`` demands it and refuses a device without bf16 support.
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import torch
@@ -17,6 +18,12 @@ from .errors import UserError
 AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
 log = logging.getLogger(__name__)
+
+
+def add_amp_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--amp auto|on|off``, read by :func:`use_bf16_autocast`."""
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="auto",
+                        help="bf16 autocast (auto: on for GPUs with native bf16)")
 
 
 def bf16_supported(device: torch.device) -> bool:

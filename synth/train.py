@@ -33,7 +33,7 @@ from datasets.registry import names
 from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
 from plumbing.distributed import distributed, is_main_process, process_device, processes
 from plumbing.errors import UserError
-from plumbing.precision import AMP_CHOICES, use_bf16_autocast
+from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
 from plumbing.training import restore
 
@@ -89,8 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--ada-target", type=float, default=d.ada_target, help="ADA target of E[sign D(real)]")
     opt.add_argument("--ada-kimg", type=float, default=d.ada_kimg,
                      help="kimg for the ADA probability to move from 0 to 1")
-    opt.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                     help="bf16 autocast (auto: on for GPUs with native bf16)")
+    add_amp_arg(opt)
     run = parser.add_argument_group("run")
     run.add_argument("--snapshot-kimg", type=float, default=d.snapshot_kimg,
                      help="checkpoint, sample grid and generator export every this many kimg")
