@@ -29,7 +29,6 @@ per-rank batch-norm statistics on CPUs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 from collections.abc import Callable, Iterable
@@ -47,6 +46,7 @@ from plumbing.config import dataclass_from_dict
 from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.lr_selection import LrChoice, Trial, select_lr
+from plumbing.precision import bf16_autocast
 from plumbing.runs import RunFolder
 from plumbing.seeding import derive_seed
 from plumbing.training import attach_training_handlers, restore
@@ -140,10 +140,6 @@ def build_classifier(cfg: FinetuneConfig, channels: int, num_classes: int, runs_
     return Classifier(backbone, num_classes), provenance
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-
 class ClassifierTrainer:
     """A classifier, its optimiser and schedule, and one training step on a batch."""
 
@@ -179,7 +175,7 @@ class ClassifierTrainer:
         layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=layout)
         labels = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True)
-        with _autocast(self.device, self.amp):
+        with bf16_autocast(self.device, self.amp):
             logits = self.net(images)
         loss = weighted_cross_entropy(logits, labels, self.weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -198,7 +194,7 @@ def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.d
         model.eval()
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=layout)
-        with _autocast(device, amp):
+        with bf16_autocast(device, amp):
             logits = model(images)
         return logits.float(), torch.as_tensor(batch["label"]).to(device)
 

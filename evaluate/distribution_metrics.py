@@ -16,6 +16,8 @@ With real features ``R`` (``[N, D]``) and synthetic features ``F`` (``[M, D]``):
 * **Precision / recall** (Kynkaanniemi et al. 2019): precision is the share of
   synthetic points strictly inside the k-NN ball of some real point; recall is
   the share of real points strictly inside the ball of some synthetic point.
+* **Nearest neighbour** of a query point: the closest point of another set
+  (or of its own set, itself excluded).
 * **Density / coverage** (Naeem et al. 2020): density =
   ``(1 / (k M)) sum_j #{i : |F_j - R_i| < r_i}`` (real radii ``r_i``);
   coverage = the share of real points whose nearest synthetic point lies
@@ -27,6 +29,7 @@ Distances are Euclidean, computed in row chunks so memory stays at
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -93,6 +96,25 @@ def _distance_chunks(a: torch.Tensor, b: torch.Tensor, chunk: int) -> Iterator[t
     for start in range(0, len(a), chunk):
         rows = slice(start, min(start + chunk, len(a)))
         yield rows, torch.cdist(a[rows], b)
+
+
+def nearest_neighbours(
+    query: torch.Tensor, base: torch.Tensor, *, exclude_self: bool = False, chunk: int = CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance ``[M]`` and index ``[M]`` of every query point's nearest point of ``base``.
+
+    ``exclude_self``: ``query`` is ``base`` and a point is not its own neighbour
+    (the leave-one-out nearest-neighbour distances of a set).
+    """
+    query, base = _features(query, "query points"), _features(base, "base points")
+    distances = torch.empty(len(query), dtype=torch.float64)
+    indices = torch.empty(len(query), dtype=torch.long)
+    for rows, d in _distance_chunks(query, base, chunk):
+        if exclude_self:
+            own = torch.arange(rows.start, rows.stop)
+            d[own - rows.start, own] = math.inf
+        distances[rows], indices[rows] = d.min(dim=1)
+    return distances, indices
 
 
 def knn_radii(x: torch.Tensor, k: int = DEFAULT_K, chunk: int = CHUNK) -> torch.Tensor:

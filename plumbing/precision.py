@@ -9,7 +9,9 @@ fp32; ``on`` demands it and refuses a device without bf16 support.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from typing import Any
 
 import torch
 
@@ -49,3 +51,8 @@ def use_bf16_autocast(choice: str, device: torch.device) -> bool:
     if choice == "auto" and device.type == "cuda" and not supported:
         log.info("bf16 autocast is off: %s has no native bf16 support; training in fp32", device)
     return supported
+
+
+def bf16_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``device`` when ``amp`` (the resolved :func:`use_bf16_autocast`), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()

@@ -14,6 +14,7 @@ from evaluate.distribution_metrics import (
     frechet_between,
     frechet_distance,
     knn_radii,
+    nearest_neighbours,
     precision_recall,
 )
 from plumbing.errors import UserError
@@ -91,3 +92,11 @@ def test_bad_inputs_are_user_errors() -> None:
         knn_radii(torch.zeros(5, 2), 5)
     with pytest.raises(UserError, match=r"\[N, D\] features"):
         frechet_between(torch.zeros(10), torch.zeros(10))
+
+
+def test_nearest_neighbours_with_and_without_the_point_itself() -> None:
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    distances, indices = nearest_neighbours(points, points, exclude_self=True, chunk=2)
+    assert distances.tolist() == [1.0, 1.0, 2.0] and indices.tolist() == [1, 0, 1]
+    distances, indices = nearest_neighbours(torch.tensor([[2.9, 0.0], [0.2, 0.0]]), points)
+    assert distances.tolist() == pytest.approx([0.1, 0.2]) and indices.tolist() == [2, 0]

@@ -1,0 +1,219 @@
+"""``evaluate.synthetic``: the report's sections, memorisation, the feature cache and the command end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.findings import CHEXPERT
+from datasets.label_tasks import label_task
+from datasets.phantoms.dataset import PhantomDataset
+from datasets.sample import IMAGE, LABEL, to_uint8
+from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
+from evaluate import features as features_module
+from evaluate.features import FeatureCache, FeatureExtractor
+from evaluate.image_sets import ImageSet, balanced_rows
+from evaluate.memorisation import memorisation, pixel_vectors
+from evaluate.synthetic import main
+from evaluate.synthetic_quality import confusion_matrix, label_fidelity, reference_halves
+
+RES = 32
+TRAINING_LENGTH = 200
+PLANTED_ROW, PLANTED_FROM = 5, 3
+TASK = label_task(1, "0s")
+PTX = CHEXPERT.index("Pneumothorax")
+
+
+def phantom_images(split: str, n: int, *, task: bool = True) -> ImageSet:
+    dataset = PhantomDataset("phantom", split, TASK if task else None, RES, length=n, balanced=task)
+    samples = dataset.__getitems__(list(range(n)))
+    images = to_uint8(torch.stack([s[IMAGE] for s in samples]))
+    return ImageSet(split, images, torch.tensor([int(s[LABEL]) for s in samples]))
+
+
+def generator_training_images() -> ImageSet:
+    """The images a generator trained with ``--data phantom --data-length 200`` at 32 px learned from."""
+    return phantom_images("train", TRAINING_LENGTH, task=False)
+
+
+def write_phantom_store(url: Path, *, plant: bool, complete: bool = True) -> None:
+    """A v1-0s store of fresh phantoms (the test stream, classes alternating); ``plant`` copies a training image."""
+    sizes = {"train": 48, "val": 8}
+    attrs = {
+        "version": 1, "setting": "0s", "classes": list(TASK.classes),
+        "counts": {s: {c: n // 2 for c in TASK.classes} for s, n in sizes.items()},
+        "condition_columns": list(CHEXPERT.columns),
+        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "trained_on_phantoms": True,
+                      "training": {"data": "phantom", "data_length": TRAINING_LENGTH}},
+        "seed": 0, "truncation": 1.0,
+    }
+    writer = SyntheticStoreWriter.open(url, attrs=attrs, split_sizes=sizes, resolution=RES,
+                                       c_dim=len(CHEXPERT.columns), overwrite=False,
+                                       layout=StoreLayout(chunk_images=8, block_size=16))
+    for split, n in sizes.items():
+        pool = phantom_images("test" if split == "train" else "valid", 2 * n)
+        rows = np.concatenate([pool.of_class(c)[: n // 2].numpy() for c in (0, 1)])
+        rows = rows.reshape(2, -1).T.reshape(-1)  # classes alternate as synth.generate writes them
+        images, labels = pool.images[rows].numpy().copy(), pool.labels[rows].numpy()
+        if plant and split == "train":
+            images[PLANTED_ROW] = generator_training_images().images[PLANTED_FROM].numpy()
+        conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
+        conditions[labels == 1, PTX] = 1.0
+        for block in writer.pending_blocks(split):
+            s, e = writer.block_range(split, block)
+            writer.write_block(split, block, images[s:e], labels[s:e], conditions[s:e], np.arange(s, e))
+    if complete:
+        writer.finish()
+
+
+# ------------------------------------------------------------------ sections
+
+
+def test_label_fidelity_of_a_classifier_right_by_construction() -> None:
+    intended = torch.tensor([0, 0, 1, 1, 2, 2, 2])
+    exact = label_fidelity(intended, intended.clone(), ("a", "b", "c"), {"a": 1.0, "b": 1.0, "c": 1.0})
+    assert exact["agreement"] == {"a": 1.0, "b": 1.0, "c": 1.0} and exact["mean"] == 1.0
+    predicted = torch.tensor([0, 1, 1, 1, 0, 2, 2])
+    mixed = label_fidelity(intended, predicted, ("a", "b", "c"), {})
+    assert mixed["agreement"] == pytest.approx({"a": 0.5, "b": 1.0, "c": 2 / 3})
+    assert mixed["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+    assert confusion_matrix(intended, predicted, 3).sum() == 7
+
+
+def test_reference_halves_are_disjoint_and_as_large_as_the_synthetic_class() -> None:
+    synthetic = torch.tensor([0] * 6 + [1] * 6)
+    reference = torch.tensor([0] * 20 + [1] * 8)
+    halves = reference_halves(synthetic, reference, 2, seed=0)
+    for c, (s, a, b) in halves.items():
+        assert len(s) == len(a) == len(b) == (6 if c == 0 else 4)
+        assert not set(a) & set(b)
+        assert (reference[a] == c).all() and (reference[b] == c).all() and (synthetic[s] == c).all()
+
+
+def test_balanced_rows_take_up_to_per_class_of_every_class() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 7)
+    rows = balanced_rows(labels, 3, 5, seed=1)
+    assert np.bincount(labels[rows].numpy()).tolist() == [5, 3, 5]
+    assert np.array_equal(rows, balanced_rows(labels, 3, 5, seed=1))
+
+
+def test_memorisation_flags_a_planted_copy_and_nothing_in_fresh_phantoms() -> None:
+    training = generator_training_images()
+    fresh = phantom_images("test", 60)
+    clean = memorisation(pixel_vectors(fresh.images), pixel_vectors(training.images))
+    assert int(clean.flagged.sum()) == 0
+    assert 0.5 < clean.ratio < 2.0  # fresh draws lie as far from the training images as these from each other
+    planted = fresh.images.clone()
+    planted[7] = training.images[11]
+    result = memorisation(pixel_vectors(planted), pixel_vectors(training.images))
+    assert torch.nonzero(result.flagged).flatten().tolist() == [7]
+    assert int(result.nearest[7]) == 11 and float(result.distances[7]) == 0.0
+
+
+def test_feature_cache_computes_each_image_set_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = phantom_images("test", 8)
+    extractor = FeatureExtractor("flatten", "test:flatten", RES, 1, torch.nn.Flatten())
+    cache = FeatureCache(tmp_path, torch.device("cpu"), amp=False, progress=False)
+    first = cache.features(extractor, images)
+    assert first.shape == (8, RES * RES)
+
+    def refuse(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("features were computed again")
+
+    monkeypatch.setattr(features_module, "apply_network", refuse)
+    assert torch.equal(cache.features(extractor, images), first)
+    other = ImageSet("other", images.images.flip(0), images.labels)
+    with pytest.raises(AssertionError):
+        cache.features(extractor, other)  # other pixels, another key
+
+
+def test_xrv_features_without_weights_on_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(features_module.XRV_CACHE_ENV, str(tmp_path))
+    with pytest.raises(features_module.UserError, match="not on disk"):
+        features_module.xrv_extractor()
+
+
+# ------------------------------------------------------------------ the command
+
+FAST = ["--backbone", "tiny", "--images", "48", "--train-images", "48", "--epochs", "1", "--lr", "1e-3",
+        "--bootstrap", "5", "--k", "3", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("quality") / "planted.zarr"
+    write_phantom_store(path, plant=True)
+    return path
+
+
+def test_report_has_every_section_and_flags_the_planted_copy(
+    planted_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, runs = tmp_path / "report", tmp_path / "runs"
+    assert main([str(planted_store), "--reference", "phantom", "--out", str(out), "--runs-dir", str(runs), *FAST]) == 0
+    figures = json.loads((out / "quality.json").read_text())
+    for section in ("fidelity", "coverage", "label_fidelity", "usefulness", "memorisation", "class_balance",
+                    "provenance", "features"):
+        assert section in figures
+    assert set(figures["fidelity"]) == {"all", *TASK.classes}
+    assert figures["fidelity"]["all"]["fd"] >= 0 and figures["fidelity"]["all"]["floor"] >= 0
+    assert set(figures["label_fidelity"]["agreement"]) == set(TASK.classes)
+    assert figures["usefulness"]["ratio"] is not None
+    pixels = figures["memorisation"]["spaces"]["pixels"]
+    assert PLANTED_ROW in pixels["flagged_rows"] and pixels["flagged"] == 1
+    assert pixels["closest_pairs"][0] == {"synthetic": PLANTED_ROW, "training": PLANTED_FROM, "distance": 0.0}
+    assert PLANTED_ROW in figures["memorisation"]["spaces"]["features"]["flagged_rows"]
+    assert figures["provenance"]["generator_training"]["data"] == "phantom"
+    for name in ("quality.md", "samples.png", "bars.png", "nearest.png"):
+        assert (out / name).stat().st_size > 0
+    text = (out / "quality.md").read_text()
+    assert "## Label fidelity" in text and "## Memorisation" in text and "](nearest.png)" in text
+    capsys.readouterr()
+    # a second report against the same reference trains no classifier again
+    assert main([str(planted_store), "--out", str(tmp_path / "again"), "--runs-dir", str(runs), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "reference classifier: reusing" in err and "synthetic classifier: reusing" in err
+    again = json.loads((tmp_path / "again" / "quality.json").read_text())
+    assert again["label_fidelity"] == figures["label_fidelity"] and again["fidelity"] == figures["fidelity"]
+
+
+def test_fresh_phantom_store_flags_no_copy(tmp_path: Path) -> None:
+    store = tmp_path / "fresh.zarr"
+    write_phantom_store(store, plant=False)
+    assert main([str(store), "--runs-dir", str(tmp_path / "runs"), *FAST]) == 0
+    figures = json.loads((tmp_path / "fresh.zarr.quality" / "quality.json").read_text())
+    assert figures["memorisation"]["spaces"]["pixels"]["flagged"] == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("incomplete", "is incomplete"),
+        ("classes", "has the classes"),
+        ("features", "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    case: str, message: str, planted_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from plumbing.cli import run_cli
+
+    store, extra = planted_store, []
+    if case == "incomplete":
+        store = tmp_path / "partial.zarr"
+        write_phantom_store(store, plant=False, complete=False)
+    elif case == "classes":
+        extra = ["--reference", "siim-covid"]
+    else:
+        extra = ["--features", str(tmp_path / "missing.safetensors")]
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [str(store), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), *FAST, *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists() and not (tmp_path / "runs").exists()
