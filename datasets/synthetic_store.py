@@ -17,7 +17,10 @@ splits the store holds), ``resolution``, ``c_dim``, ``condition_columns``
 hash, network configuration, training record and whether it learned from
 phantoms), ``seed``, ``truncation``, ``truncation_center``,
 ``condition_source`` (``{"file", "sha256"}`` of the finding vectors the
-``Xs`` conditions are drawn from), ``created`` (ISO time),
+conditions are drawn from), ``condition_policy`` (setting ``0s`` only:
+``"empirical"``, conditions carry Support Devices at the real rate of each
+class, or ``"clear"``, the non-finding columns are 0; a 0s store without the
+key predates it and is ``"clear"``; see :mod:`synth.conditions`), ``created`` (ISO time),
 ``library_versions`` (``{torch, zarr, numpy, project}``) and ``complete``
 (``False`` until every block is written and verified).
 
@@ -154,6 +157,7 @@ CONTENT_KEYS: tuple[str, ...] = (
     "truncation",
     "truncation_center",
     "condition_source",
+    "condition_policy",
 )
 
 #: Root attributes the generator must supply (the writer adds the others).
@@ -299,9 +303,14 @@ def _json_normal(value: Any) -> Any:
 
 
 def content_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The attributes that define a store's content (:data:`CONTENT_KEYS` and ``generator.sha256``)."""
+    """The attributes that define a store's content (:data:`CONTENT_KEYS` and ``generator.sha256``).
+
+    A 0s store without ``condition_policy`` predates the key and reads as ``"clear"``.
+    """
     norm = _json_normal(dict(attrs))
     out = {key: norm.get(key) for key in CONTENT_KEYS}
+    if out["setting"] == "0s" and out["condition_policy"] is None:
+        out["condition_policy"] = "clear"  # the only 0s policy before stores recorded one
     out["generator.sha256"] = (norm.get("generator") or {}).get("sha256")
     return out
 

@@ -2,7 +2,9 @@
 
 For a label task (``--version`` 1/2/3, ``--setting`` 0s/Xs) it draws, per
 split, ``per_class x classes`` samples: sample ``i`` has class ``i mod C``,
-a condition vector ``c_i`` from :mod:`synth.conditions`, a seed
+a condition vector ``c_i`` from :mod:`synth.conditions` (setting 0s: with
+Support Devices at the real rate of each class, or cleared with
+``--devices clear``; the store records the choice as ``condition_policy``), a seed
 ``s_i = derive_seed(seed, split, i)`` (stored in the ``seeds`` array) and a
 latent ``z_i ~ N(0, I)`` drawn from a generator seeded with ``s_i`` alone.
 Images come from the generator with constant noise inputs and truncation
@@ -35,24 +37,17 @@ import torch
 from tqdm.auto import tqdm
 
 from datasets.findings import SCHEMAS
-from datasets.label_tables import read_chexpert_table, read_nih_table
 from datasets.label_tasks import SETTINGS, VERSIONS, label_task
 from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 
-from .conditions import ConditionSampler
+from .conditions import DEVICE_POLICIES, ConditionSampler, condition_vectors
 from .export import DEMO_GENERATOR, load_generator
 from .rendering import ConditionCenters, render, sample_latents, sample_seeds, write_contact_sheet
 
 SPLITS = ("train", "val")
 DEMO_DESCRIPTION = f"the shipped phantom demo generator (synth/assets/{DEMO_GENERATOR.name})"
-
-
-def _condition_vectors(schema_name: str, csv: Path | None) -> np.ndarray:
-    if schema_name == "chexpert":
-        return read_chexpert_table(csv).vectors
-    return read_nih_table(csv).vectors
 
 
 def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
@@ -77,6 +72,11 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     parser.add_argument("--labels-csv", type=Path, default=None,
                         help="label CSV whose empirical finding distribution gives the Xs conditions; default: the "
                         "CheXpert or NIH file bundled with torchxrayvision, by the generator's schema")
+    parser.add_argument("--devices", choices=DEVICE_POLICIES, default=None,
+                        help="setting 0s only: the Support Devices column of the conditions. empirical (the "
+                        "default) draws each class's full condition vectors, devices at the rate among the class's "
+                        "real members (whom the label policy admits with or without devices); clear sets it to 0 "
+                        "(the only policy of stores written before this option)")
     parser.add_argument("--block-size", type=int, default=None,
                         help="images per store block, the unit of writing and resuming (a power of two); default: "
                         "the store's own when resuming, else by resolution (1024 up to 128 px, 256 at 256 px)")
@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--truncation must lie in [0, 2]")
     device = resolve_device(args.device)
     task = label_task(args.version, args.setting)
+    if task.setting == "Xs" and args.devices is not None:
+        raise UserError("--devices applies to setting 0s only (Xs draws the finding classes' full condition "
+                        "vectors, devices included)")
+    devices = (args.devices or "empirical") if task.setting == "0s" else None
     try:
         out = args.out.format(version=task.version, setting=task.setting)
     except (KeyError, IndexError, ValueError) as exc:
@@ -112,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"generator {generator_path} is conditioned on {loaded.generator.c_dim} values {loaded.condition_columns}; "
             "expected the CheXpert (14) or NIH (15) finding columns"
         )
-    vectors = _condition_vectors(schema.name, args.labels_csv)
-    sampler = ConditionSampler(task, schema, vectors)
+    vectors = condition_vectors(schema.name, args.labels_csv)
+    sampler = ConditionSampler(task, schema, vectors, devices=devices)
     per_class = {"train": args.train_per_class, "val": args.val_per_class}
     split_sizes = {s: per_class[s] * sampler.num_classes for s in SPLITS}
     resolution = loaded.generator.img_resolution
@@ -135,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "truncation": args.truncation,
     }
+    if devices is not None:
+        attrs["condition_policy"] = devices
     layout = None  # the writer's default for a new store, the store's own for a resumed one
     if args.block_size is not None:
         if args.block_size < 1 or args.block_size & (args.block_size - 1):

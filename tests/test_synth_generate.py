@@ -17,9 +17,11 @@ import torch
 import zarr
 
 from datasets.findings import CHEXPERT
-from datasets.synthetic_store import open_synthetic
+from datasets.label_tables import read_chexpert_table
+from datasets.synthetic_store import content_attrs, open_synthetic
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
+from synth.conditions import ConditionSampler
 from synth.export import export_generator, load_generator
 from synth.generate import main
 from synth.networks import Generator, NetworkConfig
@@ -66,16 +68,38 @@ def test_complete_store_opens_with_plain_zarr(gen_file: Path, tmp_path: Path) ->
     assert group.attrs["generator"]["sha256"] and group.attrs["generator"]["trained_on_phantoms"] is True
 
 
-def test_0s_conditions_are_the_class_findings_only(gen_file: Path, tmp_path: Path) -> None:
+def test_0s_conditions_with_devices_cleared_are_the_class_findings_only(gen_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "v1.zarr"
-    _generate(gen_file, out, "--version", "1", "--setting", "0s")
+    _generate(gen_file, out, "--version", "1", "--setting", "0s", "--devices", "clear")
     store = open_synthetic(out)
+    assert store.attrs["condition_policy"] == "clear"
     split = store.split("train")
     ptx = CHEXPERT.index("Pneumothorax")
     expected = np.zeros(14, np.float32)
     expected[ptx] = 1
     assert (split.conditions[split.labels == 1] == expected).all()
     assert not split.conditions[split.labels == 0].any()
+
+
+def test_0s_conditions_carry_devices_by_default(gen_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v1.zarr"
+    main(["--generator", str(gen_file), "--out", str(out), "--train-per-class", "40", "--val-per-class", "2",
+          "--device", "cpu", "--version", "1", "--setting", "0s"])
+    store = open_synthetic(out)
+    assert store.attrs["condition_policy"] == "empirical"
+    split = store.split("train")
+    sampler = ConditionSampler(store.task, CHEXPERT, read_chexpert_table().vectors, devices="empirical")
+    assert np.array_equal(split.conditions, sampler.conditions(0, "train", np.arange(len(split))))
+    devices = split.conditions[:, CHEXPERT.index("Support Devices")]
+    for c in (0, 1):  # about half of the real No Finding and Pneumothorax members carry devices
+        assert 0 < devices[split.labels == c].mean() < 1
+    _generate(gen_file, tmp_path / "xs.zarr", "--version", "1", "--setting", "Xs")
+    assert "condition_policy" not in open_synthetic(tmp_path / "xs.zarr").attrs  # Xs takes no policy
+
+
+def test_a_0s_store_without_a_condition_policy_reads_as_cleared() -> None:
+    assert content_attrs({"setting": "0s"})["condition_policy"] == "clear"
+    assert content_attrs({"setting": "Xs"})["condition_policy"] is None
 
 
 def test_deterministic_and_batch_size_invariant(gen_file: Path, tmp_path: Path) -> None:
@@ -143,6 +167,8 @@ def test_bad_inputs(gen_file: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "w.zarr").exists()
     with pytest.raises(UserError, match="does not exist"):
         _generate(tmp_path / "missing.safetensors", tmp_path / "m.zarr")
+    with pytest.raises(UserError, match="--devices applies to setting 0s only"):
+        _generate(gen_file, tmp_path / "d.zarr", "--setting", "Xs", "--devices", "clear")
 
 
 def test_stored_seed_reproduces_the_image(gen_file: Path, tmp_path: Path) -> None:
@@ -162,10 +188,12 @@ def test_per_condition_truncation_centres_each_class(gen_file: Path, tmp_path: P
     _generate(gen_file, out, "--version", "1", "--setting", "0s", "--truncation", "0")
     split = open_synthetic(out).split("train")
     images = split.read_images(0, len(split)).astype(int)
-    for c in (0, 1):  # psi = 0: every image of a class is its condition's average-w image
-        same = images[split.labels == c]
+    conditions, which = np.unique(split.conditions, axis=0, return_inverse=True)
+    assert len(conditions) > 2  # both classes, with and without devices
+    for k in range(len(conditions)):  # psi = 0: every image is its condition's average-w image
+        same = images[which == k]
         assert (same == same[0]).all()
-    assert not np.array_equal(images[split.labels == 0][0], images[split.labels == 1][0])
+    assert len({images[which == k][0].tobytes() for k in range(len(conditions))}) == len(conditions)
 
 
 def test_generator_that_stopped_growing_is_refused(tmp_path: Path) -> None:
