@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets.label_tasks import SETTINGS, VERSIONS, LabelTask, label_task
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
 
@@ -28,7 +29,10 @@ class TrainingConfig:
 
     The defaults are ``synth.train``'s option defaults; :meth:`resolve` fills
     the automatic values of ``start_resolution``, ``gamma`` and ``ema_kimg``
-    for another resolution or batch size.
+    for another resolution or batch size. ``ac_weight`` weights the auxiliary
+    classifier loss (0: no classifier, no extra compute); ``balance_task``
+    names the label task whose classes the training images are drawn evenly
+    from (``v3-0s``, :func:`balance_label_task`; ``None``: every image alike).
     """
 
     data: str = "phantom"
@@ -51,6 +55,8 @@ class TrainingConfig:
     cache: bool = False
     snapshot_kimg: float = 1.0
     kimg: float = 10.0
+    ac_weight: float = 0.0
+    balance_task: str | None = None
 
     @classmethod
     def resolve(
@@ -69,16 +75,24 @@ class TrainingConfig:
         """
         base = cls(**options)
         r, b = base.resolution, base.batch_size
+        task = balance_label_task(base.balance_task)
         return dataclasses.replace(
             base,
             start_resolution=start_resolution or r,
             gamma=gamma if gamma is not None else 0.0002 * r**2 / b,
             ema_kimg=ema_kimg if ema_kimg is not None else b * 10 / 32,
+            balance_task=None if task is None else task.name,
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
-        """Inverse of :meth:`to_dict`; every run writes every key, so a missing or unknown one is a UserError."""
+        """Inverse of :meth:`to_dict`; every run writes every key, so a missing or unknown one is a UserError.
+
+        Records written before the keys of :data:`ADDED_KEYS` existed lack
+        them and trained as their defaults, which they get.
+        """
+        if isinstance(data, dict):
+            data = {f.name: f.default for f in dataclasses.fields(cls) if f.name in ADDED_KEYS} | data
         return dataclass_from_dict(cls, data, "training configuration", complete=True)
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,6 +104,25 @@ class TrainingConfig:
             return ProgressiveSchedule(self.start_resolution, self.resolution, self.fade_kimg, self.stable_kimg)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+
+
+ADDED_KEYS: tuple[str, ...] = ("ac_weight", "balance_task")
+"""Training keys added after runs were first recorded (their defaults reproduce those runs)."""
+
+
+def balance_label_task(text: str | None) -> LabelTask | None:
+    """The label task of ``--balance-task`` (``3-0s`` or ``v3-0s``, any case; ``None``: no balancing).
+
+    A malformed value is one :class:`UserError` line naming the valid tasks.
+    """
+    if text is None:
+        return None
+    version, _, setting = text.strip().lower().removeprefix("v").partition("-")
+    canonical = {s.lower(): s for s in SETTINGS}
+    if not version.isdigit() or int(version) not in VERSIONS or setting not in canonical:
+        valid = ", ".join(f"{v}-{s}" for v in VERSIONS for s in SETTINGS)
+        raise UserError(f"--balance-task {text!r} is not a label task VERSION-SETTING; valid: {valid}")
+    return label_task(int(version), canonical[setting])
 
 
 RECORD_KEYS = ("network", "training", "condition_columns", "augment", "command")

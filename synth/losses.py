@@ -25,6 +25,23 @@ def d_logistic_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
 
 
+def ac_loss(class_logits: Tensor, conditions: Tensor) -> Tensor:
+    """Auxiliary-classifier (AC-GAN) loss: multi-label binary cross-entropy with logits.
+
+    With class logits ``a`` ``[B, K]`` and the binary condition vectors ``c``
+    ``[B, K]`` (each of the K condition values is its own binary label)::
+
+        L_ac = mean_{b,k} BCE(sigmoid(a_bk), c_bk)
+             = mean_{b,k} [ -c_bk log sigmoid(a_bk) - (1 - c_bk) log(1 - sigmoid(a_bk)) ]
+             = mean_{b,k} [ softplus(a_bk) - c_bk a_bk ]
+
+    so logits 0 give ``log 2`` whatever ``c``.
+    """
+    if class_logits.shape != conditions.shape:
+        raise ValueError(f"class logits {tuple(class_logits.shape)} and conditions {tuple(conditions.shape)} differ")
+    return F.binary_cross_entropy_with_logits(class_logits.float(), conditions.float())
+
+
 def r1_penalty(real_logits: Tensor, real_images: Tensor, gamma: float) -> Tensor:
     """R1 gradient penalty ``(gamma / 2) * E_x[ ||grad_x D(x)||^2 ]``.
 

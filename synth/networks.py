@@ -2,7 +2,8 @@
 
 Generator = :class:`MappingNetwork` (``z, c -> w``) + :class:`SynthesisNetwork`
 (``ws -> image``). Discriminator = residual blocks, minibatch standard deviation
-and a conditional projection head. Widths follow
+and a conditional projection head, optionally with an auxiliary classifier of
+the condition values (AC-GAN). Widths follow
 ``channels(r) = min(channel_base // r, channel_max)`` at resolution ``r``.
 
 Progressive growing (both networks take a ``resolution``/image size below the
@@ -548,11 +549,13 @@ def minibatch_stddev(x: Tensor, group_size: int, num_channels: int = 1) -> Tenso
 class DiscriminatorEpilogue(nn.Module):
     """4x4 head (fp32): minibatch stddev, 3x3 conv, FC, output FC, projection.
 
-    ``out = fc_out(fc(flatten(conv(mbstd(x)))))``; conditional: ``(out . cmap) / sqrt(cmap_dim)``;
-    unconditional: the single output.
+    ``h = fc(flatten(conv(mbstd(x))))`` and ``out = fc_out(h)``; conditional:
+    ``(out . cmap) / sqrt(cmap_dim)``; unconditional: the single output. With
+    ``classes`` > 0 an auxiliary classifier ``aux(h)`` (one linear layer on the
+    same features) gives that many class logits (AC-GAN, :meth:`with_classes`).
     """
 
-    def __init__(self, config: NetworkConfig, cmap_dim: int) -> None:
+    def __init__(self, config: NetworkConfig, cmap_dim: int, classes: int = 0) -> None:
         super().__init__()
         ch = config.channels(4)
         clamp = config.conv_clamp
@@ -561,19 +564,33 @@ class DiscriminatorEpilogue(nn.Module):
         self.conv = EqualConv2d(ch + config.mbstd_num_channels, ch, 3, activation="lrelu", clamp=clamp)
         self.fc = EqualLinear(ch * 16, ch, activation="lrelu")
         self.out = EqualLinear(ch, cmap_dim if cmap_dim > 0 else 1)
+        self.aux = EqualLinear(ch, classes) if classes > 0 else None
 
     def from_image(self, img: Tensor) -> Tensor:
         with autocast_off(img.device.type):
             return self.fromrgb(img.float())
 
+    def _features(self, x: Tensor) -> Tensor:
+        x = minibatch_stddev(x.float(), self.group_size, self.num_channels)
+        return self.fc(self.conv(x).flatten(1))
+
+    def _logits(self, h: Tensor, cmap: Tensor | None) -> Tensor:
+        x = self.out(h)
+        if cmap is None:
+            return x.squeeze(1)
+        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+
     def forward(self, x: Tensor, cmap: Tensor | None) -> Tensor:
         with autocast_off(x.device.type):
-            x = minibatch_stddev(x.float(), self.group_size, self.num_channels)
-            x = self.conv(x)
-            x = self.out(self.fc(x.flatten(1)))
-            if cmap is None:
-                return x.squeeze(1)
-            return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+            return self._logits(self._features(x), cmap)
+
+    def with_classes(self, x: Tensor, cmap: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(logits [B], class logits [B, classes])`` from one pass through the head."""
+        if self.aux is None:
+            raise ValueError("this discriminator has no auxiliary classifier (build it with classifier=True)")
+        with autocast_off(x.device.type):
+            h = self._features(x)
+            return self._logits(h, cmap), self.aux(h)
 
 
 class Discriminator(nn.Module):
@@ -582,11 +599,16 @@ class Discriminator(nn.Module):
     ``D(img, c) -> logits [B]`` (fp32). Conditioning by projection: ``cmap =
     mapping(c)`` (a :class:`MappingNetwork` without ``z``, ``cmap_dim =
     channels(4)``) is dotted with the head's output and scaled by
-    ``1/sqrt(cmap_dim)``.
+    ``1/sqrt(cmap_dim)``. With ``classifier=True`` the head also holds an
+    auxiliary classifier of the ``c_dim`` condition values (AC-GAN), read
+    through :meth:`with_classes`; it is built last, so the other parameters
+    draw the same initial values with or without it.
     """
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, *, classifier: bool = False) -> None:
         super().__init__()
+        if classifier and config.c_dim < 1:
+            raise ValueError("an auxiliary classifier needs conditions (c_dim > 0)")
         self.config = config
         self.c_dim, self.img_resolution, self.img_channels = config.c_dim, config.resolution, config.img_channels
         self.block_resolutions = tuple(2**i for i in range(int(math.log2(config.resolution)), 2, -1))
@@ -600,14 +622,15 @@ class Discriminator(nn.Module):
             if config.c_dim > 0
             else None
         )
-        self.b4 = DiscriminatorEpilogue(config, cmap_dim)
+        self.b4 = DiscriminatorEpilogue(config, cmap_dim, config.c_dim if classifier else 0)
 
     def _from_image(self, img: Tensor, res: int) -> Tensor:
         if res == 4:
             return self.b4.from_image(img)
         return self.blocks[f"b{res}"].from_image(img)  # type: ignore[operator]
 
-    def forward(self, img: Tensor, c: Tensor | None, *, alpha: float = 1.0) -> Tensor:
+    def _trunk(self, img: Tensor, c: Tensor | None, alpha: float) -> tuple[Tensor, Tensor | None]:
+        """The 4x4 features entering the head and the condition map."""
         if img.ndim != 4 or img.shape[1] != self.img_channels or img.shape[2] != img.shape[3]:
             raise ValueError(f"images must be [B, {self.img_channels}, r, r], got {tuple(img.shape)}")
         res = img.shape[-1]
@@ -627,13 +650,23 @@ class Discriminator(nn.Module):
             for lower in self.block_resolutions:
                 if lower < res:
                     x = self.blocks[f"b{lower}"](x)
-        return self.b4(x, cmap)
+        return x, cmap
+
+    def forward(self, img: Tensor, c: Tensor | None, *, alpha: float = 1.0) -> Tensor:
+        return self.b4(*self._trunk(img, c, alpha))
+
+    def with_classes(self, img: Tensor, c: Tensor | None, *, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
+        """``(logits [B], class logits [B, c_dim])`` (fp32) of one pass; needs ``classifier=True``."""
+        return self.b4.with_classes(*self._trunk(img, c, alpha))
 
 
-def build_networks(config: NetworkConfig) -> tuple[Generator, Discriminator]:
-    """A new generator and discriminator for ``config`` (CPU, fp32, training mode)."""
+def build_networks(config: NetworkConfig, *, classifier: bool = False) -> tuple[Generator, Discriminator]:
+    """A new generator and discriminator for ``config`` (CPU, fp32, training mode).
+
+    ``classifier``: give the discriminator its auxiliary classifier (:class:`Discriminator`).
+    """
     config.validate()
-    return Generator(config), Discriminator(config)
+    return Generator(config), Discriminator(config, classifier=classifier)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -37,7 +38,9 @@ from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
 from plumbing.training import restore
 
+from .conditions import condition_vectors
 from .config import SavedRun, TrainingConfig, saved_run
+from .fidelity_probe import FidelityProbe
 from .networks import PRESETS, RESOLUTIONS
 from .trainer import GanTrainer, iterations, network_config, train, training_dataset, training_spec
 
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=int, default=None,
                       help="DataLoader worker processes (none given: 0 on a CPU, which trains on every core; "
                            "min(8, CPUs - 1) with a GPU)")
+    data.add_argument("--balance-task", default=None, metavar="VERSION-SETTING",
+                      help="train on the members of this label task's classes only (e.g. 3-0s), each class drawn "
+                           "equally often (none given: every image, uniformly)")
     data.add_argument("--cache", action="store_true",
                       help="read the whole data set into memory once (uint8) before training; "
                            "worth it for phantoms, which are costly to draw")
@@ -83,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--r1-interval", type=int, default=d.r1_interval, help="lazy R1 every this many D steps")
     opt.add_argument("--pl-weight", type=float, default=d.pl_weight,
                      help="path-length regularisation weight (0 = off; StyleGAN2 uses 2)")
+    opt.add_argument("--ac-weight", type=float, default=d.ac_weight,
+                     help="weight of the auxiliary classifier (AC-GAN) loss on the condition values, for D on "
+                          "reals and for G on fakes (0 = off)")
     opt.add_argument("--mixing", type=float, default=d.mixing, help="style-mixing probability")
     opt.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in kimg (none given: batch * 10 / 32)")
     opt.add_argument("--no-ada", action="store_true", help="disable adaptive discriminator augmentation")
@@ -90,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--ada-kimg", type=float, default=d.ada_kimg,
                      help="kimg for the ADA probability to move from 0 to 1")
     add_amp_arg(opt)
+    probe = parser.add_argument_group("label fidelity while training")
+    probe.add_argument("--fidelity-classifier", type=Path, default=None,
+                       help="classifier file (evaluate.finetune / evaluate.synthetic, trained on phantoms or the "
+                            "reference) that scores the EMA generator's images of every class at each snapshot, into "
+                            "TensorBoard (fidelity/<class>), samples/label_fidelity.jsonl and the sample grids")
+    probe.add_argument("--fidelity-task", default=None, metavar="VERSION-SETTING",
+                       help="label task of the probe's conditions (none given: the 0s task of the classifier's "
+                            "classes)")
+    probe.add_argument("--fidelity-images", type=int, default=32, help="probe images per class")
     run = parser.add_argument_group("run")
     run.add_argument("--snapshot-kimg", type=float, default=d.snapshot_kimg,
                      help="checkpoint, sample grid and generator export every this many kimg")
@@ -102,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace) -> None:
     """One-line errors for option values the trainer cannot use."""
     finite = all(math.isfinite(v) for v in (args.kimg, args.snapshot_kimg, args.lr, args.fade_kimg, args.stable_kimg,
-                                            args.mixing, args.ada_target, args.ada_kimg, args.pl_weight)
+                                            args.mixing, args.ada_target, args.ada_kimg, args.pl_weight,
+                                            args.ac_weight)
                  if v is not None) and all(v is None or math.isfinite(v) for v in (args.gamma, args.ema_kimg))
     checks = [
         (finite, "--kimg, --snapshot-kimg and the other numeric options must be finite numbers"),
@@ -115,12 +134,13 @@ def _validate(args: argparse.Namespace) -> None:
         ((args.workers or 0) >= 0 and args.r1_interval >= 0, "--workers and --r1-interval must be >= 0"),
         (args.fade_kimg > 0 and args.stable_kimg >= 0, "--fade-kimg must be positive and --stable-kimg >= 0"),
         (args.gamma is None or args.gamma >= 0, "--gamma must be >= 0"),
-        (args.pl_weight >= 0, "--pl-weight must be >= 0"),
+        (args.pl_weight >= 0 and args.ac_weight >= 0, "--pl-weight and --ac-weight must be >= 0"),
         (0.0 <= args.mixing <= 1.0, "--mixing must lie in [0, 1]"),
         (args.ema_kimg is None or args.ema_kimg > 0, "--ema-kimg must be positive"),
         (-1.0 <= args.ada_target <= 1.0 and args.ada_kimg > 0,
          "--ada-target must lie in [-1, 1] and --ada-kimg be positive"),
         (args.data_length is None or args.data_length >= 1, "--data-length must be positive"),
+        (args.fidelity_images >= 1, "--fidelity-images must be positive"),
     ]
     for ok, message in checks:
         if not ok:
@@ -180,6 +200,10 @@ def _train(
             args.preset, cfg.resolution, len(spec.schema.columns), spec.channels, args.channel_base, args.channel_max
         )
     trainer = GanTrainer(cfg, network, spec.schema, device, use_bf16_autocast(args.amp, device))
+    if args.fidelity_classifier is not None:
+        trainer.probe = FidelityProbe(args.fidelity_classifier, spec.schema, condition_vectors(spec.schema.name),
+                                      task=args.fidelity_task, per_class=args.fidelity_images, seed=cfg.seed,
+                                      device=device)
     if run.checkpoint is not None:
         restore(trainer.objects(), run.checkpoint, run.checkpoint_path)
     else:

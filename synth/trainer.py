@@ -6,7 +6,8 @@ and :func:`train` runs it with the shared engine set-up of :mod:`plumbing.traini
 
 One iteration (:meth:`GanTrainer.step`) is one generator step and one
 discriminator step on a minibatch of ``B`` real images with their condition
-vectors (the data set's finding vectors through :meth:`FindingSchema.condition`):
+vectors (the data set's finding vectors through :meth:`FindingSchema.condition`;
+drawn class-balanced over a label task with ``balance_task``, see :func:`training_dataset`):
 
 * G: ``L_G = softplus(-D(A(G(z, c)), c))`` (non-saturating logistic), plus
   the path-length penalty every 4 steps when ``pl_weight`` > 0;
@@ -14,6 +15,15 @@ vectors (the data set's finding vectors through :meth:`FindingSchema.condition`)
   fakes of the G step (detached; saves a generator forward), plus lazy R1
   every ``k = r1_interval`` steps: ``k * gamma/2 * ||grad_x D(A(x), c)||^2``,
   folded into that step's loss (so Adam keeps its plain lr and betas (0, 0.99));
+* with ``ac_weight = w > 0``, AC-GAN: D has an auxiliary classifier ``D_aux``
+  of the ``c_dim`` condition values (:meth:`Discriminator.with_classes`, read
+  from the same passes as the logits), ``L_D += w * L_ac(D_aux(A(x)), c)`` on
+  the reals and ``L_G += w * L_ac(D_aux(A(G(z, c))), c)`` on the fakes
+  (:func:`synth.losses.ac_loss`). The classifier learns from real images
+  only, as in the common AC-GAN variant (StudioGAN, for one); Odena et al.'s
+  original also trains it on the fakes, which teaches it the early
+  generator's failures. ``w = 0`` builds no classifier and computes nothing
+  more;
 * ``A`` is the ADA pipeline; its probability moves toward
   ``E[sign D(A(x))] = ada_target`` every 4 steps;
 * the EMA generator follows ``G`` with a half-life of ``ema_kimg``.
@@ -44,14 +54,17 @@ parts stay fp32: :mod:`synth.networks`).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 
 from datasets.findings import FindingSchema
@@ -73,9 +86,19 @@ from plumbing.seeding import derive_seed, generator
 from plumbing.training import TrainingDiverged, attach_training_handlers
 
 from .augment import AdaController, AugmentPipe
-from .config import TrainingConfig
+from .balance import BalancedBatchSampler
+from .config import TrainingConfig, balance_label_task
 from .export import export_generator, training_metadata
-from .losses import d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty
+from .fidelity_probe import FidelityProbe, caption_grid
+from .losses import (
+    ac_loss,
+    d_logistic_loss,
+    ema_beta,
+    ema_update,
+    g_nonsaturating_loss,
+    path_length_penalty,
+    r1_penalty,
+)
 from .networks import Discriminator, Generator, NetworkConfig, build_networks, fade_images
 
 GRID_FINDINGS = (
@@ -128,12 +151,47 @@ def training_spec(data: str) -> DataSetSpec:
 
 
 def training_dataset(cfg: TrainingConfig, data_root: str | None) -> Dataset:
-    """The training split of ``cfg.data`` at the target resolution (``data_length`` images, when given)."""
+    """The training split of ``cfg.data`` at the target resolution (``data_length`` images, when given).
+
+    With ``balance_task`` the data set holds the members of that label task's
+    classes only (``build_dataset(..., task=...)``: ``label`` is the class) and
+    :func:`batch_sampler` draws every class equally often. The images outside
+    the task are dropped: a generator trained for a task is asked by
+    ``synth.generate`` for that task's classes alone, in equal numbers and with
+    its members' condition vectors, which is then exactly what it trains on.
+    A class without a training image is a :class:`UserError`.
+    """
     spec = training_spec(cfg.data)
     options: dict[str, Any] = {}
     if cfg.data_length is not None:
         options["length" if spec.env_var is None else "max_samples"] = cfg.data_length
-    return build_dataset(spec.name, root=data_root, split="train", resolution=cfg.resolution, **options)
+    task = balance_label_task(cfg.balance_task)
+    dataset = build_dataset(spec.name, root=data_root, split="train", task=task, resolution=cfg.resolution, **options)
+    if task is not None:
+        counts = np.bincount(np.asarray(dataset.labels), minlength=len(task.classes))  # type: ignore[attr-defined]
+        empty = [name for name, n in zip(task.classes, counts, strict=True) if n == 0]
+        if empty:
+            raise UserError(f"--balance-task {task.name}: no training image of {', '.join(empty)} in "
+                            f"{len(dataset)} {spec.name} images; use more images (--data-length)")
+    return dataset
+
+
+def batch_sampler(cfg: TrainingConfig, dataset: Dataset, start: int) -> Sampler[list[int]]:
+    """This rank's index batches from batch ``start`` on: uniform epochs, or class-balanced with ``balance_task``.
+
+    :class:`plumbing.sampling.ResumableBatchSampler`, or
+    :class:`synth.balance.BalancedBatchSampler` over the data set's labels;
+    either is a pure function of ``(seed, batch number)``.
+    """
+    task = balance_label_task(cfg.balance_task)
+    if task is None:
+        return ResumableBatchSampler(
+            len(dataset), cfg.batch_size, cfg.seed, start=start, rank=rank(), world_size=world_size()
+        )
+    labels = np.asarray(dataset.labels)  # type: ignore[attr-defined]
+    return BalancedBatchSampler(
+        labels, len(task.classes), cfg.batch_size, cfg.seed, start=start, rank=rank(), world_size=world_size()
+    )
 
 
 def network_config(
@@ -160,7 +218,7 @@ class GanTrainer:
     ) -> None:
         self.cfg, self.network, self.schema, self.device, self.amp = cfg, network, schema, device, amp
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        G, D = build_networks(network)
+        G, D = build_networks(network, classifier=cfg.ac_weight > 0)
         # channels_last feeds the GPU's tensor cores without layout transposes; CPUs keep NCHW
         layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         self.G: Generator = G.to(device, memory_format=layout)
@@ -175,6 +233,8 @@ class GanTrainer:
         )
         self.schedule = cfg.schedule()
         self.state = RunState({})
+        self.probe: FidelityProbe | None = None
+        """Label fidelity at every snapshot (:mod:`synth.fidelity_probe`), set by the command when asked."""
 
     def objects(self) -> dict[str, Any]:
         """Everything a checkpoint holds, by name."""
@@ -194,6 +254,13 @@ class GanTrainer:
     def conditions(self, findings: torch.Tensor) -> torch.Tensor:
         """Condition vectors of a batch of finding vectors (:meth:`FindingSchema.condition`)."""
         return torch.from_numpy(self.schema.condition(findings.cpu().numpy())).to(self.device)
+
+    def _judge(self, images: torch.Tensor, c: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits of ``images`` and, with ``ac_weight`` > 0, ``L_ac`` of its class logits against ``c`` (else 0)."""
+        if self.cfg.ac_weight > 0:
+            logits, classes = self.D.with_classes(images, c, alpha=alpha)
+            return logits, ac_loss(classes, c)
+        return self.D(images, c, alpha=alpha), torch.zeros((), device=self.device)
 
     def step(self, iteration: int, batch: dict[str, Any]) -> dict[str, float]:
         """One G and one D update; ``iteration`` counts from 0."""
@@ -215,7 +282,8 @@ class GanTrainer:
         self.D.requires_grad_(False)
         with self._autocast():
             fake = self.G(z, c, resolution=res, alpha=alpha, mixing_prob=cfg.mixing, generator=gen)
-            loss_g = g_nonsaturating_loss(self.D(self.augment(fake), c, alpha=alpha))
+            fake_logits, ac_fake = self._judge(self.augment(fake), c, alpha)
+            loss_g = g_nonsaturating_loss(fake_logits) + cfg.ac_weight * ac_fake
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         pl = torch.zeros(())
@@ -237,8 +305,8 @@ class GanTrainer:
         self.D.requires_grad_(True)
         with self._autocast():
             fake_logits = self.D(self.augment(fake.detach()), c, alpha=alpha)
-            real_logits = self.D(self.augment(real), c, alpha=alpha)
-            loss_d = d_logistic_loss(real_logits, fake_logits)
+            real_logits, ac_real = self._judge(self.augment(real), c, alpha)
+            loss_d = d_logistic_loss(real_logits, fake_logits) + cfg.ac_weight * ac_real
         if self.ada is not None:
             self.ada.observe(real_logits)
         r1 = torch.zeros((), device=self.device)
@@ -256,12 +324,18 @@ class GanTrainer:
             self.ada.step()
         return mean_values_over_ranks({
             "loss_g": float(loss_g.detach()), "loss_d": float(loss_d.detach()), "r1": float(r1.detach()),
-            "pl": float(pl), "ada_p": float(self.augment.p), "resolution": float(res), "alpha": float(alpha),
+            "pl": float(pl), "ac_real": float(ac_real.detach()), "ac_fake": float(ac_fake.detach()),
+            "ada_p": float(self.augment.p), "resolution": float(res), "alpha": float(alpha),
         })
 
     @torch.no_grad()
-    def sample_grid(self, path: Path, iteration: int, columns: int = 8) -> None:
-        """Fixed latents (columns) x conditions (rows) from the EMA generator, as a PNG."""
+    def sample_grid(
+        self, path: Path, iteration: int, columns: int = 8, caption: dict[str, float] | None = None
+    ) -> None:
+        """Fixed latents (columns) x conditions (rows) from the EMA generator, as a PNG.
+
+        ``caption``: the probe's label fidelity, written below the grid.
+        """
         res, alpha = self.schedule.state(iteration * self.cfg.batch_size)
         conds = grid_conditions(self.schema).to(self.device)
         z = torch.randn(columns, self.G.z_dim, generator=generator(self.cfg.seed, "grid")).to(self.device)
@@ -272,11 +346,30 @@ class GanTrainer:
             save_image(
                 images.float().clamp(-1, 1), tmp, nrow=columns, normalize=True, value_range=(-1, 1), format="png"
             )
+            if caption is not None and self.probe is not None:
+                caption_grid(tmp, caption, self.probe.task)
+
+    def probe_fidelity(self, run_dir: Path, iteration: int) -> dict[str, float]:
+        """The probe's label fidelity of the EMA generator, into TensorBoard (``fidelity/<class>``) and
+        ``samples/label_fidelity.jsonl``."""
+        assert self.probe is not None
+        res, alpha = self.schedule.state(iteration * self.cfg.batch_size)
+        agreement = self.probe.measure(self.G_ema, res, alpha)
+        with SummaryWriter(log_dir=str(run_dir / "tb")) as writer:
+            for name, value in agreement.items():
+                writer.add_scalar(f"fidelity/{name}", value, iteration)
+            writer.add_scalar("fidelity/min", min(agreement.values()), iteration)
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "samples" / "label_fidelity.jsonl", "a") as f:
+            f.write(json.dumps({"iteration": iteration, "kimg": iteration * self.cfg.batch_size / 1000,
+                                "task": self.probe.task.name, "agreement": agreement}) + "\n")
+        return agreement
 
     def write_snapshot(self, run_dir: Path, iteration: int) -> None:
         """The sample grid of ``iteration`` and ``generator.safetensors`` (the EMA generator and its metadata)."""
         kimg = iteration * self.cfg.batch_size / 1000
-        self.sample_grid(run_dir / "samples" / f"grid-{kimg:08.2f}kimg.png", iteration)
+        agreement = self.probe_fidelity(run_dir, iteration) if self.probe is not None else None
+        self.sample_grid(run_dir / "samples" / f"grid-{kimg:08.2f}kimg.png", iteration, caption=agreement)
         export_generator(
             run_dir / "generator.safetensors", self.G_ema, self.network.to_dict(),
             training_metadata(self.state.config, iteration), list(self.schema.columns),
@@ -294,8 +387,8 @@ def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int,
     Each snapshot is an atomic checkpoint of :meth:`GanTrainer.objects`, a
     sample grid and ``generator.safetensors`` (:meth:`GanTrainer.write_snapshot`),
     through the shared handlers of :func:`plumbing.training.attach_training_handlers`.
-    The minibatch order comes from :class:`plumbing.sampling.ResumableBatchSampler`
-    started at the current iteration, so a resumed run continues exactly.
+    The minibatch order comes from :func:`batch_sampler` started at the
+    current iteration, so a resumed run continues exactly.
     A non-finite loss is a :class:`UserError` naming the last good checkpoint.
     Under several processes each rank loads its part of every global batch and
     starts from rank 0's networks; rank 0 writes the snapshots.
@@ -307,9 +400,7 @@ def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int,
         broadcast_module(module)
     loader = DataLoader(
         dataset,
-        batch_sampler=ResumableBatchSampler(
-            len(dataset), cfg.batch_size, cfg.seed, start=start, rank=rank(), world_size=world_size()
-        ),
+        batch_sampler=batch_sampler(cfg, dataset, start),
         num_workers=workers,
         pin_memory=trainer.device.type == "cuda",
         persistent_workers=workers > 0,

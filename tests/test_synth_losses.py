@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from synth.losses import d_logistic_loss, ema_beta, ema_update, g_nonsaturating_loss, path_length_penalty, r1_penalty
+from synth.losses import (
+    ac_loss,
+    d_logistic_loss,
+    ema_beta,
+    ema_update,
+    g_nonsaturating_loss,
+    path_length_penalty,
+    r1_penalty,
+)
 from synth.networks import NetworkConfig, build_networks
 
 
@@ -27,6 +35,18 @@ def test_discriminator_loss_values() -> None:
     expected = (softplus(-2.0) + softplus(1.0)) / 2 + (softplus(-3.0) + softplus(0.0)) / 2
     assert d_logistic_loss(real, fake).item() == pytest.approx(expected)
     assert d_logistic_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(2 * math.log(2))
+
+
+def test_auxiliary_classifier_loss_values() -> None:
+    assert ac_loss(torch.zeros(3, 5), (torch.rand(3, 5) < 0.5).float()).item() == pytest.approx(math.log(2))
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # BCE(sigmoid(a), 1) = softplus(-a), BCE(sigmoid(a), 0) = softplus(a)
+    expected = (softplus(-2.0) + softplus(-1.0) + math.log(2) + softplus(-3.0)) / 4
+    assert ac_loss(logits, targets).item() == pytest.approx(expected)
+    assert ac_loss(logits.to(torch.bfloat16), targets).dtype == torch.float32
+    with pytest.raises(ValueError, match="differ"):
+        ac_loss(logits, targets[:, :1])
 
 
 def test_r1_of_a_linear_discriminator() -> None:

@@ -315,3 +315,28 @@ def test_autocast_bfloat16_on_cpu() -> None:
     assert img.dtype == torch.float32 and logits.dtype == torch.float32
     logits.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in G.parameters() if p.grad is not None)
+
+
+def test_auxiliary_classifier_shares_the_head_and_leaves_the_rest_unchanged() -> None:
+    torch.manual_seed(0)
+    _, D = build_networks(tiny(16))
+    torch.manual_seed(0)
+    _, D_ac = build_networks(tiny(16), classifier=True)
+    plain, with_aux = D.state_dict(), D_ac.state_dict()
+    assert sorted(set(with_aux) - set(plain)) == ["b4.aux.bias", "b4.aux.weight"]
+    assert all(torch.equal(plain[k], with_aux[k]) for k in plain)  # built last: the same initial values
+    img, c = torch.randn(4, 1, 16, 16), conditions(4)
+    logits, classes = D_ac.with_classes(img, c, alpha=0.5)
+    assert classes.shape == (4, 14) and classes.dtype == torch.float32
+    torch.testing.assert_close(logits, D_ac(img, c, alpha=0.5))
+    torch.testing.assert_close(logits, D(img, c, alpha=0.5))
+    classes.sum().backward()
+    assert D_ac.b4.aux.weight.grad is not None and D_ac.blocks["b16"].conv0.weight.grad is not None
+    assert D_ac.b4.out.weight.grad is None  # the class logits skip the projection output
+    with pytest.raises(ValueError, match="no auxiliary classifier"):
+        D.with_classes(img, c)
+    with pytest.raises(ValueError, match="needs conditions"):
+        build_networks(tiny(16, c_dim=0), classifier=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, classes = D_ac.with_classes(img, c)
+    assert logits.dtype == classes.dtype == torch.float32

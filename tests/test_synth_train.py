@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from datasets.findings import CHEXPERT
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
+from synth.config import TrainingConfig
 from synth.export import load_generator
+from synth.networks import NetworkConfig
 from synth.train import main
+from synth.trainer import GanTrainer
 from tests import real_layouts as rl
 from tests.launch import torchrun
 
@@ -182,6 +187,8 @@ def test_resume_refuses_changed_run_options(tmp_path: Path, fake_steps: None) ->
         (["--data", "phantom-nih"], "--data phantom-nih"),
         (["--resolution", "64"], "--resolution 64"),
         (["--cache"], "--cache True"),
+        (["--ac-weight", "1"], "--ac-weight 1"),
+        (["--balance-task", "3-0s"], "--balance-task"),
     ):
         with pytest.raises(UserError, match=named):
             _run(tmp_path, "r", "0.064", "--resume", *extra)
@@ -237,6 +244,54 @@ def test_checkpoint_with_a_missing_training_key_is_one_line(tmp_path: Path, fake
             read()
 
 
+def test_checkpoint_without_the_keys_added_later_takes_their_defaults(tmp_path: Path, fake_steps: None) -> None:
+    run = _run(tmp_path, "old", "0.032")
+    checkpoint = load_checkpoint(run / "checkpoint_4.pt")
+    for key in ("ac_weight", "balance_task"):  # runs recorded before these options existed
+        del checkpoint["run"]["config"]["training"][key]
+    torch.save(checkpoint, run / "checkpoint_4.pt")
+    assert load_generator(run / "checkpoint_4.pt", torch.device("cpu")).training["data"] == "phantom"
+    _run(tmp_path, "old", "0.064", "--resume")
+    training = load_checkpoint(latest_checkpoint(run))["run"]["config"]["training"]
+    assert training["ac_weight"] == 0.0 and training["balance_task"] is None
+
+
+def test_ac_gan_on_balanced_classes_resumes_exactly(tmp_path: Path) -> None:
+    args = ["--data", "phantom", "--data-length", "24", "--resolution", "32", "--batch-size", "8",
+            "--r1-interval", "2", "--ac-weight", "1", "--balance-task", "1-Xs", "--snapshot-kimg", "0.016",
+            "--device", "cpu", "--no-progress", "--runs-dir", str(tmp_path)]
+    main([*args, "--name", "full", "--kimg", "0.032"])
+    main([*args, "--name", "split", "--kimg", "0.016"])
+    main([*args, "--name", "split", "--kimg", "0.032", "--resume"])
+    a, b = _final_state(tmp_path / "full"), _final_state(tmp_path / "split")
+    assert a["it"] == b["it"] == 4 and "b4.aux.weight" in a["D"]
+    for net in ("G", "D", "G_ema", "augment"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
+    training = load_checkpoint(latest_checkpoint(tmp_path / "full"))["run"]["config"]["training"]
+    assert training["ac_weight"] == 1.0 and training["balance_task"] == "v1-Xs"
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_step_trains_and_logs_the_auxiliary_classifier(amp: bool) -> None:
+    network = NetworkConfig.preset("tiny", resolution=32, c_dim=len(CHEXPERT.columns))
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(4, 1, 32, 32, generator=g),
+             "findings": (torch.rand(4, len(CHEXPERT.columns), generator=g) < 0.3).float()}
+    for weight in (0.0, 1.0):
+        cfg = TrainingConfig.resolve(resolution=32, batch_size=4, r1_interval=1, ac_weight=weight)
+        trainer = GanTrainer(cfg, network, CHEXPERT, torch.device("cpu"), amp)
+        if weight == 0.0:
+            out = trainer.step(0, batch)
+            assert trainer.D.b4.aux is None and out["ac_real"] == out["ac_fake"] == 0.0
+            continue
+        before = trainer.D.b4.aux.weight.detach().clone()
+        out = trainer.step(0, batch)
+        assert all(math.isfinite(v) for v in out.values())
+        assert out["ac_real"] > 0.1 and out["ac_fake"] > 0.1  # BCE of a fresh classifier, near log 2
+        assert not torch.equal(trainer.D.b4.aux.weight, before)
+
+
 def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path, fake_steps: None) -> None:
     run = _run(tmp_path, "mid", "0.032")  # 4 steps: mid-fade of 32 px
     from_checkpoint = load_generator(run / "checkpoint_4.pt", torch.device("cpu"))
@@ -282,13 +337,16 @@ def test_bench_zero_sizes_are_one_line(option: str, value: str, capsys: pytest.C
 def test_two_gloo_processes_train_and_resume_with_one(tmp_path: Path) -> None:
     """2 processes share each global batch, write one run; 1 process resumes it where it stopped.
 
-    The 2-process run is not compared value for value with a 1-process run:
+    With the auxiliary classifier and class-balanced batches on, so that their
+    gradients and batch parts go through the ranks too. The 2-process run is
+    not compared value for value with a 1-process run:
     each rank draws its own latents, noise and augmentations and the
     minibatch standard deviation groups one rank's images (synth.trainer).
     """
     args = [
         "--data", "phantom", "--data-length", "32", "--resolution", "32", "--batch-size", "8", "--r1-interval", "2",
         "--pl-weight", "2", "--ada-kimg", "0.1", "--ada-target", "0.0", "--snapshot-kimg", "0.016",
+        "--ac-weight", "1", "--balance-task", "1-Xs",
         "--device", "cpu", "--no-progress", "--runs-dir", str(tmp_path), "--name", "ddp",
     ]
     done = torchrun("synth.train", [*args, "--kimg", "0.032"])
@@ -297,6 +355,7 @@ def test_two_gloo_processes_train_and_resume_with_one(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_2.pt", "checkpoint_4.pt"]
     ckpt = load_checkpoint(run / "checkpoint_4.pt")
     assert ckpt["run"]["iteration"] == 4 and float(ckpt["augment"]["p"]) > 0.0  # ADA saw both ranks' logits
+    assert "b4.aux.weight" in ckpt["D"]
     assert load_generator(run / "generator.safetensors", torch.device("cpu")).training["kimg_done"] == 0.032
     main([*args, "--kimg", "0.048", "--resume"])
     assert load_checkpoint(latest_checkpoint(run))["run"]["iteration"] == 6
