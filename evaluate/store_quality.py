@@ -8,8 +8,9 @@ where the data allow):
   phantoms' ``test`` seed stream, the official validation split of a real
   set), ``2 images / C`` per class where it has them: the two halves of the
   fidelity comparison and the test set of both classifiers;
-* ``R_train`` and ``S_train``: ``train_images`` training images of the
-  reference and of the store, which train the two classifiers of the report
+* ``S_train`` and ``R_train``: ``train_images`` training images of the store
+  (all of its training split when it holds fewer) and as many of the
+  reference, which train the two classifiers of the report
   with the downstream protocol (:func:`evaluate.classifier_training.run_protocol`:
   learning rate chosen on a seeded 10% of the training images, best epoch by
   validation balanced accuracy, the same backbone and budget for both);
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,7 @@ class Environment:
     progress: bool
     runs_dir: Path
     command: str
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -106,8 +109,8 @@ class Measured:
     memorisation: dict[str, Memorisation] = field(default_factory=dict)
 
 
-def _log(text: str) -> None:
-    print(text, file=sys.stderr)
+def _log(env: Environment, text: str) -> None:
+    print(f"[{time.monotonic() - env.started:5.0f} s] {text}", file=sys.stderr)
 
 
 def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
@@ -201,7 +204,7 @@ def trained_classifier(
     key = hashlib.sha256(json.dumps([finetune.to_dict(), train.content_key(), test.content_key()]).encode())
     run_dir = env.runs_dir / f"quality-{kind}-{key.hexdigest()[:16]}"
     if (run_dir / RESULTS_FILE).is_file() and (run_dir / CLASSIFIER_FILE).is_file():
-        _log(f"{kind} classifier: reusing {run_dir}")
+        _log(env, f"{kind} classifier: reusing {run_dir}")
         model, _ = load_classifier(run_dir / CLASSIFIER_FILE, env.device)
         return model, json.loads((run_dir / RESULTS_FILE).read_text()), run_dir
     run = open_run(env.runs_dir, run_dir.name, resume=bool(checkpoints(run_dir)))
@@ -215,7 +218,7 @@ def trained_classifier(
         record = {k: v for k, v in run.checkpoint["run"]["config"].items() if k != "init_provenance"}
     else:
         record = {"finetune": finetune.to_dict(), "data_description": f"{train.description} ({len(train)} images)"}
-    _log(f"{kind} classifier: training {cfg.backbone} on {len(train)} images -> {run_dir}")
+    _log(env, f"{kind} classifier: training {cfg.backbone} on {len(train)} images -> {run_dir}")
     run.create()
     try:
         record = record_config(run, record, env.command)
@@ -265,23 +268,26 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         get_spec(source[0]).resolve_root(cfg.training_root)  # a real training set without its root stops here
     eval_split = EVAL_SPLIT.get(cfg.reference, "valid")
 
+    _log(env, f"reading the image sets at {size} px")
     synthetic = _store_set(store, cfg.split, cfg.images, size, cfg.seed, f"synthetic ({cfg.split})", env.progress)
     reference = _reference_set(choice, eval_split, 2 * max(1, cfg.images // c), size, cfg.seed,
                                f"reference {cfg.reference} ({eval_split})", env.progress)
-    ref_train = _reference_set(choice, "train", max(1, cfg.train_images // c), size, cfg.seed,
-                               f"reference {cfg.reference} (train)", env.progress)
     syn_train = _store_set(store, "train", cfg.train_images, size, cfg.seed + 1, "synthetic (train)", env.progress)
+    per_class = max(1, min(cfg.train_images, len(syn_train)) // c)  # the same budget for both classifiers
+    ref_train = _reference_set(choice, "train", per_class, size, cfg.seed, f"reference {cfg.reference} (train)",
+                               env.progress)
     training = _training_set(store, cfg, size, env.progress)
 
     ref_model, ref_results, ref_dir = trained_classifier("reference", ref_train, reference, classes, cfg, store,
                                                          env, size)
     _, syn_results, syn_dir = trained_classifier("synthetic", syn_train, reference, classes, cfg, store, env, size)
 
+    _log(env, "features")
     extractor = _extractor(cfg, ref_dir / CLASSIFIER_FILE)
     cache = FeatureCache(env.runs_dir / "quality-features", env.device, env.amp, env.progress)
     syn_f, ref_f = cache.features(extractor, synthetic), cache.features(extractor, reference)
     halves = reference_halves(synthetic.labels, reference.labels, c, cfg.seed)
-    _log("fidelity and coverage")
+    _log(env, "fidelity and coverage")
     logits = apply_network(ref_model, synthetic, size, device=env.device, amp=env.amp, desc="label fidelity",
                            progress=env.progress)
     figures: dict[str, Any] = {
@@ -306,7 +312,7 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         figures["memorisation"] = {"measured": False, "reason": "the store's provenance names no training data; "
                                    "pass --training-data"}
         return measured
-    _log("memorisation")
+    _log(env, "memorisation")
     spaces = {"features": (syn_f, cache.features(extractor, training)),
               "pixels": (pixel_vectors(synthetic.images), pixel_vectors(training.images))}
     figures["memorisation"] = {"measured": True, "training_images": len(training),
