@@ -8,12 +8,14 @@ where the data allow):
   phantoms' ``test`` seed stream, the official validation split of a real
   set), ``2 images / C`` per class where it has them: the two halves of the
   fidelity comparison and the test set of both classifiers;
-* ``S_train`` and ``R_train``: ``train_images`` training images of the store
-  (all of its training split when it holds fewer) and as many of the
-  reference, which train the two classifiers of the report
+* ``R_train`` and ``S_train``: ``train_images`` training images of the
+  reference and of the store, which train the two classifiers of the report
   with the downstream protocol (:func:`evaluate.classifier_training.run_protocol`:
   learning rate chosen on a seeded 10% of the training images, best epoch by
-  validation balanced accuracy, the same backbone and budget for both);
+  validation balanced accuracy, the same backbone and budget for both; a
+  store with fewer training images is compared with a third classifier
+  trained on as many reference images, while the classifier on all of
+  ``R_train`` stays the judge of label fidelity and the feature extractor);
 * ``T``: the generator's training images for memorisation (the data set its
   provenance names, or ``training_data``), at most ``training_images`` of them.
 
@@ -273,14 +275,19 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
     reference = _reference_set(choice, eval_split, 2 * max(1, cfg.images // c), size, cfg.seed,
                                f"reference {cfg.reference} ({eval_split})", env.progress)
     syn_train = _store_set(store, "train", cfg.train_images, size, cfg.seed + 1, "synthetic (train)", env.progress)
-    per_class = max(1, min(cfg.train_images, len(syn_train)) // c)  # the same budget for both classifiers
-    ref_train = _reference_set(choice, "train", per_class, size, cfg.seed, f"reference {cfg.reference} (train)",
-                               env.progress)
+    ref_train = _reference_set(choice, "train", max(1, cfg.train_images // c), size, cfg.seed,
+                               f"reference {cfg.reference} (train)", env.progress)
     training = _training_set(store, cfg, size, env.progress)
 
     ref_model, ref_results, ref_dir = trained_classifier("reference", ref_train, reference, classes, cfg, store,
                                                          env, size)
     _, syn_results, syn_dir = trained_classifier("synthetic", syn_train, reference, classes, cfg, store, env, size)
+    real_train, real_results, real_dir = ref_train, ref_results, ref_dir
+    if len(syn_train) < len(ref_train):  # a small store: train-on-real gets the same budget as train-on-synthetic
+        real_train = ref_train.subset(balanced_rows(ref_train.labels, c, len(syn_train) // c, cfg.seed),
+                                      f"{ref_train.description}, {len(syn_train)} images")
+        _, real_results, real_dir = trained_classifier("reference", real_train, reference, classes, cfg, store,
+                                                       env, size)
 
     _log(env, "features")
     extractor = _extractor(cfg, ref_dir / CLASSIFIER_FILE)
@@ -301,9 +308,9 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         "coverage": coverage(syn_f, ref_f, halves, classes, k=cfg.k),
         "label_fidelity": label_fidelity(synthetic.labels, logits.argmax(dim=1), classes, ref_results["recall"])
         | {"classifier": str(ref_dir / CLASSIFIER_FILE)},
-        "usefulness": usefulness(ref_results, syn_results)
-        | {"real_classifier": str(ref_dir), "synthetic_classifier": str(syn_dir),
-           "test_images": len(reference), "train_images": {"real": len(ref_train), "synthetic": len(syn_train)}},
+        "usefulness": usefulness(real_results, syn_results)
+        | {"real_classifier": str(real_dir), "synthetic_classifier": str(syn_dir),
+           "test_images": len(reference), "train_images": {"real": len(real_train), "synthetic": len(syn_train)}},
         "class_balance": {"counts": store.attrs.get("counts"), "evaluated": class_counts(synthetic, classes)},
         "provenance": provenance(store),
     }

@@ -184,9 +184,12 @@ def test_report_has_every_section_and_flags_the_planted_copy(
 def test_fresh_phantom_store_flags_no_copy(tmp_path: Path) -> None:
     store = tmp_path / "fresh.zarr"
     write_phantom_store(store, plant=False)
-    assert main([str(store), "--runs-dir", str(tmp_path / "runs"), *FAST]) == 0
+    assert main([str(store), "--runs-dir", str(tmp_path / "runs"), *FAST, "--train-images", "64"]) == 0
     figures = json.loads((tmp_path / "fresh.zarr.quality" / "quality.json").read_text())
     assert figures["memorisation"]["spaces"]["pixels"]["flagged"] == 0
+    # the store has 48 training images: train-on-real gets as many, the judge of label fidelity all 64
+    assert figures["usefulness"]["train_images"] == {"real": 48, "synthetic": 48}
+    assert figures["usefulness"]["real_classifier"] != str(Path(figures["label_fidelity"]["classifier"]).parent)
 
 
 @pytest.mark.parametrize(
