@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from datasets.label_tasks import parse_label_task
 from plumbing.cli import add_device_arg, make_parser, run_cli
 from plumbing.errors import UserError
 
@@ -58,13 +59,8 @@ def _generators(values: Sequence[str]) -> dict[str, Path]:
 
 
 def _tasks(text: str) -> list[tuple[int, str]]:
-    tasks = []
-    for item in text.split(","):
-        version, sep, setting = item.strip().lstrip("v").partition("-")
-        if not sep or not version.isdigit():
-            raise UserError(f"--tasks: {item!r} is not of the form v3-0s")
-        tasks.append((int(version), setting))
-    return tasks
+    tasks = [parse_label_task(item, "--tasks") for item in text.split(",")]
+    return [(task.version, task.setting) for task in tasks]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,6 +100,21 @@ def label_task(version: int, setting: str) -> LabelTask:
     return LabelTask(version, setting)
 
 
+def parse_label_task(text: str, option: str) -> LabelTask:
+    """The task named ``text``: ``VERSION-SETTING`` as in ``3-0s``, ``v3-Xs`` (any case), or a task's ``name``.
+
+    A malformed value is one :class:`UserError` line that starts with
+    ``option`` (the command-line option or field it came from) and lists the
+    valid tasks.
+    """
+    version, _, setting = text.strip().lower().removeprefix("v").partition("-")
+    canonical = {s.lower(): s for s in SETTINGS}
+    if not version.isdigit() or int(version) not in VERSIONS or setting not in canonical:
+        valid = ", ".join(f"{v}-{s}" for v in VERSIONS for s in SETTINGS)
+        raise UserError(f"{option} {text!r} is not a label task VERSION-SETTING; valid: {valid}")
+    return LabelTask(int(version), canonical[setting])
+
+
 def class_membership(vectors: np.ndarray, schema: FindingSchema, task: LabelTask) -> np.ndarray:
     """Boolean ``[N, C]``: row i matches the rule of class c (at most one per row).
 

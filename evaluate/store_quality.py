@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datasets.label_tasks import LabelTask
+from datasets.label_tasks import LabelTask, parse_label_task
 from datasets.registry import build_dataset, get_spec
 from datasets.synthetic import SyntheticDataset
 from datasets.synthetic_store import SyntheticStore
@@ -158,16 +158,23 @@ def _store_set(store: SyntheticStore, split: str, n: int, size: int, seed: int, 
 
 
 def training_source(store: SyntheticStore, cfg: QualityConfig) -> tuple[str, dict[str, Any]] | None:
-    """The data set the generator learned from and its reader options (provenance, or ``--training-data``)."""
+    """The data set the generator learned from and its reader options (provenance, or ``--training-data``).
+
+    From the provenance also its length and, for a generator trained class-balanced
+    over a label task (``synth.train --balance-task``), that task: it saw the
+    task's members only.
+    """
     training = (store.attrs.get("generator") or {}).get("training") or {}
     name = cfg.training_data or training.get("data")
     if name is None:
         return None
     spec = get_spec(name)
-    length = training.get("data_length") if name == training.get("data") else None
-    options = {}
-    if length is not None:
-        options["length" if "length" in spec.options else "max_samples"] = int(length)
+    options: dict[str, Any] = {}
+    if name == training.get("data"):
+        if training.get("data_length") is not None:
+            options["length" if "length" in spec.options else "max_samples"] = int(training["data_length"])
+        if training.get("balance_task") is not None:
+            options["task"] = parse_label_task(training["balance_task"], "the store's generator balance_task")
     return name, options
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datasets.label_tasks import SETTINGS, VERSIONS, LabelTask, label_task
+from datasets.label_tasks import LabelTask, parse_label_task
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
 
@@ -117,12 +117,7 @@ def balance_label_task(text: str | None) -> LabelTask | None:
     """
     if text is None:
         return None
-    version, _, setting = text.strip().lower().removeprefix("v").partition("-")
-    canonical = {s.lower(): s for s in SETTINGS}
-    if not version.isdigit() or int(version) not in VERSIONS or setting not in canonical:
-        valid = ", ".join(f"{v}-{s}" for v in VERSIONS for s in SETTINGS)
-        raise UserError(f"--balance-task {text!r} is not a label task VERSION-SETTING; valid: {valid}")
-    return label_task(int(version), canonical[setting])
+    return parse_label_task(text, "--balance-task")
 
 
 RECORD_KEYS = ("network", "training", "condition_columns", "augment", "command")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from datasets.findings import FindingSchema
-from datasets.label_tasks import SETTINGS, VERSIONS, LabelTask, label_task
+from datasets.label_tasks import VERSIONS, LabelTask, label_task, parse_label_task
 from evaluate.model_file import load_classifier
 from plumbing.errors import UserError
 
@@ -38,10 +38,7 @@ PROBE_SPLIT = "fidelity-probe"
 def probe_task(classes: tuple[str, ...], asked: str | None) -> LabelTask:
     """The label task of the probe: ``asked`` (``V-S``), else the ``0s`` task with ``classes``."""
     if asked is not None:
-        version, _, setting = asked.lstrip("v").partition("-")
-        if not version.isdigit() or int(version) not in VERSIONS or setting not in SETTINGS:
-            raise UserError(f"--fidelity-task {asked!r}: give VERSION-SETTING such as 3-0s")
-        task = label_task(int(version), setting)
+        task = parse_label_task(asked, "--fidelity-task")
         if task.classes != classes:
             raise UserError(f"--fidelity-task {task.name} has the classes {', '.join(task.classes)}; the "
                             f"classifier's are {', '.join(classes)}")

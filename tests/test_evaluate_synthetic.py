@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from evaluate import features as features_module
 from evaluate.features import FeatureCache, FeatureExtractor
 from evaluate.image_sets import ImageSet, balanced_rows
 from evaluate.memorisation import memorisation, pixel_vectors
+from evaluate.store_quality import QualityConfig, training_source
 from evaluate.synthetic import main
 from evaluate.synthetic_quality import confusion_matrix, label_fidelity, reference_halves
 
@@ -112,6 +114,17 @@ def test_memorisation_flags_a_planted_copy_and_nothing_in_fresh_phantoms() -> No
     result = memorisation(pixel_vectors(planted), pixel_vectors(training.images))
     assert torch.nonzero(result.flagged).flatten().tolist() == [7]
     assert int(result.nearest[7]) == 11 and float(result.distances[7]) == 0.0
+
+
+def test_training_source_follows_the_generators_provenance_and_balance_task() -> None:
+    """A generator trained class-balanced over a task saw that task's members only; memorisation compares with them."""
+    training = {"data": "phantom", "data_length": 300, "balance_task": "v3-Xs"}
+    store = SimpleNamespace(attrs={"generator": {"training": training}})
+    name, options = training_source(store, QualityConfig())
+    assert name == "phantom" and options == {"length": 300, "task": label_task(3, "Xs")}
+    name, options = training_source(store, QualityConfig(training_data="phantom-nih"))
+    assert name == "phantom-nih" and options == {}  # another data set: none of the provenance's options
+    assert training_source(SimpleNamespace(attrs={}), QualityConfig()) is None
 
 
 def test_feature_cache_computes_each_image_set_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
