@@ -32,6 +32,9 @@ from .spec import DataSetSpec
 from .synthetic_store import SyntheticStore, open_synthetic
 
 ENV_VAR = "CXR_SYNTHETIC_ROOT"
+DEFAULT_STORE = "synthetic-v{version}-{setting}.zarr"
+"""Where ``synth.generate --version V --setting S`` writes its store unless told otherwise (relative to the
+working folder), and where the commands that read stores look for it by default."""
 
 
 def conditions_to_findings(

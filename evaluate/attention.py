@@ -2,8 +2,10 @@
 
 Reads the run's exported classifier (``classifier.safetensors``) and, unless
 ``--data`` names other images, the run's evaluation images (its
-``config.json``); computes Grad-CAM (or CAM) maps through ``monai.visualize``
-and the AIL of every image (:mod:`evaluate.attention_report`); writes
+``config.json``: an ``evaluate.finetune`` run's ``finetune`` record, or the
+``evaluation_data`` record other trainers write, such as ``adapt.train``);
+computes Grad-CAM (or CAM) maps through ``monai.visualize`` and the AIL of
+every image (:mod:`evaluate.attention_report`); writes
 ``attention.json``, ``attention.png`` and ``attention.md`` into the run
 folder. Phantoms bring exact lung masks; real images need ``--lung-masks DIR``.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from datasets.registry import get_spec
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
 from plumbing.runs import CONFIG_FILE
 
@@ -33,7 +36,8 @@ PROG = "python -m evaluate.attention"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, "Attention inside the lungs (AIL) of a fine-tuned classifier, with an overlay grid.")
-    parser.add_argument("--run", required=True, help="evaluate.finetune run folder (a path, or a name in --runs-dir)")
+    parser.add_argument("--run", required=True,
+                        help="evaluate.finetune or adapt.train run folder (a path, or a name in --runs-dir)")
     parser.add_argument("--method", choices=METHODS, default="gradcam", help="saliency maps")
     parser.add_argument("--class-of", choices=CLASS_OF, default="predicted", help="the class whose map is scored")
     parser.add_argument("--layer", default=None,
@@ -56,7 +60,8 @@ def _run_folder(run: str, runs_dir: Path) -> Path:
     path = Path(run)
     folder = path if path.is_dir() else runs_dir / run
     if not (folder / CLASSIFIER_FILE).is_file():
-        raise UserError(f"--run {run}: no {CLASSIFIER_FILE} in {folder}; is it a finished evaluate.finetune run?")
+        raise UserError(f"--run {run}: no {CLASSIFIER_FILE} in {folder}; is it a finished evaluate.finetune or "
+                        "adapt.train run?")
     return folder
 
 
@@ -70,25 +75,34 @@ def _check_data(choice: DataChoice, classes: tuple[str, ...], channels: int, tra
                         f"not fit the classifier ({', '.join(classes)}; {channels} channel(s))")
 
 
+def run_evaluation_data(folder: Path) -> DataChoice:
+    """The evaluation images a run recorded in its ``config.json`` (module docstring)."""
+    try:
+        record = json.loads((folder / CONFIG_FILE).read_text())
+        if "finetune" in record:
+            return FinetuneConfig.from_dict(record["finetune"]).data_choices()[1]
+        return dataclass_from_dict(DataChoice, record["evaluation_data"], "evaluation data record")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the run's configuration {folder / CONFIG_FILE}: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_images < 1 or args.grid < 1 or args.batch_size < 1:
         raise UserError("--max-images, --grid and --batch-size must be positive")
     device = resolve_device(args.device)
     folder = _run_folder(args.run, args.runs_dir)
-    try:
-        cfg = FinetuneConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["finetune"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read the run's configuration {folder / CONFIG_FILE}: {exc}") from None
+    recorded = run_evaluation_data(folder)
     model, info = load_classifier(folder / CLASSIFIER_FILE, device)
     layer = args.layer or model.cam_layer
-    if args.method == "cam" and layer != model.cam_layer:
-        raise UserError(f"--method cam takes the last feature map ({model.cam_layer}), not --layer {layer}")
+    if args.method == "cam" and (layer != model.cam_layer or model.correction):
+        raise UserError(f"--method cam takes the last feature map ({model.cam_layer}) of a classifier without "
+                        "correction blocks; use --method gradcam")
     if args.data is None:
-        choice = cfg.data_choices()[1]
+        choice = recorded
     else:
-        choice = DataChoice(args.data, args.data_root, cfg.version, cfg.setting, None)
-        _check_data(choice, info.classes or (), info.channels, cfg.data)
+        choice = DataChoice(args.data, args.data_root, recorded.version, recorded.setting, None)
+        _check_data(choice, info.classes or (), info.channels, recorded.name)
     split = EVAL_SPLIT.get(choice.name, "valid")
     dataset = choice.build(split, info.image_size, augment=False)
     masks = MaskSource(dataset, choice.name, args.lung_masks, info.image_size)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from ignite.metrics import Metric
 from torch import nn
 
 from plumbing.config import dataclass_from_dict
@@ -187,8 +188,8 @@ class ClassifierTrainer:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device, amp: bool,
-            num_classes: int) -> Engine:
-    """Run ``model`` over ``batches`` in an Ignite evaluator with the classification metrics attached."""
+            num_classes: int, extra: Mapping[str, Metric] | None = None) -> Engine:
+    """Run ``model`` over ``batches`` in an Ignite evaluator with the classification metrics (and ``extra``)."""
 
     def process(_: Engine, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
@@ -199,7 +200,7 @@ def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.d
         return logits.float(), torch.as_tensor(batch["label"]).to(device)
 
     evaluator = Engine(process)
-    for name, metric in classification_metrics(num_classes, device=device).items():
+    for name, metric in (classification_metrics(num_classes, device=device) | dict(extra or {})).items():
         metric.attach(evaluator, name)
     evaluator.run(batches)
     return evaluator

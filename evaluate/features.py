@@ -59,7 +59,7 @@ class FeatureExtractor:
 def model_file_extractor(path: Path) -> FeatureExtractor:
     """The backbone of model file ``path`` (a backbone or a classifier file) as an extractor."""
     info = read_model_info(path)
-    backbone = build_backbone(info.architecture, info.channels)
+    backbone = build_backbone(info.architecture, info.channels, info.attention)
     load_backbone_weights(backbone, info.path)
     trained = info.training.get("data") or "unrecorded data"
     return FeatureExtractor(

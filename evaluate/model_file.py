@@ -4,7 +4,8 @@ A model file is a safetensors file. Its tensors are
 
 * ``backbone.<name>`` for every entry ``<name>`` of the :class:`~evaluate.backbones.Backbone`'s
   state dict (so ``backbone.body.layer4.0.conv1.weight`` for a ResNet), and
-* for a classifier, ``head.weight`` ``[len(classes), feature_dim]`` and ``head.bias`` ``[len(classes)]``
+* for a classifier, ``head.weight`` ``[len(classes), feature_dim]`` and ``head.bias`` ``[len(classes)]``,
+  and with correction blocks their ``feature_correction.*`` and ``output_correction.*`` tensors
 
 (exactly the state dict of a :class:`~evaluate.backbones.Classifier`, or of a bare
 backbone under ``backbone.``), all contiguous CPU tensors. Its string metadata has one
@@ -16,7 +17,13 @@ key, ``cxr-model``, holding a JSON object::
      "image_size": 224,               # side in pixels of the square images it was trained on
      "feature_dim": 512,              # size of the pooled features (the architecture's)
      "classes": ["Normal", ...],      # the head's classes in logit order; null for a bare backbone
+     "attention": false,              # channel attention in the residual blocks (optional, default false)
+     "correction": false,             # correction blocks on features and logits (optional, default false)
      "training": {"trained_by": "ssl.train", "data": "...", "command": "...", ...}}
+
+``attention`` and ``correction`` are the optional parts of
+:class:`~evaluate.backbones.Backbone` and :class:`~evaluate.backbones.Classifier`
+that domain adaptation trains; files without the keys have neither.
 
 ``training`` is what trained the model: ``trained_by`` (the program), ``data``
 (a description of the data), ``command`` (the exact command line) and anything else
@@ -28,7 +35,7 @@ model file never executes code (safetensors holds tensors and strings only).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +48,15 @@ from torch import nn
 from plumbing.errors import UserError
 from plumbing.files import atomic_path, sha256_file
 
-from .backbones import BACKBONES, CHANNELS, Backbone, Classifier, build_backbone, fit_problem
+from .backbones import (
+    BACKBONES,
+    CHANNELS,
+    Backbone,
+    Classifier,
+    build_backbone,
+    fit_problem,
+    plain_into_attention,
+)
 
 FORMAT = "cxr-model"
 VERSION = 1
@@ -61,6 +76,8 @@ class ModelFileInfo:
     classes: tuple[str, ...] | None
     training: dict[str, Any]
     sha256: str
+    attention: bool = False
+    correction: bool = False
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -82,11 +99,14 @@ def save_model(
     training: dict[str, Any],
     head: nn.Linear | None = None,
     classes: Sequence[str] | None = None,
+    correction: Mapping[str, nn.Module] | None = None,
 ) -> None:
     """Write ``backbone`` (and a classifier's ``head`` with its ``classes``) as a model file, atomically.
 
-    ``backbone`` and ``head`` may be wrapped (DistributedDataParallel, DataParallel, torch.compile) and
-    their weights on any device or in channels_last: the file holds contiguous CPU copies.
+    ``correction`` holds a corrected classifier's ``feature_correction`` and
+    ``output_correction`` blocks. ``backbone`` and ``head`` may be wrapped (DistributedDataParallel,
+    DataParallel, torch.compile) and their weights on any device or in channels_last: the file holds
+    contiguous CPU copies.
     """
     backbone, head = _unwrap(backbone), None if head is None else _unwrap(head)
     if not isinstance(backbone, Backbone):
@@ -102,6 +122,11 @@ def save_model(
                 f"the backbone has {backbone.feature_dim} features and there are {len(classes)} classes"
             )
         state.update((f"head.{k}", v) for k, v in head.state_dict().items())
+    if correction is not None:
+        if head is None or set(correction) != {"feature_correction", "output_correction"}:
+            raise ValueError("correction blocks need a head and exactly feature_correction and output_correction")
+        for name, module in correction.items():
+            state.update((f"{name}.{k}", v) for k, v in _unwrap(module).state_dict().items())
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -110,6 +135,8 @@ def save_model(
         "image_size": int(image_size),
         "feature_dim": backbone.feature_dim,
         "classes": classes,
+        "attention": backbone.attention,
+        "correction": correction is not None,
         "training": training,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -144,6 +171,13 @@ def _metadata_problem(meta: Any) -> str | None:
         return "classes must be a non-empty list of names or null"
     if not isinstance(meta.get("training"), dict):
         return "training must be an object"
+    for key in ("attention", "correction"):
+        if not isinstance(meta.get(key, False), bool):
+            return f"{key} must be true or false, not {meta.get(key)!r}"
+    if meta.get("correction", False) and classes is None:
+        return "a bare backbone has no correction blocks"
+    if meta.get("attention", False) and not BACKBONES[arch].residual:
+        return f"{arch} has no residual blocks for channel attention"
     return None
 
 
@@ -176,16 +210,22 @@ def read_model_info(path: Path) -> ModelFileInfo:
         classes=None if classes is None else tuple(classes),
         training=meta["training"],
         sha256=sha256_file(path),
+        attention=meta.get("attention", False),
+        correction=meta.get("correction", False),
     )
 
 
 def _load_into(module: nn.Module, path: Path, prefix: str, what: str) -> None:
-    """Load the tensors of ``path`` whose names start with ``prefix`` (stripped) into ``module``, strictly."""
+    """Load the tensors of ``path`` whose names start with ``prefix`` (stripped) into ``module``, strictly.
+
+    Plain backbone tensors fit a backbone with channel attention (:func:`~evaluate.backbones.plain_into_attention`).
+    """
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # a file truncated after its header
         raise UserError(f"cannot read model file {path}: {str(exc).splitlines()[0]}") from exc
     state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    state = plain_into_attention(module.state_dict(), state)
     problem = fit_problem(module.state_dict(), state)
     if problem is not None:
         raise UserError(f"the tensors of {path} do not fit a {what}: {problem}")
@@ -204,6 +244,8 @@ def load_backbone_weights(backbone: Backbone, path: Path) -> ModelFileInfo:
         raise UserError(
             f"{info.path} holds a backbone for {info.channels}-channel images, not {backbone.channels}-channel"
         )
+    if info.attention and not backbone.attention:
+        raise UserError(f"{info.path} holds a backbone with channel attention; this {backbone.arch} has none")
     _load_into(backbone, info.path, "backbone.", f"{backbone.arch} backbone")
     return info
 
@@ -216,6 +258,7 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> tuple[Cla
     info = read_model_info(path)
     if info.classes is None:
         raise UserError(f"{info.path} holds a bare {info.architecture} backbone, not a classifier (it has no classes)")
-    classifier = Classifier(build_backbone(info.architecture, info.channels), len(info.classes))
+    backbone = build_backbone(info.architecture, info.channels, info.attention)
+    classifier = Classifier(backbone, len(info.classes), correction=info.correction)
     _load_into(classifier, info.path, "", f"{info.architecture} classifier of {len(info.classes)} classes")
     return classifier.to(device).eval(), info

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from datasets.findings import SCHEMAS
 from datasets.label_tasks import SETTINGS, VERSIONS, label_task
+from datasets.synthetic import DEFAULT_STORE
 from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
@@ -60,7 +61,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
                         help="0s: isolated findings, Xs: combined findings")
     parser.add_argument("--generator", type=Path, default=None,
                         help=f"generator (.safetensors) or synth.train checkpoint (.pt); default: {DEMO_DESCRIPTION}")
-    parser.add_argument("--out", default="synthetic-v{version}-{setting}.zarr",
+    parser.add_argument("--out", default=DEFAULT_STORE,
                         help="output store: a local path or an fsspec URL; {version} and {setting} are filled in")
     parser.add_argument("--train-per-class", type=int, default=4000, help="training images per class")
     parser.add_argument("--val-per-class", type=int, default=1000, help="validation images per class")

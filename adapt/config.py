@@ -1,0 +1,116 @@
+"""What defines one adaptation run (:class:`AdaptConfig`) and the three alignment presets.
+
+Presets (``--alignment``):
+
+* ``none`` - source only ("No Alignment"): cross-entropy on source images;
+  one attention branch shared by both domains, no correction blocks, no
+  target images in training;
+* ``dcan`` - every term of the official DCAN objective with its weights
+  (:mod:`adapt.losses`): domain-conditioned attention, correction blocks,
+  feature and output MMD, the correction regulariser and target entropy;
+* ``ours`` - ``dcan`` without the correction regulariser ("Our Alignment").
+
+``--diversity W`` adds the entropy of the mean target prediction to any
+preset; its cells are labelled ``<preset>+div<W>``. The optimiser, learning
+rate multipliers, schedule and batch composition default to the official
+ones (SGD, lr 1e-4, momentum 0.9, Nesterov, weight decay 1e-3;
+multipliers backbone 1, classifier 10, correction blocks 0.01;
+``lr * (1 + gamma * p) ** -0.75``; 36 source + 36 target images a step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from plumbing.config import dataclass_from_dict
+from plumbing.errors import UserError
+
+ALIGNMENTS = ("none", "dcan", "ours")
+BN_MODES = ("auto", "frozen", "train")
+PRESET_WEIGHTS: dict[str, dict[str, float]] = {
+    "none": {"feature_mmd": 0.0, "output_mmd": 0.0, "regulariser": 0.0, "entropy": 0.0},
+    "dcan": {"feature_mmd": 1.0, "output_mmd": 1.0, "regulariser": 1.0, "entropy": 0.1},
+    "ours": {"feature_mmd": 1.0, "output_mmd": 1.0, "regulariser": 0.0, "entropy": 0.1},
+}
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """One cell of an adaptation grid (recorded in ``config.json`` and every checkpoint)."""
+
+    source: str = "synthetic"
+    source_root: str | None = None
+    target: str = "chexpert"
+    target_root: str | None = None
+    version: int | None = 3
+    setting: str | None = "0s"
+    source_length: int | None = None
+    target_length: int | None = None
+    eval_length: int | None = None
+    alignment: str = "dcan"
+    feature_mmd: float = 1.0
+    output_mmd: float = 1.0
+    regulariser: float = 1.0
+    entropy: float = 0.1
+    diversity: float = 0.0
+    alpha: float = 1.5
+    backbone: str = "resnet50"
+    init: str = "imagenet"
+    batchnorm: str = "auto"
+    image_size: int = 224
+    steps: int = 20000
+    batch_size: int = 36
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    lr_gamma: float = 1.0
+    lr_power: float = 0.75
+    classifier_lr_mult: float = 10.0
+    correction_lr_mult: float = 0.01
+    eval_every: int = 500
+    seed: int = 0
+
+    @property
+    def domain_attention(self) -> bool:
+        """Separate source and target attention branches (every preset but ``none``)."""
+        return self.alignment != "none"
+
+    @property
+    def correction(self) -> bool:
+        """Feature- and output-level correction blocks (every preset but ``none``)."""
+        return self.alignment != "none"
+
+    @property
+    def uses_target(self) -> bool:
+        """Whether a training step reads target images (a term needs them)."""
+        return any(self.weights()[k] for k in ("feature_mmd", "output_mmd", "entropy", "diversity"))
+
+    @property
+    def frozen_batchnorm(self) -> bool:
+        """Batch norm frozen (official) unless ``train``, or ``auto`` with a backbone trained from scratch."""
+        return self.batchnorm == "frozen" or (self.batchnorm == "auto" and self.init != "scratch")
+
+    @property
+    def label(self) -> str:
+        """The cell's name in grids and reports: the preset, with ``+div<W>`` when diversity is on."""
+        return self.alignment + (f"+div{self.diversity:g}" if self.diversity else "")
+
+    def weights(self) -> dict[str, float]:
+        """The weight of every loss term but the cross-entropy (:data:`adapt.losses.TERMS`)."""
+        return {"feature_mmd": self.feature_mmd, "output_mmd": self.output_mmd, "regulariser": self.regulariser,
+                "entropy": self.entropy, "diversity": self.diversity}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaptConfig:
+        return dataclass_from_dict(cls, data, "adaptation configuration", complete=True)
+
+
+def with_preset(cfg: AdaptConfig, alignment: str) -> AdaptConfig:
+    """``cfg`` with ``alignment``'s term weights (:data:`PRESET_WEIGHTS`); the diversity weight is kept."""
+    if alignment not in ALIGNMENTS:
+        raise UserError(f"unknown alignment {alignment!r}; known: {', '.join(ALIGNMENTS)}")
+    return replace(cfg, alignment=alignment, **PRESET_WEIGHTS[alignment])

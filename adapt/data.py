@@ -1,0 +1,123 @@
+"""The images of an adaptation run: labelled source, unlabelled target, and the held-out target evaluation set.
+
+* **source** (labelled): the ``train`` split of ``--source``; a synthetic
+  store is read through its block loader (a store from ``synth.generate``
+  holds equally many images per class), any other data set through a
+  class-balanced sampler (:class:`plumbing.sampling.BalancedBatchSampler`);
+* **source validation** (label-free model selection): the store's ``val``
+  split, or a seeded 10% of the source training split, patient-wise where
+  the reader knows patients (:func:`evaluate.task_data.task_data`);
+* **target** (adaptation, labels never read): the ``train`` split of ``--target``;
+* **target evaluation** (reported, never used for a choice): the target's
+  held-out split - the ``test`` seed stream of phantoms, CheXpert's official
+  ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
+  in both), a store's ``val`` split (:data:`evaluate.task_data.EVAL_SPLIT`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.registry import get_spec
+from datasets.synthetic import SyntheticDataset
+from evaluate.task_data import DataChoice, StoreBatches, labels_of, task_classes, task_data, training_batches
+from plumbing.distributed import local_batch_size, rank, world_size
+from plumbing.errors import UserError
+from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
+
+from .config import AdaptConfig
+
+PHANTOM_LENGTHS = (2000, 500)
+"""Training and evaluation images of a phantom source or target when no length is given."""
+
+
+@dataclass
+class AdaptData:
+    classes: tuple[str, ...]
+    channels: int
+    source: Dataset
+    source_validation: Dataset
+    target: Dataset
+    target_evaluation: Dataset
+
+    def sizes(self) -> dict[str, int]:
+        return {"source": len(self.source), "source_validation": len(self.source_validation),
+                "target": len(self.target), "target_evaluation": len(self.target_evaluation)}
+
+
+def _length(name: str, given: int | None, default: int) -> int | None:
+    return given if given is not None or not name.startswith("phantom") else default
+
+
+def choices(cfg: AdaptConfig) -> tuple[DataChoice, DataChoice, DataChoice]:
+    """The source, target (adaptation) and target evaluation images of ``cfg``."""
+    def task_of(name: str) -> tuple[int | None, str | None]:
+        return (cfg.version, cfg.setting) if get_spec(name).schema is not None else (None, None)
+
+    source = DataChoice(cfg.source, cfg.source_root, *task_of(cfg.source),
+                        _length(cfg.source, cfg.source_length, PHANTOM_LENGTHS[0]))
+    target = DataChoice(cfg.target, cfg.target_root, *task_of(cfg.target),
+                        _length(cfg.target, cfg.target_length, PHANTOM_LENGTHS[0]))
+    evaluation = DataChoice(cfg.target, cfg.target_root, *task_of(cfg.target),
+                            _length(cfg.target, cfg.eval_length, PHANTOM_LENGTHS[1]))
+    return source, target, evaluation
+
+
+def _named(role: str, exc: UserError) -> UserError:
+    """``exc`` with the generic ``--data-root`` option named as this command's ``--<role>-root``."""
+    return UserError(str(exc).replace("--data-root", f"--{role}-root"))
+
+
+def adapt_data(cfg: AdaptConfig) -> AdaptData:
+    """Every image set of ``cfg`` (module docstring); one :class:`UserError` line for missing data or a mismatch."""
+    source, target, evaluation = choices(cfg)
+    for role, choice in (("source", source), ("target", target)):
+        try:
+            get_spec(choice.name).resolve_root(choice.root)
+        except UserError as exc:
+            raise _named(role, exc) from None
+    source_classes, target_classes = task_classes(source), task_classes(target)
+    if source_classes != target_classes:
+        raise UserError(f"--target {target.name} has the classes {', '.join(target_classes)}, not those of "
+                        f"--source {source.name} ({', '.join(source_classes)})")
+    fitted = task_data(source, evaluation, cfg.image_size, cfg.seed)
+    adaptation = target.build("train", cfg.image_size, False)
+    if len(adaptation) < world_size():
+        raise UserError(f"--target {target.name} has {len(adaptation)} training images; more are needed")
+    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, fitted.evaluation)
+
+
+def source_batches(
+    data: AdaptData, batch_size: int, seed: int, start: int, workers: int, device: torch.device
+) -> Iterable[dict[str, Any]]:
+    """Endless class-balanced source batches from iteration ``start`` (this rank's share of ``batch_size``)."""
+    if isinstance(data.source, SyntheticDataset):
+        return training_batches(data.source, batch_size, seed, start, workers, device)
+    sampler = BalancedBatchSampler(labels_of(data.source), batch_size, seed, start=start, rank=rank(),
+                                   world_size=world_size())
+    return _loader(data.source, sampler, workers, device)
+
+
+def target_batches(
+    data: AdaptData, batch_size: int, seed: int, start: int, workers: int, device: torch.device
+) -> Iterable[dict[str, Any]]:
+    """Endless shuffled target batches from iteration ``start`` (labels are never read)."""
+    local_batch_size(batch_size)
+    sampler = ResumableBatchSampler(len(data.target), batch_size, seed + 1, start=start, rank=rank(),
+                                    world_size=world_size())
+    return _loader(data.target, sampler, workers, device)
+
+
+def _loader(dataset: Dataset, sampler: Any, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0)
+
+
+def resumable(batches: Iterable[dict[str, Any]]) -> StoreBatches | None:
+    """The store batch stream whose position a checkpoint must hold, or ``None`` (samplers resume from the step)."""
+    return batches if isinstance(batches, StoreBatches) else None

@@ -1,0 +1,168 @@
+"""The loss terms of domain-conditioned channel attention (DCAN, Li et al. 2020), as pure functions.
+
+Notation: ``B`` images per domain in a step, ``C`` classes, ``f`` pooled
+backbone features, ``h`` the linear classifier, ``f^ = f + dF(f)`` and
+``g^ = h(f^) + dG(h(f^))`` the corrected features and logits
+(:meth:`evaluate.backbones.Classifier.corrected`), ``p = softmax``.
+Subscripts ``s`` and ``t`` are the source and target halves of a batch.
+
+The objective (:func:`total_loss`)::
+
+    L = CE(h(f_s), y_s)
+        + alpha * ( w_fm * MMD_K(f_s, f^_t) + w_om * MMD_1(p(h(f_s)), p(g^_t)) + w_reg * R )
+        + beta * H(p(g^_t)) - gamma * D(p(g^_t))
+
+with the official weights ``alpha = 1.5``, ``beta = 0.1``, ``w_fm = w_om =
+w_reg = 1``, ``gamma = 0`` (the diversity term ``D`` is this project's
+addition against collapse, off by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = 5
+MULTIPLIER = 2.0
+OUTPUT_BANDWIDTH = 1.68
+"""The fixed bandwidth of the one Gaussian kernel of the output-level MMD (official value)."""
+ESTIMATORS = ("linear", "quadratic")
+
+
+def gaussian_kernels(
+    joint: torch.Tensor, kernels: int = KERNELS, multiplier: float = MULTIPLIER, bandwidth: float | None = None
+) -> torch.Tensor:
+    """``K[i, j] = sum_{q=0}^{kernels-1} exp(-||z_i - z_j||^2 / (sigma * multiplier^q))`` over the rows of ``joint``.
+
+    ``sigma`` is ``bandwidth`` when given, else the mean squared distance of
+    distinct pairs of rows divided by ``multiplier^floor(kernels / 2)`` (so the
+    middle kernel has the mean distance), computed without gradient, as the
+    DAN/DCAN reference code does.
+    """
+    z = joint.float().flatten(1)
+    squared = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
+    if bandwidth is None:
+        n = z.shape[0]
+        sigma = squared.detach().sum() / max(n * n - n, 1) / multiplier ** (kernels // 2)
+        sigma = sigma.clamp(min=1e-12)
+    else:
+        sigma = torch.tensor(float(bandwidth), device=z.device)
+    return sum(torch.exp(-squared / (sigma * multiplier**q)) for q in range(kernels))
+
+
+def mk_mmd(
+    source: torch.Tensor, target: torch.Tensor, *, kernels: int = KERNELS, multiplier: float = MULTIPLIER,
+    bandwidth: float | None = None, estimator: str = "linear",
+) -> torch.Tensor:
+    """Multi-kernel maximum mean discrepancy between two samples ``[n, d]`` (:func:`gaussian_kernels`).
+
+    ``linear`` (DAN's linear-time estimator, the reference's choice), over
+    ``P = floor(n / 2)`` consecutive pairs ``(s_{2i}, s_{2i+1})``, ``(t_{2i}, t_{2i+1})``::
+
+        MMD = (1 / P) * sum_i [ k(s_2i, s_2i+1) + k(t_2i, t_2i+1) - k(s_2i, t_2i+1) - k(s_2i+1, t_2i) ]
+
+    ``quadratic`` (the biased V-statistic over all pairs)::
+
+        MMD = mean_ij k(s_i, s_j) + mean_ij k(t_i, t_j) - 2 mean_ij k(s_i, t_j)
+
+    Both samples are cut to the smaller size ``n`` (the linear estimator to an even one); the bandwidth comes
+    from the joint sample of both.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, not {estimator!r}")
+    n = min(len(source), len(target))
+    if estimator == "linear":
+        n -= n % 2
+    if n < 2:
+        return source.new_zeros(()).float()
+    k = gaussian_kernels(torch.cat([source[:n], target[:n]]), kernels, multiplier, bandwidth)
+    if estimator == "quadratic":
+        return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
+    s1 = torch.arange(0, n, 2, device=k.device)
+    s2, t1, t2 = s1 + 1, s1 + n, s1 + n + 1
+    return (k[s1, s2] + k[t1, t2] - k[s1, t2] - k[s2, t1]).mean()
+
+
+def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``CE = -(1/B) sum_i log p(h(f_s,i))[y_i]`` on the uncorrected source logits."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def target_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """``H = -(1/B) sum_i sum_c p_ic log p_ic`` of the softmax of the (corrected) target logits."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def prediction_diversity(logits: torch.Tensor) -> torch.Tensor:
+    """``D = -sum_c pbar_c log pbar_c`` with ``pbar = (1/B) sum_i p_i``: the entropy of the mean prediction.
+
+    Maximal (``log C``) when the batch's predictions are spread evenly over
+    the classes, 0 when every image gets the same one-hot prediction; it is
+    subtracted from the loss (SHOT / information maximisation), so it pushes
+    against a collapse onto one class.
+    """
+    mean = F.softmax(logits.float(), dim=1).mean(dim=0)
+    return -(mean * torch.log(mean.clamp(min=1e-12))).sum()
+
+
+def alignment_mmd(
+    source_features: torch.Tensor, corrected_target_features: torch.Tensor, source_logits: torch.Tensor,
+    corrected_target_logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(MMD_K(f_s, f^_t), MMD_1(p(h(f_s)), p(g^_t)))``: five kernels on features, one of bandwidth 1.68 on outputs."""
+    features = mk_mmd(source_features, corrected_target_features)
+    outputs = mk_mmd(
+        F.softmax(source_logits.float(), dim=1), F.softmax(corrected_target_logits.float(), dim=1),
+        kernels=1, bandwidth=OUTPUT_BANDWIDTH,
+    )
+    return features, outputs
+
+
+def correction_regulariser(
+    features: torch.Tensor, corrected_features: torch.Tensor, logits: torch.Tensor, corrected_logits: torch.Tensor,
+    labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The feature-correction regulariser on source images (the term "Our Alignment" drops)::
+
+        R = (1 / C) * sum_{k in batch, n_k >= 2} [ MMD_K(f_s[y = k], f^_s[S_k])
+                                                   + MMD_1(p(h(f_s))[y = k], p(g^_s)[S_k]) ]
+
+    ``f^_s``, ``g^_s`` are the corrected features and logits of the source
+    images, and ``S_k`` a random subset of ``n_k`` source images (drawn with
+    ``generator``): the corrections must not move source images away from
+    their classes.
+    """
+    probs, corrected_probs = F.softmax(logits.float(), dim=1), F.softmax(corrected_logits.float(), dim=1)
+    total = features.new_zeros(()).float()
+    device = labels.device
+    for k in range(num_classes):
+        members = torch.nonzero(labels == k).flatten()
+        if len(members) < 2:
+            continue
+        subset = torch.randperm(len(labels), generator=generator)[: len(members)].to(device)
+        total = total + mk_mmd(features[members], corrected_features[subset])
+        total = total + mk_mmd(probs[members], corrected_probs[subset], kernels=1, bandwidth=OUTPUT_BANDWIDTH)
+    return total / num_classes
+
+
+TERMS = ("cross_entropy", "feature_mmd", "output_mmd", "regulariser", "entropy", "diversity")
+
+
+def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float], alpha: float) -> torch.Tensor:
+    """``CE + alpha * (w_fm MMD_f + w_om MMD_o + w_reg R) + w_entropy H - w_diversity D`` (module docstring).
+
+    ``terms`` holds the computed terms by the names of :data:`TERMS` (a term
+    whose weight is 0 may be absent); ``weights`` their weights.
+    """
+    loss = terms["cross_entropy"].float()
+    for name in ("feature_mmd", "output_mmd", "regulariser"):
+        if weights[name]:
+            loss = loss + alpha * weights[name] * terms[name]
+    if weights["entropy"]:
+        loss = loss + weights["entropy"] * terms["entropy"]
+    if weights["diversity"]:
+        loss = loss - weights["diversity"] * terms["diversity"]
+    return loss

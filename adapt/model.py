@@ -1,0 +1,147 @@
+"""The DCAN network: a registered ResNet with domain-conditioned channel attention, a linear head and corrections.
+
+:func:`build_model` starts from :class:`evaluate.backbones.Classifier` with
+channel attention in every residual block (basic and bottleneck) and, for
+the ``dcan`` / ``ours`` presets, correction blocks. Each attention module
+becomes a :class:`DomainChannelAttention`: a first FC per domain
+(``fc1`` for the target, ``source_fc1`` a copy of it for the source), the
+shared ``fc2`` and sigmoid. In a training step the batch is
+``[source; target]`` and :func:`source_rows` tells every module how many
+leading rows are source images; otherwise (evaluation, the ``none`` preset)
+every image goes through the target branch.
+
+Initialisation as the reference code: the classifier ``N(0, 0.01)``, bias 0;
+the correction blocks ``N(0, 0.005)``, bias 0.1. Batch norm frozen (eval
+mode, affine parameters not trained) when the configuration says so.
+
+At evaluation the network is exactly an :class:`~evaluate.backbones.Classifier`
+with attention and corrections, which :func:`export_classifier` writes as a
+model file (the source branches dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evaluate.backbones import ChannelAttention, Classifier, build_backbone, initialise
+from evaluate.model_file import save_model
+from plumbing.seeding import derive_seed
+
+from .config import AdaptConfig
+
+
+class DomainChannelAttention(ChannelAttention):
+    """Channel attention with a first FC per domain: rows ``[:source_rows]`` use ``source_fc1``, the rest ``fc1``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.source_fc1 = nn.Linear(channels, self.fc1.out_features)
+        self.source_rows = 0
+
+    @classmethod
+    def from_attention(cls, attention: ChannelAttention) -> DomainChannelAttention:
+        """The domain-conditioned form of ``attention``: its FCs, and the source FC a copy of its first FC."""
+        module = cls(attention.fc1.in_features)
+        module.fc1.load_state_dict(attention.fc1.state_dict())
+        module.fc2.load_state_dict(attention.fc2.state_dict())
+        module.source_fc1.load_state_dict(attention.fc1.state_dict())
+        return module.to(attention.fc1.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = x.mean(dim=(2, 3))
+        n = self.source_rows
+        if n == 0:
+            weights = self.weights(squeezed, self.fc1)
+        else:
+            weights = torch.cat([self.weights(squeezed[:n], self.source_fc1), self.weights(squeezed[n:], self.fc1)])
+        return x * weights[:, :, None, None].to(x.dtype)
+
+
+def domain_modules(model: nn.Module) -> list[DomainChannelAttention]:
+    return [m for m in model.modules() if isinstance(m, DomainChannelAttention)]
+
+
+@contextlib.contextmanager
+def source_rows(model: nn.Module, rows: int) -> Iterator[None]:
+    """Within the block, the first ``rows`` images of a batch go through the source attention branches."""
+    modules = domain_modules(model)
+    for m in modules:
+        m.source_rows = rows
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.source_rows = 0
+
+
+def _normal(layer: nn.Linear, std: float, bias: float) -> None:
+    nn.init.normal_(layer.weight, 0.0, std)
+    nn.init.constant_(layer.bias, bias)
+
+
+def build_model(cfg: AdaptConfig, channels: int, num_classes: int, runs_dir: Path) -> tuple[Classifier, dict]:
+    """The network of ``cfg`` initialised by ``cfg.init`` (seeded by ``cfg.seed``), and the init's provenance."""
+    torch.manual_seed(derive_seed(cfg.seed, "adapt model"))
+    backbone = build_backbone(cfg.backbone, channels, attention=True)
+    provenance = initialise(backbone, cfg.init, runs_dir)
+    model = Classifier(backbone, num_classes, correction=cfg.correction)
+    _normal(model.head, 0.01, 0.0)
+    if cfg.correction:
+        for block in (model.feature_correction, model.output_correction):
+            for layer in (block.fc1, block.fc2):
+                _normal(layer, 0.005, 0.1)
+    if cfg.domain_attention:
+        for module in list(backbone.modules()):
+            if isinstance(module, nn.Sequential) and isinstance(getattr(module, "attention", None), ChannelAttention):
+                module.attention = DomainChannelAttention.from_attention(module.attention)
+    if cfg.frozen_batchnorm:
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(False)
+    return model, provenance
+
+
+def train_mode(model: Classifier, frozen_batchnorm: bool) -> None:
+    """Training mode, with every batch norm in eval mode (running statistics kept) when frozen."""
+    model.train()
+    if frozen_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def parameter_groups(model: Classifier, cfg: AdaptConfig) -> list[dict[str, Any]]:
+    """SGD groups with their learning-rate multipliers: backbone 1, classifier 10, correction blocks 0.01."""
+    groups = [("backbone", model.backbone.parameters(), 1.0), ("head", model.head.parameters(), cfg.classifier_lr_mult)]
+    if cfg.correction:
+        corrections = [*model.feature_correction.parameters(), *model.output_correction.parameters()]
+        groups.append(("correction", corrections, cfg.correction_lr_mult))
+    return [
+        {"name": name, "params": [p for p in params if p.requires_grad], "lr": cfg.lr * mult, "lr_mult": mult}
+        for name, params, mult in groups
+    ]
+
+
+def evaluation_state(model: Classifier) -> dict[str, torch.Tensor]:
+    """The state of the evaluation network: ``model``'s without the source attention branches."""
+    return {k: v for k, v in model.state_dict().items() if ".source_fc1." not in k}
+
+
+def export_classifier(
+    path: Path, model: Classifier, cfg: AdaptConfig, classes: tuple[str, ...], training: dict[str, Any]
+) -> None:
+    """Write the evaluation network (target branches, corrections) as a model file (:mod:`evaluate.model_file`)."""
+    plain = Classifier(build_backbone(cfg.backbone, model.backbone.channels, attention=True), len(classes),
+                       correction=cfg.correction)
+    plain.load_state_dict(evaluation_state(model))
+    correction = None
+    if cfg.correction:
+        correction = {"feature_correction": plain.feature_correction, "output_correction": plain.output_correction}
+    save_model(path, plain.backbone, image_size=cfg.image_size, training=training, head=plain.head, classes=classes,
+               correction=correction)

@@ -1,0 +1,129 @@
+"""Grids of adaptation runs: one run folder per (alignment, seed) cell, skipped when finished, resumed when not.
+
+A cell's folder is ``<runs-dir>/<prefix>-<label>-seed<seed>`` (``label`` is
+the alignment preset, with ``+div<W>`` for a diversity weight). Running the
+same grid command again skips every cell that holds ``results.json``,
+resumes every cell that holds a checkpoint from its newest one, and starts
+the others; a cell whose recorded configuration differs from the one asked
+for is refused in one line (give another ``--name``).
+
+A finished cell holds ``config.json`` (configuration, command, resume
+commands), ``checkpoint_<step>.pt``, ``tb/``, ``results.json``
+(:func:`write_results`) and ``classifier.safetensors`` (the final network in
+evaluation form, readable by ``evaluate.attention``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluate.model_file import CLASSIFIER_FILE
+from plumbing.distributed import is_main_process
+from plumbing.errors import UserError
+from plumbing.files import write_json_atomic
+from plumbing.runs import RunFolder, check_run_name, open_run
+
+from .config import AdaptConfig
+from .data import AdaptData, choices
+from .model import export_classifier
+from .selection import CRITERIA, select
+from .trainer import DcanTrainer
+
+RESULTS_FILE = "results.json"
+TRAINED_BY = "python -m adapt.train"
+
+
+@dataclass(frozen=True)
+class Cell:
+    cfg: AdaptConfig
+    name: str
+
+    def folder(self, runs_dir: Path) -> Path:
+        return runs_dir / self.name
+
+
+def cell_name(prefix: str, cfg: AdaptConfig) -> str:
+    return check_run_name(f"{prefix}-{cfg.label}-seed{cfg.seed}")
+
+
+def cell_status(cell: Cell, runs_dir: Path) -> str:
+    """``finished`` (results written), ``started`` (a checkpoint) or ``new``."""
+    folder = cell.folder(runs_dir)
+    if (folder / RESULTS_FILE).is_file():
+        return "finished"
+    return "started" if any(folder.glob("checkpoint_*.pt")) else "new"
+
+
+def open_cell(cell: Cell, runs_dir: Path) -> RunFolder:
+    """The cell's run folder to start or resume; a checkpoint of other settings is one :class:`UserError`."""
+    run = open_run(runs_dir, cell.name, resume=cell_status(cell, runs_dir) == "started")
+    if run.checkpoint is not None:
+        saved = run.checkpoint["run"]["config"].get("adapt", {})
+        differ = sorted(k for k, v in cell.cfg.to_dict().items() if saved.get(k) != v)
+        if differ:
+            raise UserError(f"run {run.path} was started with other settings ({', '.join(differ)}); run it with "
+                            "its own settings or choose another --name")
+    return run
+
+
+def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:
+    """The target evaluation images as ``evaluate.attention`` reads them from ``config.json``."""
+    evaluation = choices(cfg)[2]
+    return {"name": evaluation.name, "root": evaluation.root, "version": evaluation.version,
+            "setting": evaluation.setting, "length": evaluation.length}
+
+
+def _figure(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation",
+            "collapsed")
+    return {k: entry[k] for k in keys}
+
+
+def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: AdaptData) -> dict[str, Any]:
+    """``results.json`` and the exported classifier (rank 0); returns the results on every rank."""
+    history = trainer.state.history
+    chosen = select(history)
+    final = chosen["final"]
+    record = trainer.state.config
+    results = {
+        "trained_by": TRAINED_BY,
+        "source": cfg.source,
+        "target": cfg.target,
+        "alignment": cfg.label,
+        "seed": cfg.seed,
+        "task": None if cfg.version is None else f"v{cfg.version}-{cfg.setting}",
+        "classes": list(data.classes),
+        "backbone": cfg.backbone,
+        "init": record.get("init_provenance", {}).get("init"),
+        "steps": cfg.steps,
+        "balanced_accuracy": final["balanced_accuracy"],
+        "recall": final["recall"],
+        "confusion_matrix": final["confusion_matrix"],
+        "predicted_histogram": final["predicted_histogram"],
+        "collapsed": final["collapsed"],
+        "figures": {name: _figure(entry) for name, entry in chosen.items()},
+        "figure_criteria": {name: key or "last step" for name, key in CRITERIA.items()},
+        "history": history,
+        "images": data.sizes(),
+    }
+    if is_main_process():
+        training = {"trained_by": TRAINED_BY, "data": record.get("data_description"), "command": record.get("command"),
+                    "resumed_with": record.get("resumed_with", []), "init": record.get("init_provenance"),
+                    "alignment": cfg.label, "steps": cfg.steps}
+        export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)
+        write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
+
+
+def summary_line(results: dict[str, Any]) -> str:
+    collapsed = f", collapsed onto {results['collapsed']}" if results["collapsed"] else ""
+    return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
+            f"{results['balanced_accuracy']:.4f} (final step){collapsed}")
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        print(message, file=sys.stderr)

@@ -1,0 +1,231 @@
+"""``python -m adapt.train``: adapt a classifier from labelled source images to unlabelled target images (DCAN).
+
+The network, losses and presets are :mod:`adapt.model`, :mod:`adapt.losses`
+and :mod:`adapt.config`; the images :mod:`adapt.data`; model selection and
+collapse detection :mod:`adapt.selection`; run folders and grids
+:mod:`adapt.runs`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
+whole grid, one run folder per cell; the same command run again skips
+finished cells and resumes interrupted ones. Every option is checked and the
+data sets are opened before any folder is created.
+
+``--source synthetic`` reads ``--source-store`` (else ``--source-root``,
+``$CXR_SYNTHETIC_ROOT``, or the store ``python -m synth.generate --version V
+--setting S`` writes by default in the working folder).
+
+Several processes: ``torchrun --standalone --nproc_per_node N -m adapt.train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+
+from datasets.registry import names
+from datasets.synthetic import DEFAULT_STORE, ENV_VAR
+from evaluate.backbones import BACKBONES, imagenet_weights_file
+from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.distributed import distributed, process_device, processes
+from plumbing.errors import UserError
+from plumbing.precision import add_amp_arg, use_bf16_autocast
+from plumbing.runs import command_line, record_config
+from plumbing.training import TrainingDiverged
+
+from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
+from .data import adapt_data
+from .model import build_model
+from .runs import Cell, cell_name, cell_status, evaluation_record, open_cell, say, summary_line, write_results
+from .trainer import Context, fit
+
+PROG = "python -m adapt.train"
+DEFAULTS = AdaptConfig()
+WEIGHT_OPTIONS = ("feature_mmd", "output_mmd", "regulariser", "entropy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    parser = make_parser(PROG, "Adapt a classifier from labelled source images (a synthetic store or a real data "
+                               "set) to unlabelled target images with domain-conditioned channel attention (DCAN).")
+    data = parser.add_argument_group("data")
+    data.add_argument("--source", default="synthetic", help=f"labelled source data set ({', '.join(names())})")
+    data.add_argument("--source-store", default=None,
+                      help="the synthetic store of --source synthetic (default: --source-root, $CXR_SYNTHETIC_ROOT, "
+                           f"else ./{DEFAULT_STORE} as synth.generate writes it)")
+    data.add_argument("--source-root", default=None, help="root of a real source (else its environment variable)")
+    data.add_argument("--target", default="chexpert", help="unlabelled target data set (its labels only score)")
+    data.add_argument("--target-root", default=None, help="root of the target (else its environment variable)")
+    data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
+    data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
+    data.add_argument("--source-length", type=int, default=None, help="source images (phantoms: 2000 when not given)")
+    data.add_argument("--target-length", type=int, default=None,
+                      help="target adaptation images (phantoms: 2000 when not given)")
+    data.add_argument("--eval-length", type=int, default=None, help="target evaluation images (phantoms: 500)")
+    data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
+    method = parser.add_argument_group("alignment")
+    method.add_argument("--alignment", default="dcan",
+                        help=f"comma-separated presets, one grid column each ({', '.join(ALIGNMENTS)}): none = source "
+                             "only, dcan = every official term, ours = dcan without the correction regulariser")
+    method.add_argument("--diversity", type=float, default=0.0,
+                        help="weight of the entropy of the mean target prediction (against collapse; 0 = off)")
+    for key in WEIGHT_OPTIONS:
+        method.add_argument(f"--{key.replace('_', '-')}", type=float, default=None,
+                            help=f"weight of the {key.replace('_', ' ')} term (none given: the preset's)")
+    method.add_argument("--alpha", type=float, default=d.alpha, help="weight of the MMD and regulariser terms")
+    model = parser.add_argument_group("model")
+    residual = sorted(n for n, s in BACKBONES.items() if s.residual)
+    model.add_argument("--backbone", choices=residual, default=d.backbone, help="residual backbone")
+    model.add_argument("--init", default="auto",
+                       help="auto (imagenet when torchvision's weights are in torch hub's cache, else scratch) | "
+                            "scratch | imagenet | PATH of a model file | ssl:RUN; DCAN from scratch tends to collapse")
+    model.add_argument("--batchnorm", choices=BN_MODES, default=d.batchnorm,
+                       help="frozen (official) | train | auto: frozen unless the backbone starts from scratch")
+    model.add_argument("--image-size", type=int, default=d.image_size, help="square input size in pixels")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=int, default=d.steps, help="training steps")
+    opt.add_argument("--batch-size", type=int, default=d.batch_size, help="images per domain in a step (global)")
+    opt.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate of the backbone (x10 classifier, "
+                                                             "x0.01 correction blocks)")
+    opt.add_argument("--momentum", type=float, default=d.momentum, help="SGD (Nesterov) momentum")
+    opt.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
+    opt.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations (checkpoints)")
+    add_amp_arg(opt)
+    run = parser.add_argument_group("run")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds, one grid row each")
+    run.add_argument("--name", default=None, help="prefix of the cells' run folders (none given: adapt-SOURCE-TARGET)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runs_dir_arg(parser)
+    add_device_arg(parser)
+    return parser
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated integers, not {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"{option} must name at least one value, each once")
+    return values
+
+
+def _alignments(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in ALIGNMENTS]
+    if not values or unknown or len(set(values)) != len(values):
+        raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
+    return values
+
+
+def _source_root(args: argparse.Namespace) -> str | None:
+    if args.source != "synthetic":
+        if args.source_store is not None:
+            raise UserError("--source-store is for --source synthetic; use --source-root for other data sets")
+        return args.source_root
+    root = args.source_store or args.source_root or os.environ.get(ENV_VAR)
+    if root is not None:
+        return root
+    default = DEFAULT_STORE.format(version=args.version, setting=args.setting)
+    if not os.path.isdir(default):
+        raise UserError(f"no synthetic store at ./{default}; make it with `python -m synth.generate --version "
+                        f"{args.version} --setting {args.setting}` or pass --source-store PATH")
+    return default
+
+
+def _init(choice: str, backbone: str) -> str:
+    if choice != "auto":
+        return choice
+    found = imagenet_weights_file(backbone).is_file()
+    say(f"--init auto: {'imagenet' if found else 'scratch'} (ImageNet weights "
+        f"{'found' if found else 'not found'} at {imagenet_weights_file(backbone)})")
+    return "imagenet" if found else "scratch"
+
+
+def base_config(args: argparse.Namespace) -> AdaptConfig:
+    """The configuration every cell shares (its alignment and seed are set per cell), checked."""
+    checks = [
+        (args.steps >= 1 and args.eval_every >= 1, "--steps and --eval-every must be at least 1"),
+        (args.batch_size >= 2, "--batch-size must be at least 2 (the MMD estimator takes pairs)"),
+        (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
+        (0 < args.lr < float("inf"), "--lr must be a positive finite number"),
+        (args.diversity >= 0 and args.alpha >= 0, "--diversity and --alpha must be >= 0"),
+        (all(getattr(args, k) is None or getattr(args, k) >= 0 for k in WEIGHT_OPTIONS), "loss weights must be >= 0"),
+        ((args.workers or 0) >= 0, "--workers must be >= 0"),
+        (all(v is None or v >= 1 for v in (args.source_length, args.target_length, args.eval_length)),
+         "--source-length, --target-length and --eval-length must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return AdaptConfig(
+        source=args.source, source_root=_source_root(args), target=args.target, target_root=args.target_root,
+        version=args.version, setting=args.setting, source_length=args.source_length,
+        target_length=args.target_length, eval_length=args.eval_length, diversity=args.diversity, alpha=args.alpha,
+        backbone=args.backbone, init=_init(args.init, args.backbone), batchnorm=args.batchnorm,
+        image_size=args.image_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, eval_every=args.eval_every,
+    )
+
+
+def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
+    """Every (alignment, seed) cell, with the weights given on the command line over the presets'."""
+    prefix = args.name or f"adapt-{base.source}-{base.target}"
+    overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
+    cells = []
+    for alignment in _alignments(args.alignment):
+        for seed in _int_list(args.seeds, "--seeds"):
+            cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides)
+            cells.append(Cell(cfg, cell_name(prefix, cfg)))
+    return cells
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    base = base_config(args)
+    cells = grid(args, base)
+    with distributed(device):
+        return _train(args, argv, cells, process_device(device))
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell], device: torch.device) -> int:
+    first = cells[0].cfg
+    data = adapt_data(first)  # a missing root or a class mismatch stops here, before any folder exists
+    build_model(first, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
+    amp = use_bf16_autocast(args.amp, device)
+    workers = args.workers if args.workers is not None else default_workers(device)
+    command = command_line(PROG, argv)
+    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+    say(f"{first.source} -> {first.target} [{', '.join(data.classes)}]; images: {sizes}; {len(cells)} cell(s); "
+        f"{device} {processes()}".rstrip())
+    for cell in cells:
+        status = cell_status(cell, args.runs_dir)
+        if status == "finished":
+            say(f"{cell.name}: finished; skipped")
+            continue
+        run = open_cell(cell, args.runs_dir)
+        cell_data = data if cell.cfg.seed == first.seed else adapt_data(cell.cfg)
+        ctx = Context(cell_data, device, amp, workers, not args.no_progress, args.runs_dir)
+        record = ({"adapt": cell.cfg.to_dict(), "evaluation_data": evaluation_record(cell.cfg),
+                   "data_description": f"{cell.cfg.source} -> {cell.cfg.target} ({sizes})"}
+                  if run.checkpoint is None else run.checkpoint["run"]["config"])
+        record = {k: v for k, v in record.items() if k != "init_provenance"}
+        run.create()
+        say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
+        try:
+            record = record_config(run, record, command)
+            trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
+        except TrainingDiverged as exc:
+            run.discard()
+            raise UserError(f"{cell.name}: {exc}") from None
+        except BaseException:
+            run.discard()
+            raise
+        say(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

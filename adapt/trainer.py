@@ -1,0 +1,225 @@
+"""One adaptation run: the DCAN step, evaluation every ``eval_every`` steps, checkpoints and results.
+
+:class:`DcanTrainer` holds the network (:mod:`adapt.model`), SGD with the
+official learning-rate multipliers and schedule ``lr * (1 + gamma * p) **
+-power`` (``p`` the progress in [0, 1]), and :meth:`DcanTrainer.step`: one
+step on a source batch and a target batch, concatenated as ``[source;
+target]`` so the attention modules route each half through its own branch,
+with the loss of :mod:`adapt.losses`. Under several processes each rank
+takes its share of both batches and gradients are averaged over ranks
+(:func:`plumbing.distributed.average_gradients`; the MMD, entropy and
+diversity terms are computed on each rank's share, the linear-time MMD
+estimator's pairs lying within a rank).
+
+:func:`fit` runs the steps in an Ignite engine with the shared handlers
+(NaN guard, checkpoints at every evaluation, progress bar, TensorBoard);
+each evaluation scores the target evaluation set (metrics of
+:mod:`evaluate.metrics` and the label-free score of
+:mod:`adapt.selection`) and the source validation set, and appends them to
+the checkpointed history.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from evaluate.backbones import Classifier
+from evaluate.classifier_training import predict, score
+from evaluate.metrics import metrics_report
+from evaluate.task_data import evaluation_batches
+from plumbing.distributed import average_gradients, is_main_process, local_batch_size, mean_values_over_ranks
+from plumbing.precision import bf16_autocast
+from plumbing.seeding import generator
+from plumbing.training import attach_training_handlers, restore
+
+from .config import AdaptConfig
+from .data import AdaptData, resumable, source_batches, target_batches
+from .losses import (
+    alignment_mmd,
+    correction_regulariser,
+    prediction_diversity,
+    source_cross_entropy,
+    target_entropy,
+    total_loss,
+)
+from .model import build_model, parameter_groups, source_rows, train_mode
+from .selection import COLLAPSE_SHARE, PredictionSpread, collapsed_class
+
+
+@dataclass
+class RunState:
+    """The checkpointed progress: the run's record, its step and every evaluation so far."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in asdict(self):
+            setattr(self, key, state[key])
+
+
+@dataclass
+class Context:
+    """What a run needs besides its configuration."""
+
+    data: AdaptData
+    device: torch.device
+    amp: bool
+    workers: int
+    progress: bool
+    runs_dir: Path
+
+
+class DcanTrainer:
+    """The network, its optimiser and schedule, and one adaptation step."""
+
+    def __init__(self, model: Classifier, cfg: AdaptConfig, device: torch.device, amp: bool) -> None:
+        self.cfg, self.device, self.amp = cfg, device, amp
+        self.layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.layout)
+        self.optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: (1.0 + cfg.lr_gamma * min(step, cfg.steps) / cfg.steps) ** -cfg.lr_power
+        )
+        self.state = RunState()
+        self.num_classes = model.head.out_features
+
+    def objects(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule, "run": self.state}
+
+    def _images(self, batch: dict[str, Any]) -> torch.Tensor:
+        return batch["image"].to(self.device, non_blocking=True)
+
+    def terms(
+        self, source: dict[str, Any], target: dict[str, Any] | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        """Every loss term the configuration weighs, on one source and one target batch (module docstring)."""
+        cfg, weights = self.cfg, self.cfg.weights()
+        xs, ys = self._images(source), torch.as_tensor(source["label"]).to(self.device, non_blocking=True)
+        x = xs if target is None else torch.cat([xs, self._images(target)])
+        x = x.contiguous(memory_format=self.layout)
+        with bf16_autocast(self.device, self.amp), source_rows(self.model, len(xs) if cfg.domain_attention else 0):
+            features = self.model.backbone(x).float()
+        fs = features[: len(xs)]
+        zs = self.model.head(fs)
+        terms = {"cross_entropy": source_cross_entropy(zs, ys)}
+        if target is None:
+            return terms
+        ft_hat, gt_hat = self.model.corrected(features[len(xs):])
+        if weights["feature_mmd"] or weights["output_mmd"]:
+            terms["feature_mmd"], terms["output_mmd"] = alignment_mmd(fs, ft_hat, zs, gt_hat)
+        if weights["regulariser"]:
+            fs_hat, gs_hat = self.model.corrected(fs)
+            terms["regulariser"] = correction_regulariser(
+                fs, fs_hat, zs, gs_hat, ys, self.num_classes, generator(cfg.seed, "regulariser", step)
+            )
+        if weights["entropy"]:
+            terms["entropy"] = target_entropy(gt_hat)
+        if weights["diversity"]:
+            terms["diversity"] = prediction_diversity(gt_hat)
+        return terms
+
+    def step(self, source: dict[str, Any], target: dict[str, Any] | None, step: int) -> dict[str, float]:
+        """One SGD step; returns the loss, every term and the backbone's learning rate (averaged over ranks)."""
+        train_mode(self.model, self.cfg.frozen_batchnorm)
+        terms = self.terms(source, target, step)
+        loss = total_loss(terms, self.cfg.weights(), self.cfg.alpha)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(self.model.parameters())
+        self.optimizer.step()
+        self.schedule.step()
+        out = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in terms.items()}
+        return mean_values_over_ranks(out | {"lr": self.schedule.get_last_lr()[0]})
+
+    @torch.no_grad()
+    def evaluate(self, data: AdaptData, batch_size: int, workers: int, step: int) -> dict[str, Any]:
+        """Target metrics, the label-free scores and the collapse flag at ``step`` (one history entry)."""
+        self.model.eval()
+        spread = PredictionSpread(self.num_classes, device=self.device)
+        batches = evaluation_batches(data.target_evaluation, batch_size, workers, self.device)
+        evaluator = predict(self.model, batches, self.device, self.amp, self.num_classes, {"spread": spread})
+        report = metrics_report(evaluator.state.metrics, data.classes)
+        source = score(self.model, data.source_validation, data.classes, batch_size=batch_size, workers=0,
+                       device=self.device, amp=self.amp)
+        collapsed = collapsed_class(report["predicted_histogram"])
+        return report | {
+            "step": step,
+            "source_validation_balanced_accuracy": source["balanced_accuracy"],
+            "information_maximisation": evaluator.state.metrics["spread"]["score"],
+            "prediction_entropy": evaluator.state.metrics["spread"]["entropy"],
+            "prediction_diversity": evaluator.state.metrics["spread"]["diversity"],
+            "collapsed": collapsed,
+        }
+
+
+def _paired(source: Iterable[dict[str, Any]], target: Iterable[dict[str, Any]] | None) -> Iterator[tuple]:
+    return zip(source, target if target is not None else itertools.repeat(None), strict=False)
+
+
+def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
+        checkpoint: dict[str, Any] | None) -> DcanTrainer:
+    """Train (or resume) the run in ``run_dir`` to ``cfg.steps``, evaluating every ``cfg.eval_every`` steps."""
+    data = ctx.data
+    model, provenance = build_model(cfg, data.channels, len(data.classes), ctx.runs_dir)
+    trainer = DcanTrainer(model, cfg, ctx.device, ctx.amp)
+    start = 0
+    if checkpoint is not None:
+        restore(trainer.objects(), checkpoint)
+        provenance = trainer.state.config["init_provenance"]
+        start = trainer.state.iteration
+    trainer.state.config = dict(record) | {"init_provenance": provenance}
+    local_batch_size(cfg.batch_size)
+    sources = source_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+    targets = None
+    if cfg.uses_target:
+        targets = target_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+    to_save = trainer.objects()
+    store = resumable(sources)
+    if store is not None:
+        to_save["batches"] = store
+        if checkpoint is not None:
+            restore({"batches": store}, checkpoint)
+    if start >= cfg.steps:
+        return trainer
+
+    def process(engine: Engine, batch: tuple) -> dict[str, float]:
+        out = trainer.step(batch[0], batch[1], engine.state.iteration)
+        trainer.state.iteration = engine.state.iteration
+        return out
+
+    engine = Engine(process)
+    evaluated_at = [-1]
+
+    def _evaluate(eng: Engine) -> None:  # registered before the checkpoint of the same iteration
+        if evaluated_at[0] == eng.state.iteration:
+            return
+        evaluated_at[0] = eng.state.iteration
+        entry = trainer.evaluate(data, cfg.batch_size, ctx.workers, eng.state.iteration)
+        trainer.state.history.append(entry)
+        if is_main_process():
+            note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
+                    "predictions (collapse)" if entry["collapsed"] else "")
+            print(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
+                  f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}", file=sys.stderr)
+
+    engine.add_event_handler(Events.ITERATION_COMPLETED(every=cfg.eval_every) | Events.COMPLETED, _evaluate)
+    attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=cfg.eval_every,
+                             progress=ctx.progress)
+    if start:
+        engine.load_state_dict({"iteration": start, "epoch_length": cfg.steps, "max_epochs": 1})
+    engine.run(_paired(sources, targets), max_epochs=1, epoch_length=cfg.steps)
+    return trainer
