@@ -137,10 +137,7 @@ def _source_root(args: argparse.Namespace) -> str | None:
 def _init(choice: str, backbone: str) -> str:
     if choice != "auto":
         return choice
-    found = imagenet_weights_file(backbone).is_file()
-    say(f"--init auto: {'imagenet' if found else 'scratch'} (ImageNet weights "
-        f"{'found' if found else 'not found'} at {imagenet_weights_file(backbone)})")
-    return "imagenet" if found else "scratch"
+    return "imagenet" if imagenet_weights_file(backbone).is_file() else "scratch"
 
 
 def base_config(args: argparse.Namespace) -> AdaptConfig:
@@ -194,6 +191,12 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     first = cells[0].cfg
     data = adapt_data(first)  # a missing root or a class mismatch stops here, before any folder exists
     build_model(first, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
+    for cell in cells:  # and a cell started with other settings
+        if cell_status(cell, args.runs_dir) == "started":
+            open_cell(cell, args.runs_dir)
+    if args.init == "auto":
+        say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
+            f"at {imagenet_weights_file(first.backbone)})")
     amp = use_bf16_autocast(args.amp, device)
     workers = args.workers if args.workers is not None else default_workers(device)
     command = command_line(PROG, argv)

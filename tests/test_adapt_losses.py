@@ -1,0 +1,135 @@
+"""The DCAN loss terms (adapt.losses) and the presets that switch them (adapt.config)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adapt.config import ALIGNMENTS, AdaptConfig, with_preset
+from adapt.losses import (
+    OUTPUT_BANDWIDTH,
+    correction_regulariser,
+    gaussian_kernels,
+    mk_mmd,
+    prediction_diversity,
+    target_entropy,
+    total_loss,
+)
+from adapt.selection import collapsed_class, select
+
+
+def _kernel(a: torch.Tensor, b: torch.Tensor, sigmas: list[float]) -> float:
+    d2 = float(((a - b) ** 2).sum())
+    return sum(math.exp(-d2 / s) for s in sigmas)
+
+
+def _sigmas(joint: torch.Tensor, kernels: int, multiplier: float) -> list[float]:
+    n = len(joint)
+    total = sum(float(((joint[i] - joint[j]) ** 2).sum()) for i in range(n) for j in range(n) if i != j)
+    base = total / (n * n - n) / multiplier ** (kernels // 2)
+    return [base * multiplier**q for q in range(kernels)]
+
+
+def test_mmd_matches_direct_loops_for_both_estimators() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64) + 1
+    sig = _sigmas(torch.cat([s, t]), 5, 2.0)
+    quadratic = (
+        sum(_kernel(s[i], s[j], sig) for i in range(6) for j in range(6)) / 36
+        + sum(_kernel(t[i], t[j], sig) for i in range(6) for j in range(6)) / 36
+        - 2 * sum(_kernel(s[i], t[j], sig) for i in range(6) for j in range(6)) / 36
+    )
+    linear = sum(
+        _kernel(s[2 * i], s[2 * i + 1], sig) + _kernel(t[2 * i], t[2 * i + 1], sig)
+        - _kernel(s[2 * i], t[2 * i + 1], sig) - _kernel(s[2 * i + 1], t[2 * i], sig)
+        for i in range(3)
+    ) / 3
+    assert float(mk_mmd(s, t, estimator="quadratic")) == pytest.approx(quadratic, rel=1e-5)
+    assert float(mk_mmd(s, t)) == pytest.approx(linear, rel=1e-5)
+    fixed = [OUTPUT_BANDWIDTH]
+    k = gaussian_kernels(torch.cat([s, t]), kernels=1, bandwidth=OUTPUT_BANDWIDTH)
+    assert float(k[0, 7]) == pytest.approx(_kernel(s[0], t[1], fixed), rel=1e-5)
+
+
+def test_mmd_is_near_zero_for_one_distribution_and_positive_for_shifted_ones() -> None:
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g)
+    shifted = torch.randn(400, 8, generator=g) + 1.5
+    for estimator in ("linear", "quadratic"):
+        same, apart = float(mk_mmd(a, b, estimator=estimator)), float(mk_mmd(a, shifted, estimator=estimator))
+        assert abs(same) < 0.1 and apart > 0.5, (estimator, same, apart)
+
+
+def test_mmd_has_gradients_and_ignores_an_odd_last_row() -> None:
+    s = torch.randn(5, 4, requires_grad=True)
+    t = torch.randn(5, 4) + 1
+    mk_mmd(s, t).backward()
+    assert s.grad is not None and torch.all(s.grad[4] == 0) and s.grad[:4].abs().sum() > 0
+
+
+def test_entropy_and_diversity_closed_forms() -> None:
+    uniform = torch.zeros(4, 3)
+    assert float(target_entropy(uniform)) == pytest.approx(math.log(3))
+    assert float(prediction_diversity(uniform)) == pytest.approx(math.log(3))
+    one_hot = torch.tensor([[50.0, 0, 0]] * 4)
+    assert float(target_entropy(one_hot)) == pytest.approx(0.0, abs=1e-6)
+    assert float(prediction_diversity(one_hot)) == pytest.approx(0.0, abs=1e-6)
+    # confident but spread predictions: zero entropy, maximal diversity
+    spread = torch.tensor([[50.0, 0, 0], [0, 50.0, 0], [0, 0, 50.0]])
+    assert float(prediction_diversity(spread)) == pytest.approx(math.log(3), abs=1e-6)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(20):
+        assert float(prediction_diversity(torch.randn(6, 3, generator=g) * 3)) <= math.log(3) + 1e-6
+
+
+def test_regulariser_is_zero_without_correction_and_positive_with_one() -> None:
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(12, 5, generator=g)
+    logits = torch.randn(12, 2, generator=g)
+    labels = torch.tensor([0, 1] * 6)
+    zero = correction_regulariser(features, features, logits, logits, labels, 2, torch.Generator().manual_seed(0))
+    moved = correction_regulariser(features, features + 3, logits, logits + torch.tensor([4.0, -4.0]), labels, 2,
+                                   torch.Generator().manual_seed(0))
+    assert float(moved) > 0.5 and float(moved) > float(zero)
+    lonely = correction_regulariser(features[:1], features[:1] + 3, logits[:1], logits[:1], labels[:1], 2)
+    assert float(lonely) == 0.0  # a class needs two images for an MMD
+
+
+def test_total_loss_weighs_each_term() -> None:
+    values = dict(cross_entropy=1.0, feature_mmd=2.0, output_mmd=3.0, regulariser=4.0, entropy=5.0, diversity=6.0)
+    terms = {k: torch.tensor(v) for k, v in values.items()}
+    weights = {"feature_mmd": 1.0, "output_mmd": 0.5, "regulariser": 0.25, "entropy": 0.1, "diversity": 0.2}
+    expected = 1 + 1.5 * (2 + 0.5 * 3 + 0.25 * 4) + 0.1 * 5 - 0.2 * 6
+    assert float(total_loss(terms, weights, alpha=1.5)) == pytest.approx(expected)
+
+
+def test_each_preset_switches_on_exactly_its_terms() -> None:
+    on = {}
+    for alignment in ALIGNMENTS:
+        cfg = with_preset(AdaptConfig(), alignment)
+        on[alignment] = {k for k, v in cfg.weights().items() if v}
+        assert cfg.domain_attention == cfg.correction == (alignment != "none")
+    assert on == {
+        "none": set(),
+        "dcan": {"feature_mmd", "output_mmd", "regulariser", "entropy"},
+        "ours": {"feature_mmd", "output_mmd", "entropy"},
+    }
+    assert with_preset(AdaptConfig(), "dcan").entropy == 0.1 and with_preset(AdaptConfig(), "dcan").alpha == 1.5
+    assert not with_preset(AdaptConfig(), "none").uses_target
+    diverse = with_preset(AdaptConfig(diversity=1.0), "ours")
+    assert diverse.label == "ours+div1" and diverse.weights()["diversity"] == 1.0
+
+
+def test_collapse_detection_and_label_free_selection() -> None:
+    assert collapsed_class({"No Finding": 96, "Pneumothorax": 4}) == "No Finding"
+    assert collapsed_class({"No Finding": 95, "Pneumothorax": 5}) is None
+    assert collapsed_class({"a": 0, "b": 0}) is None
+    keys = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation")
+    rows = [(1, 0.9, 0.5, 0.1), (2, 0.6, 0.8, 0.3), (3, 0.7, 0.8, 0.2)]
+    history = [dict(zip(keys, row, strict=True)) for row in rows]
+    chosen = select(history)
+    assert {k: v["step"] for k, v in chosen.items()} == {
+        "final": 3, "source_validation": 3, "information_maximisation": 2, "oracle": 1,
+    }

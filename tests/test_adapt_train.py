@@ -1,0 +1,172 @@
+"""``python -m adapt.train`` on phantoms: results, grids, resume, errors and two gloo processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from adapt import trainer as adapt_trainer
+from adapt.train import main
+from evaluate.model_file import load_classifier
+from plumbing.cli import run_cli
+from plumbing.training import latest_checkpoint, load_checkpoint
+from tests.launch import torchrun
+from tests.test_synthetic_store import write_store
+
+PHANTOMS = ["--source", "phantom", "--target", "phantom-nih", "--version", "3", "--setting", "0s",
+            "--backbone", "resnet18", "--init", "scratch", "--image-size", "32", "--batch-size", "8", "--lr", "0.003",
+            "--source-length", "64", "--target-length", "64", "--eval-length", "32", "--device", "cpu",
+            "--no-progress"]
+
+
+def _train(runs: Path, *args: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [*args, "--runs-dir", str(runs)])
+    assert exit_info.value.code == 0
+
+
+def _results(run: Path) -> dict[str, Any]:
+    return json.loads((run / "results.json").read_text())
+
+
+def _error(runs: Path, capsys: pytest.CaptureFixture[str], *args: str, command: Any = main) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(command, [*args, "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.slow
+def test_short_run_on_phantoms_beats_chance_and_fills_the_run_folder(tmp_path: Path) -> None:
+    _train(tmp_path, *PHANTOMS, "--target", "phantom", "--alignment", "ours", "--steps", "120", "--eval-every", "40",
+           "--batch-size", "16", "--source-length", "600", "--target-length", "400", "--eval-length", "200",
+           "--name", "a")
+    run = tmp_path / "a-ours-seed0"
+    results = _results(run)
+    assert results["balanced_accuracy"] > 0.35  # chance is 0.25 (four classes); measured 0.46-0.48
+    assert [h["step"] for h in results["history"]] == [40, 80, 120]
+    assert set(results["figures"]) == {"final", "source_validation", "information_maximisation", "oracle"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["adapt"]["alignment"] == "ours" and config["evaluation_data"]["name"] == "phantom"
+    model, info = load_classifier(run / "classifier.safetensors")
+    assert info.attention and info.correction and info.classes == tuple(results["classes"])
+
+
+def test_grid_runs_every_cell_and_skips_finished_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = [*PHANTOMS, "--alignment", "none,dcan", "--seeds", "0,1", "--steps", "2", "--name", "g"]
+    _train(tmp_path, *grid)
+    cells = sorted(p.name for p in tmp_path.iterdir())
+    assert cells == ["g-dcan-seed0", "g-dcan-seed1", "g-none-seed0", "g-none-seed1"]
+    before = {c: (tmp_path / c / "results.json").stat().st_mtime_ns for c in cells}
+    capsys.readouterr()
+    _train(tmp_path, *grid)
+    assert capsys.readouterr().err.count("finished; skipped") == 4
+    assert before == {c: (tmp_path / c / "results.json").stat().st_mtime_ns for c in cells}
+    none = _results(tmp_path / "g-none-seed0")
+    assert none["alignment"] == "none" and "feature_mmd" not in none["history"][0]
+
+
+def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*PHANTOMS, "--alignment", "dcan", "--steps", "6", "--eval-every", "2"]
+    _train(tmp_path / "full", *args)
+    attach = adapt_trainer.attach_training_handlers
+
+    def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
+        attach(engine, **kwargs)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_trainer, "attach_training_handlers", attach_then_interrupt)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, [*args, "--runs-dir", str(tmp_path / "split")])
+        assert exit_info.value.code == 130  # interrupted
+    name = "adapt-phantom-phantom-nih-dcan-seed0"
+    assert latest_checkpoint(tmp_path / "split" / name).name == "checkpoint_4.pt"
+    _train(tmp_path / "split", *args)
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / d / name)) for d in ("full", "split"))
+    assert a["run"]["iteration"] == b["run"]["iteration"] == 6
+    torch.testing.assert_close(b["model"], a["model"], rtol=0, atol=0)
+    ra, rb = _results(tmp_path / "full" / name), _results(tmp_path / "split" / name)
+    assert ra["history"] == rb["history"]
+    config = json.loads((tmp_path / "split" / name / "config.json").read_text())
+    assert len(config["resumed_with"]) == 1
+
+
+def test_a_cell_started_with_other_settings_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _train(tmp_path, *PHANTOMS, "--alignment", "none", "--steps", "2", "--eval-every", "1", "--name", "c")
+    (tmp_path / "c-none-seed0" / "results.json").unlink()  # as if interrupted after its checkpoints
+    err = _error(tmp_path, capsys, *PHANTOMS, "--alignment", "none", "--steps", "3", "--eval-every", "1", "--name", "c")
+    assert "started with other settings (steps)" in err
+
+
+def test_missing_data_root_and_class_mismatch_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CXR_CHEXPERT_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store.zarr"
+    write_store(store)  # v1-0s
+    err = _error(tmp_path / "runs", capsys, "--source", "synthetic", "--source-store", str(store), "--target",
+                 "chexpert", "--version", "1", "--setting", "0s", "--device", "cpu")
+    assert "chexpert: no data root given; pass --target-root or set CXR_CHEXPERT_ROOT" in err
+    err = _error(tmp_path / "runs", capsys, "--source", "synthetic", "--target", "chexpert", "--device", "cpu")
+    assert "no synthetic store at ./synthetic-v3-0s.zarr" in err and "python -m synth.generate" in err
+    err = _error(tmp_path / "runs", capsys, "--source", "synthetic", "--source-store", str(store), "--target",
+                 "phantom-nih", "--version", "3", "--setting", "0s", "--device", "cpu")
+    assert "holds task v1-0s" in err and "cannot serve task v3-0s" in err
+    err = _error(tmp_path / "runs", capsys, "--source", "phantom", "--target", "isic2019", "--device", "cpu")
+    assert "isic2019" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_a_grid_cell(tmp_path: Path) -> None:
+    args = [*PHANTOMS, "--alignment", "ours", "--steps", "3", "--eval-every", "3", "--runs-dir", str(tmp_path)]
+    torchrun("adapt.train", args)
+    results = _results(tmp_path / "adapt-phantom-phantom-nih-ours-seed0")
+    assert results["history"][0]["n"] == 32  # every evaluation image counted once over both ranks
+    assert (tmp_path / "adapt-phantom-phantom-nih-ours-seed0" / "classifier.safetensors").is_file()
+
+
+def _fake_run(runs: Path, name: str, alignment: str, seed: int, accuracy: float, collapsed: str | None) -> None:
+    figure = {"step": 10, "balanced_accuracy": accuracy, "source_validation_balanced_accuracy": 0.9,
+              "information_maximisation": 0.1, "collapsed": collapsed}
+    results = {"trained_by": "python -m adapt.train", "source": "synthetic", "target": "chexpert",
+               "alignment": alignment, "seed": seed,
+               "figures": {k: figure for k in ("final", "source_validation", "information_maximisation", "oracle")}}
+    (runs / name).mkdir(parents=True)
+    (runs / name / "results.json").write_text(json.dumps(results))
+
+
+def test_report_averages_seeds_flags_collapse_and_sorts_best_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapt.report import main as report
+
+    for seed, (none, dcan) in enumerate([(0.6, 0.5), (0.7, 0.5)]):
+        _fake_run(tmp_path, f"none{seed}", "none", seed, none, None)
+        _fake_run(tmp_path, f"dcan{seed}", "dcan", seed, dcan, "No Finding" if seed else None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_text(json.dumps({"trained_by": "python -m evaluate.finetune"}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(report, ["--runs-dir", str(tmp_path), "--format", "json"])
+    assert exit_info.value.code == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["alignment"] for r in rows] == ["none", "dcan"]
+    assert rows[0]["balanced_accuracy"] == pytest.approx(0.65) and rows[0]["std"] == pytest.approx(0.0707, abs=1e-4)
+    assert rows[1]["collapsed"] == 1 and rows[1]["seeds"] == [0, 1]
+    with pytest.raises(SystemExit):
+        run_cli(report, ["--runs-dir", str(tmp_path)])
+    assert "| chexpert | synthetic | dcan | 0.5000 +- 0.0000 | 0, 1 | yes (1/2) |" in capsys.readouterr().out
+    assert _error(tmp_path / "empty", capsys, command=report).startswith("python -m adapt.report: error: no finished")
