@@ -13,6 +13,7 @@ from torch import nn
 
 from evaluate.backbones import (
     BACKBONES,
+    ChannelAttention,
     Classifier,
     backbone_names,
     build_backbone,
@@ -306,3 +307,45 @@ def test_initialise_scratch_keeps_weights(tmp_path: Path) -> None:
         "init": "scratch", "file": None, "sha256": None, "trained_by": None, "training": None
     }  # fmt: skip
     assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+
+
+def test_channel_attention_sits_before_every_residual_addition_and_needs_residual_blocks() -> None:
+    backbone = build_backbone("resnet18", 1, attention=True)
+    blocks = [m for m in backbone.modules() if isinstance(m, torchvision.models.resnet.BasicBlock)]
+    assert len(blocks) == 8 and all(isinstance(b.bn2.attention, ChannelAttention) for b in blocks)
+    assert backbone(torch.randn(2, 1, 32, 32)).shape == (2, 512)
+    with pytest.raises(UserError, match="no residual blocks"):
+        build_backbone("tiny", 1, attention=True)
+
+
+def test_plain_weights_load_into_an_attention_backbone_and_not_the_other_way(tmp_path: Path) -> None:
+    plain = build_backbone("resnet18", 1)
+    save_model(tmp_path / "plain.safetensors", plain, image_size=32, training=TRAINING)
+    attended = build_backbone("resnet18", 1, attention=True)
+    before = attended.body.layer1[0].bn2.attention.fc1.weight.detach().clone()
+    load_backbone_weights(attended, tmp_path / "plain.safetensors")
+    torch.testing.assert_close(attended.body.layer1[0].bn2.norm.weight, plain.body.layer1[0].bn2.weight)
+    torch.testing.assert_close(attended.body.layer1[0].bn2.attention.fc1.weight, before)  # kept at init
+    save_model(tmp_path / "attended.safetensors", attended, image_size=32, training=TRAINING)
+    assert read_model_info(tmp_path / "attended.safetensors").attention
+    with pytest.raises(UserError, match="channel attention"):
+        load_backbone_weights(build_backbone("resnet18", 1), tmp_path / "attended.safetensors")
+
+
+def test_a_classifier_with_attention_and_corrections_round_trips(tmp_path: Path) -> None:
+    classifier = Classifier(build_backbone("resnet18", 1, attention=True), 3, correction=True).eval()
+    with torch.no_grad():
+        for p in classifier.output_correction.parameters():
+            p.normal_()
+    save_model(tmp_path / CLASSIFIER_FILE, classifier.backbone, image_size=32, training=TRAINING,
+               head=classifier.head, classes=["a", "b", "c"],
+               correction={"feature_correction": classifier.feature_correction,
+                           "output_correction": classifier.output_correction})
+    loaded, info = load_classifier(tmp_path / CLASSIFIER_FILE)
+    assert info.attention and info.correction
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        f = classifier.backbone(x)
+        f_hat = f + classifier.feature_correction(f)
+        z = classifier.head(f_hat)
+        torch.testing.assert_close(loaded(x), z + classifier.output_correction(z))

@@ -57,3 +57,20 @@ def test_block_loader_delivers_float_batches_on_the_gpu(tmp_path: Path) -> None:
     for batch in batches:
         assert batch["image"].is_cuda and batch["image"].dtype == torch.float32
         assert batch["image"].shape == (8, 1, 64, 64) and 0.0 <= float(batch["image"].min())
+
+
+def test_adaptation_steps_on_the_gpu_stay_finite_and_export(tmp_path: Path) -> None:
+    import json
+
+    from adapt.train import main
+
+    main([
+        "--source", "phantom", "--target", "phantom-nih", "--version", "3", "--setting", "0s", "--alignment", "dcan",
+        "--backbone", "resnet18", "--init", "scratch", "--image-size", "32", "--batch-size", "8", "--steps", "4",
+        "--eval-every", "2", "--source-length", "64", "--target-length", "64", "--eval-length", "32",
+        "--device", "cuda", "--amp", "auto", "--no-progress", "--runs-dir", str(tmp_path), "--name", "gpu",
+    ])
+    results = json.loads((tmp_path / "gpu-dcan-seed0" / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [2, 4]
+    assert all(np.isfinite(h["balanced_accuracy"]) for h in results["history"])
+    assert (tmp_path / "gpu-dcan-seed0" / "classifier.safetensors").is_file()
