@@ -32,7 +32,6 @@ from plumbing.distributed import distributed, process_device, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, record_config
-from plumbing.training import TrainingDiverged
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
@@ -217,15 +216,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         record = {k: v for k, v in record.items() if k != "init_provenance"}
         run.create()
         say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
-        try:
+        with run.discarded_on_failure(f"{cell.name}: "):
             record = record_config(run, record, command)
             trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
-        except TrainingDiverged as exc:
-            run.discard()
-            raise UserError(f"{cell.name}: {exc}") from None
-        except BaseException:
-            run.discard()
-            raise
         say(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
     return 0
 

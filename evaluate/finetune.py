@@ -31,7 +31,6 @@ from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
-from plumbing.training import TrainingDiverged
 
 from .backbones import backbone_names
 from .classifier_training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
@@ -151,19 +150,13 @@ def _finetune(
     workers = args.workers if args.workers is not None else default_workers(device)
     ctx = FitContext(data, device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     run.create()  # every check has passed
-    try:
+    with run.discarded_on_failure():  # a fresh start that wrote no checkpoint leaves no folder
         record = record_config(run, record, command_line(PROG, argv))
         if is_main_process():
             sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
             print(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
                   f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip(), file=sys.stderr)
         results = run_protocol(cfg, ctx, run, record)
-    except TrainingDiverged as exc:
-        run.discard()
-        raise UserError(str(exc)) from None
-    except BaseException:
-        run.discard()  # a fresh start that wrote no checkpoint leaves no folder
-        raise
     if is_main_process():
         summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
         print(json.dumps(summary), file=sys.stderr)

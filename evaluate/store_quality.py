@@ -46,7 +46,7 @@ from datasets.synthetic import SyntheticDataset
 from datasets.synthetic_store import SyntheticStore
 from plumbing.errors import UserError
 from plumbing.runs import open_run, record_config
-from plumbing.training import TrainingDiverged, checkpoints
+from plumbing.training import checkpoints
 
 from .backbones import Classifier
 from .classifier_training import RESULTS_FILE, FinetuneConfig, FitContext, run_protocol
@@ -229,16 +229,10 @@ def trained_classifier(
         record = {"finetune": finetune.to_dict(), "data_description": f"{train.description} ({len(train)} images)"}
     _log(env, f"{kind} classifier: training {cfg.backbone} on {len(train)} images -> {run_dir}")
     run.create()
-    try:
+    with run.discarded_on_failure(f"the {kind} classifier diverged: "):
         record = record_config(run, record, env.command)
         ctx = FitContext(data, env.device, env.amp, 0, env.progress, env.runs_dir)
         results = run_protocol(finetune, ctx, run, record)
-    except TrainingDiverged as exc:
-        run.discard()
-        raise UserError(f"the {kind} classifier diverged: {exc}") from None
-    except BaseException:
-        run.discard()
-        raise
     model, _ = load_classifier(run_dir / CLASSIFIER_FILE, env.device)
     return model, results, run_dir
 

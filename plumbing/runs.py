@@ -10,9 +10,10 @@ A trainer's command calls, in this order:
 2. the trainer's own checks (data set, options), then :meth:`RunFolder.create`.
 3. :func:`record_config` - writes ``config.json`` with the run's configuration,
    the exact command and, for a resumed run, every resume command.
-4. training; if it fails before its first checkpoint, :meth:`RunFolder.discard`
-   removes the folder a fresh start made, so nothing is left for a later
-   ``--resume`` to trip over.
+4. training inside :meth:`RunFolder.discarded_on_failure`: if it fails before
+   its first checkpoint, :meth:`RunFolder.discard` removes the folder a fresh
+   start made, so nothing is left for a later ``--resume`` to trip over, and a
+   diverged loss becomes one :class:`UserError` line.
 
 :func:`given_options` and :func:`refuse_changed_options` let a resumed run
 refuse options that contradict its checkpoint.
@@ -24,11 +25,12 @@ and reads the checkpoint; only rank 0 creates, records and discards the folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ from typing import Any
 from .distributed import is_main_process
 from .errors import UserError
 from .files import write_json_atomic
-from .training import checkpoints, load_checkpoint
+from .training import TrainingDiverged, checkpoints, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,19 @@ class RunFolder:
         """Remove the folder if this start created it and no checkpoint was written into it."""
         if self.created and not self.resumed and not checkpoints(self.path):
             shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def discarded_on_failure(self, what: str = "") -> Iterator[None]:
+        """Discard the folder (:meth:`discard`) when the block fails; a diverged loss is a :class:`UserError`
+        whose message starts with ``what``."""
+        try:
+            yield
+        except TrainingDiverged as exc:
+            self.discard()
+            raise UserError(f"{what}{exc}") from None
+        except BaseException:
+            self.discard()
+            raise
 
 
 def newest_readable_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
