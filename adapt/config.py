@@ -11,7 +11,8 @@ Presets (``--alignment``):
 * ``ours`` - ``dcan`` without the correction regulariser ("Our Alignment").
 
 ``--diversity W`` adds the entropy of the mean target prediction to any
-preset; its cells are labelled ``<preset>+div<W>``. The optimiser, learning
+preset; its cells are labelled ``<preset>+div<W>`` (and a weight given
+against a preset's, ``<preset>+<term><W>``). The optimiser, learning
 rate multipliers, schedule and batch composition default to the official
 ones (SGD, lr 1e-4, momentum 0.9, Nesterov, weight decay 1e-3;
 multipliers backbone 1, classifier 10, correction blocks 0.01;
@@ -23,7 +24,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
 
 ALIGNMENTS = ("none", "dcan", "ours")
@@ -93,8 +93,14 @@ class AdaptConfig:
 
     @property
     def label(self) -> str:
-        """The cell's name in grids and reports: the preset, with ``+div<W>`` when diversity is on."""
-        return self.alignment + (f"+div{self.diversity:g}" if self.diversity else "")
+        """The cell's name in grids and reports: the preset, then ``+div<W>`` when diversity is on and
+        ``+<term><W>`` for every weight that differs from the preset's (``+alpha<A>`` for another ``alpha``)."""
+        label = self.alignment + (f"+div{self.diversity:g}" if self.diversity else "")
+        preset = PRESET_WEIGHTS.get(self.alignment, {})
+        for key, value in preset.items():
+            if getattr(self, key) != value:
+                label += f"+{key}{getattr(self, key):g}"
+        return label + (f"+alpha{self.alpha:g}" if self.alpha != AdaptConfig.alpha else "")
 
     def weights(self) -> dict[str, float]:
         """The weight of every loss term but the cross-entropy (:data:`adapt.losses.TERMS`)."""
@@ -103,10 +109,6 @@ class AdaptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AdaptConfig:
-        return dataclass_from_dict(cls, data, "adaptation configuration", complete=True)
 
 
 def with_preset(cfg: AdaptConfig, alignment: str) -> AdaptConfig:

@@ -8,6 +8,8 @@
   split, or a seeded 10% of the source training split, patient-wise where
   the reader knows patients (:func:`evaluate.task_data.task_data`);
 * **target** (adaptation, labels never read): the ``train`` split of ``--target``;
+  a seeded slice of it (:data:`SELECTION_IMAGES`) also gives the label-free
+  selection score (:mod:`adapt.selection`);
 * **target evaluation** (reported, never used for a choice): the target's
   held-out split - the ``test`` seed stream of phantoms, CheXpert's official
   ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
@@ -21,17 +23,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
-from evaluate.task_data import DataChoice, StoreBatches, labels_of, task_classes, task_data, training_batches
-from plumbing.distributed import local_batch_size, rank, world_size
+from evaluate.task_data import DataChoice, labels_of, task_classes, task_data, training_batches
+from plumbing.distributed import rank, world_size
 from plumbing.errors import UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
+from plumbing.seeding import numpy_rng
 
 from .config import AdaptConfig
 
+SELECTION_IMAGES = 1000
+"""Unlabelled target training images whose predictions give the label-free selection score."""
 PHANTOM_LENGTHS = (2000, 500)
 """Training and evaluation images of a phantom source or target when no length is given."""
 
@@ -44,10 +49,12 @@ class AdaptData:
     source_validation: Dataset
     target: Dataset
     target_evaluation: Dataset
+    target_selection: Dataset
 
     def sizes(self) -> dict[str, int]:
         return {"source": len(self.source), "source_validation": len(self.source_validation),
-                "target": len(self.target), "target_evaluation": len(self.target_evaluation)}
+                "target": len(self.target), "target_evaluation": len(self.target_evaluation),
+                "target_selection": len(self.target_selection)}
 
 
 def _length(name: str, given: int | None, default: int) -> int | None:
@@ -89,7 +96,10 @@ def adapt_data(cfg: AdaptConfig) -> AdaptData:
     adaptation = target.build("train", cfg.image_size, False)
     if len(adaptation) < world_size():
         raise UserError(f"--target {target.name} has {len(adaptation)} training images; more are needed")
-    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, fitted.evaluation)
+    slice_rows = numpy_rng(cfg.seed, "selection").permutation(len(adaptation))[:SELECTION_IMAGES]
+    selection = Subset(adaptation, sorted(slice_rows.tolist()))
+    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, fitted.evaluation,
+                     selection)
 
 
 def source_batches(
@@ -107,7 +117,6 @@ def target_batches(
     data: AdaptData, batch_size: int, seed: int, start: int, workers: int, device: torch.device
 ) -> Iterable[dict[str, Any]]:
     """Endless shuffled target batches from iteration ``start`` (labels are never read)."""
-    local_batch_size(batch_size)
     sampler = ResumableBatchSampler(len(data.target), batch_size, seed + 1, start=start, rank=rank(),
                                     world_size=world_size())
     return _loader(data.target, sampler, workers, device)
@@ -117,7 +126,3 @@ def _loader(dataset: Dataset, sampler: Any, workers: int, device: torch.device) 
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=workers > 0)
 
-
-def resumable(batches: Iterable[dict[str, Any]]) -> StoreBatches | None:
-    """The store batch stream whose position a checkpoint must hold, or ``None`` (samplers resume from the step)."""
-    return batches if isinstance(batches, StoreBatches) else None

@@ -28,7 +28,6 @@ KERNELS = 5
 MULTIPLIER = 2.0
 OUTPUT_BANDWIDTH = 1.68
 """The fixed bandwidth of the one Gaussian kernel of the output-level MMD (official value)."""
-ESTIMATORS = ("linear", "quadratic")
 
 
 def gaussian_kernels(
@@ -39,10 +38,12 @@ def gaussian_kernels(
     ``sigma`` is ``bandwidth`` when given, else the mean squared distance of
     distinct pairs of rows divided by ``multiplier^floor(kernels / 2)`` (so the
     middle kernel has the mean distance), computed without gradient, as the
-    DAN/DCAN reference code does.
+    DAN/DCAN reference code does. Distances come from ``|a|^2 + |b|^2 - 2 a.b``
+    (memory ``[n, n]``, not ``[n, n, d]``).
     """
     z = joint.float().flatten(1)
-    squared = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
+    norms = z.pow(2).sum(dim=1)
+    squared = (norms[:, None] + norms[None, :] - 2 * z @ z.T).clamp(min=0)
     if bandwidth is None:
         n = z.shape[0]
         sigma = squared.detach().sum() / max(n * n - n, 1) / multiplier ** (kernels // 2)
@@ -54,35 +55,26 @@ def gaussian_kernels(
 
 def mk_mmd(
     source: torch.Tensor, target: torch.Tensor, *, kernels: int = KERNELS, multiplier: float = MULTIPLIER,
-    bandwidth: float | None = None, estimator: str = "linear",
+    bandwidth: float | None = None,
 ) -> torch.Tensor:
     """Multi-kernel maximum mean discrepancy between two samples ``[n, d]`` (:func:`gaussian_kernels`).
 
-    ``linear`` (DAN's linear-time estimator, the reference's choice), over
-    ``P = floor(n / 2)`` consecutive pairs ``(s_{2i}, s_{2i+1})``, ``(t_{2i}, t_{2i+1})``::
+    The linear-time estimator of the DAN/DCAN reference code, over the ``n``
+    cyclic pairs ``i, j = (i + 1) mod n``::
 
-        MMD = (1 / P) * sum_i [ k(s_2i, s_2i+1) + k(t_2i, t_2i+1) - k(s_2i, t_2i+1) - k(s_2i+1, t_2i) ]
+        MMD = (1 / n) * sum_i [ k(s_i, s_j) + k(t_i, t_j) - k(s_i, t_j) - k(s_j, t_i) ]
 
-    ``quadratic`` (the biased V-statistic over all pairs)::
-
-        MMD = mean_ij k(s_i, s_j) + mean_ij k(t_i, t_j) - 2 mean_ij k(s_i, t_j)
-
-    Both samples are cut to the smaller size ``n`` (the linear estimator to an even one); the bandwidth comes
-    from the joint sample of both.
+    (for ``n = 1``, ``j = i`` and the term is ``k(s, s) + k(t, t) - 2 k(s, t)``).
+    Both samples are cut to the smaller size ``n``; the bandwidth comes from
+    the joint sample of both.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, not {estimator!r}")
     n = min(len(source), len(target))
-    if estimator == "linear":
-        n -= n % 2
-    if n < 2:
+    if n < 1:
         return source.new_zeros(()).float()
     k = gaussian_kernels(torch.cat([source[:n], target[:n]]), kernels, multiplier, bandwidth)
-    if estimator == "quadratic":
-        return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
-    s1 = torch.arange(0, n, 2, device=k.device)
-    s2, t1, t2 = s1 + 1, s1 + n, s1 + n + 1
-    return (k[s1, s2] + k[t1, t2] - k[s1, t2] - k[s2, t1]).mean()
+    i = torch.arange(n, device=k.device)
+    j = (i + 1) % n
+    return (k[i, j] + k[i + n, j + n] - k[i, j + n] - k[j, i + n]).mean()
 
 
 def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -127,35 +119,33 @@ def correction_regulariser(
 ) -> torch.Tensor:
     """The feature-correction regulariser on source images (the term "Our Alignment" drops)::
 
-        R = (1 / C) * sum_{k in batch, n_k >= 2} [ MMD_K(f_s[y = k], f^_s[S_k])
-                                                   + MMD_1(p(h(f_s))[y = k], p(g^_s)[S_k]) ]
+        R = (1 / C) * sum_{k in batch} [ MMD_K(f_s[y = k], f^_s[S_k]) + MMD_1(h(f_s)[y = k], g^_s[S_k]) ]
 
     ``f^_s``, ``g^_s`` are the corrected features and logits of the source
-    images, and ``S_k`` a random subset of ``n_k`` source images (drawn with
-    ``generator``): the corrections must not move source images away from
-    their classes.
+    images, ``S_k`` a random subset of ``n_k`` source images (drawn with
+    ``generator``), and the output-level term compares logits with one kernel
+    of bandwidth 1.68, as the reference code does: the corrections must not
+    move source images away from their classes.
     """
-    probs, corrected_probs = F.softmax(logits.float(), dim=1), F.softmax(corrected_logits.float(), dim=1)
     total = features.new_zeros(()).float()
     device = labels.device
     for k in range(num_classes):
         members = torch.nonzero(labels == k).flatten()
-        if len(members) < 2:
+        if len(members) == 0:
             continue
         subset = torch.randperm(len(labels), generator=generator)[: len(members)].to(device)
         total = total + mk_mmd(features[members], corrected_features[subset])
-        total = total + mk_mmd(probs[members], corrected_probs[subset], kernels=1, bandwidth=OUTPUT_BANDWIDTH)
+        total = total + mk_mmd(logits[members].float(), corrected_logits[subset].float(), kernels=1,
+                               bandwidth=OUTPUT_BANDWIDTH)
     return total / num_classes
-
-
-TERMS = ("cross_entropy", "feature_mmd", "output_mmd", "regulariser", "entropy", "diversity")
 
 
 def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float], alpha: float) -> torch.Tensor:
     """``CE + alpha * (w_fm MMD_f + w_om MMD_o + w_reg R) + w_entropy H - w_diversity D`` (module docstring).
 
-    ``terms`` holds the computed terms by the names of :data:`TERMS` (a term
-    whose weight is 0 may be absent); ``weights`` their weights.
+    ``terms`` holds the computed terms (``cross_entropy``, ``feature_mmd``,
+    ``output_mmd``, ``regulariser``, ``entropy``, ``diversity``; a term whose
+    weight is 0 may be absent); ``weights`` their weights.
     """
     loss = terms["cross_entropy"].float()
     for name in ("feature_mmd", "output_mmd", "regulariser"):

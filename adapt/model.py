@@ -11,7 +11,10 @@ leading rows are source images; otherwise (evaluation, the ``none`` preset)
 every image goes through the target branch.
 
 Initialisation as the reference code: the classifier ``N(0, 0.01)``, bias 0;
-the correction blocks ``N(0, 0.005)``, bias 0.1. Batch norm frozen (eval
+the correction blocks ``N(0, 0.005)``, bias 0.1. The reference starts from a
+pretrained SE-ResNet; pretrained weights without attention (ImageNet, an SSL
+backbone) get attention modules that start as nearly the identity (second
+FC zero, bias :data:`IDENTITY_BIAS`) so the pretrained blocks keep working. Batch norm frozen (eval
 mode, affine parameters not trained) when the configuration says so.
 
 At evaluation the network is exactly an :class:`~evaluate.backbones.Classifier`
@@ -30,10 +33,14 @@ import torch
 from torch import nn
 
 from evaluate.backbones import ChannelAttention, Classifier, build_backbone, initialise
-from evaluate.model_file import save_model
+from evaluate.model_file import read_model_info, save_model
+from plumbing.distributed import mean_over_ranks
 from plumbing.seeding import derive_seed
 
 from .config import AdaptConfig
+
+IDENTITY_BIAS = 4.0
+"""Bias of the attention's second FC (weights zero) on pretrained blocks: sigmoid(4) = 0.98, nearly the identity."""
 
 
 class DomainChannelAttention(ChannelAttention):
@@ -90,6 +97,11 @@ def build_model(cfg: AdaptConfig, channels: int, num_classes: int, runs_dir: Pat
     torch.manual_seed(derive_seed(cfg.seed, "adapt model"))
     backbone = build_backbone(cfg.backbone, channels, attention=True)
     provenance = initialise(backbone, cfg.init, runs_dir)
+    if cfg.init != "scratch" and not (cfg.init != "imagenet" and read_model_info(Path(provenance["file"])).attention):
+        for module in backbone.modules():  # pretrained blocks without attention: start it as (nearly) the identity
+            if isinstance(module, ChannelAttention):
+                nn.init.zeros_(module.fc2.weight)
+                nn.init.constant_(module.fc2.bias, IDENTITY_BIAS)
     model = Classifier(backbone, num_classes, correction=cfg.correction)
     _normal(model.head, 0.01, 0.0)
     if cfg.correction:
@@ -126,6 +138,26 @@ def parameter_groups(model: Classifier, cfg: AdaptConfig) -> list[dict[str, Any]
         {"name": name, "params": [p for p in params if p.requires_grad], "lr": cfg.lr * mult, "lr_mult": mult}
         for name, params, mult in groups
     ]
+
+
+class SourceNetwork(nn.Module):
+    """``head(backbone(x))`` through the source attention branches: the network the source cross-entropy trains."""
+
+    def __init__(self, model: Classifier, domain_attention: bool) -> None:
+        super().__init__()
+        self.model, self.domain_attention = model, domain_attention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with source_rows(self.model, len(x) if self.domain_attention else 0):
+            return self.model.head(self.model.backbone(x))
+
+
+def average_batchnorm_statistics(model: nn.Module) -> None:
+    """Replace every batch norm's running mean and variance by their mean over ranks (nothing in one process)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.copy_(mean_over_ranks(module.running_mean))
+            module.running_var.copy_(mean_over_ranks(module.running_var))
 
 
 def evaluation_state(model: Classifier) -> dict[str, torch.Tensor]:

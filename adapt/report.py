@@ -1,7 +1,8 @@
 """``python -m adapt.report``: the adaptation runs as the seed's Tables 4-6 (Markdown, CSV or JSON).
 
-One row per (target, source, alignment) over every finished ``adapt.train``
-run in ``--runs-dir``: the balanced accuracy on the target evaluation set
+One row per (target, source, task, backbone, image size, steps, alignment)
+over every finished ``adapt.train`` run in ``--runs-dir`` (runs differing in
+anything else than the seed are never averaged together): the balanced accuracy on the target evaluation set
 as mean +- standard deviation over seeds (sample standard deviation; 0 for
 one seed), the seeds, and the collapse flag (how many seeds ended with one
 class taking over 95% of the target predictions). Rows are sorted by target,
@@ -30,7 +31,8 @@ from .selection import CRITERIA
 
 PROG = "python -m adapt.report"
 FORMATS = ("markdown", "csv", "json")
-COLUMNS = ("target", "source", "alignment", "balanced_accuracy", "std", "seeds", "collapsed")
+SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "alignment")
+COLUMNS = (*SETTINGS, "balanced_accuracy", "std", "seeds", "collapsed")
 
 
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
@@ -47,22 +49,22 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[str, Any]]:
-    """One row per (target, source, alignment): mean and std of ``figure`` over seeds, best first per target."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    """One row per setting (:data:`SETTINGS`): mean and std of ``figure`` over seeds, best first per target."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[(run["target"], run["source"], run["alignment"])].append(run)
+        groups[tuple(run.get(k) for k in SETTINGS)].append(run)
     rows = []
-    for (target, source, alignment), members in groups.items():
+    for key, members in groups.items():
         values = [m["figures"][figure]["balanced_accuracy"] for m in members]
         collapsed = sum(1 for m in members if m["figures"][figure]["collapsed"])
         rows.append({
-            "target": target, "source": source, "alignment": alignment,
+            **dict(zip(SETTINGS, key, strict=True)),
             "balanced_accuracy": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "seeds": sorted(m["seed"] for m in members),
             "collapsed": collapsed,
         })
-    return sorted(rows, key=lambda r: (r["target"], -r["balanced_accuracy"], r["source"], r["alignment"]))
+    return sorted(rows, key=lambda r: (r["target"], -r["balanced_accuracy"], str(r["source"]), r["alignment"]))
 
 
 def render(rows: Sequence[dict[str, Any]], fmt: str, figure: str) -> str:
@@ -77,11 +79,13 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, figure: str) -> str:
         return out.getvalue().rstrip("\n")
     lines = [f"Balanced accuracy on the target evaluation set ({figure.replace('_', ' ')} figure), "
              "mean +- std over seeds", "",
-             "| target | source | alignment | balanced accuracy | seeds | collapsed |", "|---|---|---|---|---|---|"]
+             "| target | source | task | backbone | px | steps | alignment | balanced accuracy | seeds | collapsed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         collapsed = f"yes ({r['collapsed']}/{len(r['seeds'])})" if r["collapsed"] else "no"
-        lines.append(f"| {r['target']} | {r['source']} | {r['alignment']} | {r['balanced_accuracy']:.4f} +- "
-                     f"{r['std']:.4f} | {', '.join(map(str, r['seeds']))} | {collapsed} |")
+        settings = " | ".join(str(r[k]) for k in SETTINGS)
+        lines.append(f"| {settings} | {r['balanced_accuracy']:.4f} +- {r['std']:.4f} | "
+                     f"{', '.join(map(str, r['seeds']))} | {collapsed} |")
     return "\n".join(lines)
 
 

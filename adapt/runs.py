@@ -15,6 +15,7 @@ evaluation form, readable by ``evaluate.attention``).
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from evaluate.model_file import CLASSIFIER_FILE
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.runs import RunFolder, check_run_name, open_run
+from plumbing.runs import CONFIG_FILE, RunFolder, check_run_name, open_run
 
 from .config import AdaptConfig
 from .data import AdaptData, choices
@@ -57,15 +58,27 @@ def cell_status(cell: Cell, runs_dir: Path) -> str:
     return "started" if any(folder.glob("checkpoint_*.pt")) else "new"
 
 
+def check_settings(cell: Cell, saved: dict[str, Any], path: Path) -> None:
+    """A cell found on disk must have the settings asked for (one :class:`UserError` line otherwise)."""
+    differ = sorted(k for k, v in cell.cfg.to_dict().items() if saved.get(k) != v)
+    if differ:
+        raise UserError(f"run {path} was started with other settings ({', '.join(differ)}); run it with "
+                        "its own settings or choose another --name")
+
+
+def recorded_settings(cell: Cell, runs_dir: Path) -> dict[str, Any]:
+    """The ``adapt`` configuration a cell's ``config.json`` records (empty when unreadable)."""
+    try:
+        return json.loads((cell.folder(runs_dir) / CONFIG_FILE).read_text()).get("adapt", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def open_cell(cell: Cell, runs_dir: Path) -> RunFolder:
     """The cell's run folder to start or resume; a checkpoint of other settings is one :class:`UserError`."""
     run = open_run(runs_dir, cell.name, resume=cell_status(cell, runs_dir) == "started")
     if run.checkpoint is not None:
-        saved = run.checkpoint["run"]["config"].get("adapt", {})
-        differ = sorted(k for k, v in cell.cfg.to_dict().items() if saved.get(k) != v)
-        if differ:
-            raise UserError(f"run {run.path} was started with other settings ({', '.join(differ)}); run it with "
-                            "its own settings or choose another --name")
+        check_settings(cell, run.checkpoint["run"]["config"].get("adapt", {}), run.path)
     return run
 
 
@@ -97,6 +110,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "task": None if cfg.version is None else f"v{cfg.version}-{cfg.setting}",
         "classes": list(data.classes),
         "backbone": cfg.backbone,
+        "image_size": cfg.image_size,
         "init": record.get("init_provenance", {}).get("init"),
         "steps": cfg.steps,
         "balanced_accuracy": final["balanced_accuracy"],

@@ -5,8 +5,9 @@ and :mod:`adapt.config`; the images :mod:`adapt.data`; model selection and
 collapse detection :mod:`adapt.selection`; run folders and grids
 :mod:`adapt.runs`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
 whole grid, one run folder per cell; the same command run again skips
-finished cells and resumes interrupted ones. Every option is checked and the
-data sets are opened before any folder is created.
+finished cells and resumes interrupted ones. Every option is checked, the
+data sets of every seed are opened and the cells already on disk are
+compared with the settings asked for before any folder is created.
 
 ``--source synthetic`` reads ``--source-store`` (else ``--source-root``,
 ``$CXR_SYNTHETIC_ROOT``, or the store ``python -m synth.generate --version V
@@ -28,7 +29,7 @@ from datasets.registry import names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from evaluate.backbones import BACKBONES, imagenet_weights_file
 from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, process_device, processes
+from plumbing.distributed import distributed, local_batch_size, process_device, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, record_config
@@ -36,7 +37,18 @@ from plumbing.runs import command_line, record_config
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
 from .model import build_model
-from .runs import Cell, cell_name, cell_status, evaluation_record, open_cell, say, summary_line, write_results
+from .runs import (
+    Cell,
+    cell_name,
+    cell_status,
+    check_settings,
+    evaluation_record,
+    open_cell,
+    recorded_settings,
+    say,
+    summary_line,
+    write_results,
+)
 from .trainer import Context, fit
 
 PROG = "python -m adapt.train"
@@ -146,6 +158,8 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
         (args.batch_size >= 2, "--batch-size must be at least 2 (the MMD estimator takes pairs)"),
         (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
         (0 < args.lr < float("inf"), "--lr must be a positive finite number"),
+        (0 <= args.momentum < 1 and 0 <= args.weight_decay < float("inf"),
+         "--momentum must lie in [0, 1) and --weight-decay be >= 0"),
         (args.diversity >= 0 and args.alpha >= 0, "--diversity and --alpha must be >= 0"),
         (all(getattr(args, k) is None or getattr(args, k) >= 0 for k in WEIGHT_OPTIONS), "loss weights must be >= 0"),
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
@@ -188,30 +202,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell], device: torch.device) -> int:
     first = cells[0].cfg
-    data = adapt_data(first)  # a missing root or a class mismatch stops here, before any folder exists
-    build_model(first, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
-    for cell in cells:  # and a cell started with other settings
-        if cell_status(cell, args.runs_dir) == "started":
+    # Every check before any folder exists: data roots and classes, the batch split, --init, cells on disk.
+    data = {seed: adapt_data(replace(first, seed=seed)) for seed in dict.fromkeys(c.cfg.seed for c in cells)}
+    local_batch_size(first.batch_size)
+    build_model(first, data[first.seed].channels, len(data[first.seed].classes), args.runs_dir)
+    for cell in cells:
+        status = cell_status(cell, args.runs_dir)
+        if status == "started":
             open_cell(cell, args.runs_dir)
+        elif status == "finished":
+            check_settings(cell, recorded_settings(cell, args.runs_dir), cell.folder(args.runs_dir))
     if args.init == "auto":
         say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
             f"at {imagenet_weights_file(first.backbone)})")
     amp = use_bf16_autocast(args.amp, device)
     workers = args.workers if args.workers is not None else default_workers(device)
     command = command_line(PROG, argv)
-    sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
-    say(f"{first.source} -> {first.target} [{', '.join(data.classes)}]; images: {sizes}; {len(cells)} cell(s); "
-        f"{device} {processes()}".rstrip())
+    sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
+    say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
+        f"{len(cells)} cell(s); {device} {processes()}".rstrip())
     for cell in cells:
-        status = cell_status(cell, args.runs_dir)
-        if status == "finished":
+        if cell_status(cell, args.runs_dir) == "finished":
             say(f"{cell.name}: finished; skipped")
             continue
         run = open_cell(cell, args.runs_dir)
-        cell_data = data if cell.cfg.seed == first.seed else adapt_data(cell.cfg)
+        cell_data = data[cell.cfg.seed]
         ctx = Context(cell_data, device, amp, workers, not args.no_progress, args.runs_dir)
+        cell_sizes = ", ".join(f"{k} {v}" for k, v in cell_data.sizes().items())
         record = ({"adapt": cell.cfg.to_dict(), "evaluation_data": evaluation_record(cell.cfg),
-                   "data_description": f"{cell.cfg.source} -> {cell.cfg.target} ({sizes})"}
+                   "data_description": f"{cell.cfg.source} -> {cell.cfg.target} ({cell_sizes})"}
                   if run.checkpoint is None else run.checkpoint["run"]["config"])
         record = {k: v for k, v in record.items() if k != "init_provenance"}
         run.create()

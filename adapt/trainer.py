@@ -14,9 +14,14 @@ estimator's pairs lying within a rank).
 :func:`fit` runs the steps in an Ignite engine with the shared handlers
 (NaN guard, checkpoints at every evaluation, progress bar, TensorBoard);
 each evaluation scores the target evaluation set (metrics of
-:mod:`evaluate.metrics` and the label-free score of
-:mod:`adapt.selection`) and the source validation set, and appends them to
-the checkpointed history.
+:mod:`evaluate.metrics`), the label-free score of :mod:`adapt.selection` on
+a fixed slice of the unlabelled target training images, and the source
+validation set through the source network (source attention branches,
+uncorrected head: what the cross-entropy trains), and appends them to the
+checkpointed history. Under several processes with trained batch norm each
+rank normalises with its own share of the batch (as DDP without synchronised
+batch norm) and the running statistics are averaged over ranks before every
+evaluation and checkpoint.
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ from ignite.engine import Engine, Events
 from evaluate.backbones import Classifier
 from evaluate.classifier_training import predict, score
 from evaluate.metrics import metrics_report
-from evaluate.task_data import evaluation_batches
-from plumbing.distributed import average_gradients, is_main_process, local_batch_size, mean_values_over_ranks
+from evaluate.task_data import StoreBatches, evaluation_batches
+from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import generator
 from plumbing.training import attach_training_handlers, restore
 
 from .config import AdaptConfig
-from .data import AdaptData, resumable, source_batches, target_batches
+from .data import AdaptData, source_batches, target_batches
 from .losses import (
     alignment_mmd,
     correction_regulariser,
@@ -50,7 +55,7 @@ from .losses import (
     target_entropy,
     total_loss,
 )
-from .model import build_model, parameter_groups, source_rows, train_mode
+from .model import SourceNetwork, average_batchnorm_statistics, build_model, parameter_groups, source_rows, train_mode
 from .selection import COLLAPSE_SHARE, PredictionSpread, collapsed_class
 
 
@@ -116,16 +121,16 @@ class DcanTrainer:
         fs = features[: len(xs)]
         zs = self.model.head(fs)
         terms = {"cross_entropy": source_cross_entropy(zs, ys)}
+        if weights["regulariser"]:  # source images alone
+            fs_hat, gs_hat = self.model.corrected(fs)
+            terms["regulariser"] = correction_regulariser(
+                fs, fs_hat, zs, gs_hat, ys, self.num_classes, generator(cfg.seed, "regulariser", step)
+            )
         if target is None:
             return terms
         ft_hat, gt_hat = self.model.corrected(features[len(xs):])
         if weights["feature_mmd"] or weights["output_mmd"]:
             terms["feature_mmd"], terms["output_mmd"] = alignment_mmd(fs, ft_hat, zs, gt_hat)
-        if weights["regulariser"]:
-            fs_hat, gs_hat = self.model.corrected(fs)
-            terms["regulariser"] = correction_regulariser(
-                fs, fs_hat, zs, gs_hat, ys, self.num_classes, generator(cfg.seed, "regulariser", step)
-            )
         if weights["entropy"]:
             terms["entropy"] = target_entropy(gt_hat)
         if weights["diversity"]:
@@ -147,22 +152,30 @@ class DcanTrainer:
 
     @torch.no_grad()
     def evaluate(self, data: AdaptData, batch_size: int, workers: int, step: int) -> dict[str, Any]:
-        """Target metrics, the label-free scores and the collapse flag at ``step`` (one history entry)."""
+        """Target metrics, the label-free scores and the collapse flag at ``step`` (one history entry).
+
+        Trained batch-norm statistics are first averaged over ranks, so every
+        rank scores (and checkpoints) the same network.
+        """
+        if not self.cfg.frozen_batchnorm:
+            average_batchnorm_statistics(self.model)
         self.model.eval()
-        spread = PredictionSpread(self.num_classes, device=self.device)
         batches = evaluation_batches(data.target_evaluation, batch_size, workers, self.device)
-        evaluator = predict(self.model, batches, self.device, self.amp, self.num_classes, {"spread": spread})
-        report = metrics_report(evaluator.state.metrics, data.classes)
-        source = score(self.model, data.source_validation, data.classes, batch_size=batch_size, workers=0,
-                       device=self.device, amp=self.amp)
-        collapsed = collapsed_class(report["predicted_histogram"])
+        report = metrics_report(predict(self.model, batches, self.device, self.amp, self.num_classes).state.metrics,
+                                data.classes)
+        spread = {"spread": PredictionSpread(self.num_classes, device=self.device)}
+        unlabelled = evaluation_batches(data.target_selection, batch_size, workers, self.device)
+        engine = predict(self.model, unlabelled, self.device, self.amp, self.num_classes, spread)
+        values = engine.state.metrics["spread"]
+        source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
+                       batch_size=batch_size, workers=0, device=self.device, amp=self.amp)
         return report | {
             "step": step,
             "source_validation_balanced_accuracy": source["balanced_accuracy"],
-            "information_maximisation": evaluator.state.metrics["spread"]["score"],
-            "prediction_entropy": evaluator.state.metrics["spread"]["entropy"],
-            "prediction_diversity": evaluator.state.metrics["spread"]["diversity"],
-            "collapsed": collapsed,
+            "information_maximisation": values["score"],
+            "prediction_entropy": values["entropy"],
+            "prediction_diversity": values["diversity"],
+            "collapsed": collapsed_class(report["predicted_histogram"]),
         }
 
 
@@ -182,13 +195,12 @@ def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
         provenance = trainer.state.config["init_provenance"]
         start = trainer.state.iteration
     trainer.state.config = dict(record) | {"init_provenance": provenance}
-    local_batch_size(cfg.batch_size)
     sources = source_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
     targets = None
     if cfg.uses_target:
         targets = target_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
     to_save = trainer.objects()
-    store = resumable(sources)
+    store = sources if isinstance(sources, StoreBatches) else None
     if store is not None:
         to_save["batches"] = store
         if checkpoint is not None:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from plumbing.cli import make_parser, run_cli
+from plumbing.errors import UserError
 
 PROG = "python -m bench.adapt_phantom"
 
@@ -50,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: list[str]) -> None:
     print("$ python -m " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", *args], check=True)
+    done = subprocess.run([sys.executable, "-m", *args])
+    if done.returncode:
+        raise UserError(f"python -m {args[0]} stopped with exit code {done.returncode} (its message is above)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,3 +86,18 @@ def test_exported_classifier_is_the_evaluation_network(tmp_path: Path) -> None:
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_attention_on_pretrained_blocks_starts_as_nearly_the_identity(tmp_path: Path) -> None:
+    from evaluate.backbones import build_backbone
+    from evaluate.model_file import save_model
+
+    save_model(tmp_path / "b.safetensors", build_backbone("resnet18", 1), image_size=32, training={"trained_by": "t"})
+    cfg = with_preset(AdaptConfig(backbone="resnet18", init=str(tmp_path / "b.safetensors")), "dcan")
+    model, provenance = build_model(cfg, 1, 2, tmp_path)
+    assert provenance["file"] == str(tmp_path / "b.safetensors")
+    x = torch.randn(2, 64, 4, 4)
+    module = model.backbone.body.layer1[0].bn2.attention
+    with torch.no_grad():
+        ratio = module(x) / x
+    assert float(ratio.min()) > 0.97 and float(ratio.max()) < 0.99

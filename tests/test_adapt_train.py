@@ -142,7 +142,8 @@ def _fake_run(runs: Path, name: str, alignment: str, seed: int, accuracy: float,
     figure = {"step": 10, "balanced_accuracy": accuracy, "source_validation_balanced_accuracy": 0.9,
               "information_maximisation": 0.1, "collapsed": collapsed}
     results = {"trained_by": "python -m adapt.train", "source": "synthetic", "target": "chexpert",
-               "alignment": alignment, "seed": seed,
+               "alignment": alignment, "seed": seed, "task": "v1-0s", "backbone": "resnet50", "image_size": 224,
+               "steps": 10,
                "figures": {k: figure for k in ("final", "source_validation", "information_maximisation", "oracle")}}
     (runs / name).mkdir(parents=True)
     (runs / name / "results.json").write_text(json.dumps(results))
@@ -168,5 +169,22 @@ def test_report_averages_seeds_flags_collapse_and_sorts_best_first(
     assert rows[1]["collapsed"] == 1 and rows[1]["seeds"] == [0, 1]
     with pytest.raises(SystemExit):
         run_cli(report, ["--runs-dir", str(tmp_path)])
-    assert "| chexpert | synthetic | dcan | 0.5000 +- 0.0000 | 0, 1 | yes (1/2) |" in capsys.readouterr().out
+    row = "| chexpert | synthetic | v1-0s | resnet50 | 224 | 10 | dcan | 0.5000 +- 0.0000 | 0, 1 | yes (1/2) |"
+    assert row in capsys.readouterr().out
     assert _error(tmp_path / "empty", capsys, command=report).startswith("python -m adapt.report: error: no finished")
+
+
+def test_weights_given_against_a_preset_name_the_cell_and_a_source_only_regulariser_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*PHANTOMS, "--alignment", "dcan", "--feature-mmd", "0", "--output-mmd", "0", "--entropy", "0",
+            "--steps", "2", "--name", "w"]
+    _train(tmp_path, *args)
+    run = tmp_path / "w-dcan+feature_mmd0+output_mmd0+entropy0-seed0"
+    history = _results(run)["history"]
+    assert len(history) == 1
+    state = load_checkpoint(latest_checkpoint(run))
+    assert state["run"]["iteration"] == 2
+    err = _error(tmp_path, capsys, *PHANTOMS, "--alignment", "dcan", "--feature-mmd", "0", "--output-mmd", "0",
+                 "--entropy", "0", "--steps", "3", "--name", "w")
+    assert "started with other settings (steps)" in err  # a finished cell is compared too
