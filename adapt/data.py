@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
-from evaluate.task_data import DataChoice, labels_of, task_classes, task_data, training_batches
+from evaluate.task_data import PHANTOM_LENGTHS, DataChoice, labels_of, task_classes, task_data, training_batches
 from plumbing.distributed import rank, world_size
 from plumbing.errors import UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
@@ -37,8 +37,6 @@ from .config import AdaptConfig
 
 SELECTION_IMAGES = 1000
 """Unlabelled target training images whose predictions give the label-free selection score."""
-PHANTOM_LENGTHS = (2000, 500)
-"""Training and evaluation images of a phantom source or target when no length is given."""
 
 
 @dataclass

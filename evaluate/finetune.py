@@ -34,12 +34,10 @@ from plumbing.runs import command_line, given_options, open_run, record_config, 
 
 from .backbones import backbone_names
 from .classifier_training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
-from .task_data import task_data
+from .task_data import PHANTOM_LENGTHS, task_data
 
 PROG = "python -m evaluate.finetune"
 DEFAULTS = FinetuneConfig()
-PHANTOM_LENGTHS = (2000, 500)
-"""Training and evaluation images of a phantom task when --length / --eval-length are not given."""
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 
 

@@ -46,6 +46,8 @@ from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import numpy_rng
 
 VALIDATION_FRACTION = 0.1
+PHANTOM_LENGTHS = (2000, 500)
+"""Training and evaluation images of a phantom data set when a command is given no length."""
 EVAL_SPLIT = {"phantom": "test", "phantom-nih": "test", "synthetic": "val"}
 """The held-out split per data set (others: ``valid``)."""
 
