@@ -111,7 +111,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "classes": list(data.classes),
         "backbone": cfg.backbone,
         "image_size": cfg.image_size,
-        "init": record.get("init_provenance", {}).get("init"),
+        "init": record.get("init_provenance"),
         "steps": cfg.steps,
         "balanced_accuracy": final["balanced_accuracy"],
         "recall": final["recall"],
