@@ -1,0 +1,130 @@
+"""MoCo v2 (Chen et al. 2020): contrast two views of an image against a queue of earlier keys.
+
+Two views of every image (random resized crop of scale ``crop_scale``,
+intensity jitter with probability ``jitter_p``, grayscale for RGB with
+probability ``grayscale_p``, Gaussian blur with probability ``blur_p``, a
+mirror for RGB only). The query ``q`` is the L2-normalised output of the
+backbone and the MLP head ``D -> D -> ReLU -> feature_dim``; the key ``k`` that of
+a *key encoder*, a copy of both that is not trained by gradients but follows
+them by ``theta_k <- m theta_k + (1 - m) theta_q`` (``m`` = ``momentum``)
+before each step. The loss is :func:`ssl.losses.info_nce` of ``q``, ``k`` and
+the queue; then the keys of the global batch replace the oldest queue entries.
+
+The queue holds ``min(queue_length, N_b)`` keys, ``N_b`` the training images
+rounded down to whole global batches (at least one batch): a queue longer
+than the data set would hold stale keys of the very image being contrasted.
+
+Several processes: the keys of all ranks enter every rank's queue (gathered,
+so the queues stay identical) and the key encoder sees the global batch
+*shuffled* across the ranks (rank 0 draws the permutation), so that its batch
+normalisation statistics do not mix a query with its own key - MoCo's
+shuffled BatchNorm. In one process the batch is one batch-norm group and the
+shuffle changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import ignite.distributed as idist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evaluate.backbones import Backbone
+
+from ..losses import info_nce
+from ..views import gaussian_blur, intensity_jitter, random_grayscale, resized_crops
+from .base import PretextTask, TaskContext
+
+
+@dataclass(frozen=True)
+class MocoSettings:
+    queue_length: int = 65536
+    feature_dim: int = 128
+    momentum: float = 0.999
+    temperature: float = 0.2
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    jitter_p: float = 0.8
+    jitter_amount: float = 0.4
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+
+
+def queue_size(settings: MocoSettings, context: TaskContext) -> int:
+    """Keys in the queue: ``min(queue_length, N rounded down to whole global batches)``, at least one batch."""
+    batch = context.batch_size
+    whole = max(batch, context.num_images // batch * batch)
+    return max(batch, min(settings.queue_length // batch * batch, whole))
+
+
+def mlp_head(width: int, out: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(width, width), relu=nn.ReLU(), fc2=nn.Linear(width, out)))
+
+
+class Moco(PretextTask):
+    name = "moco"
+
+    def __init__(self, backbone: Backbone, settings: MocoSettings, context: TaskContext) -> None:
+        super().__init__(backbone, settings, context)
+        self.head = mlp_head(backbone.feature_dim, settings.feature_dim)
+        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
+        queue = F.normalize(torch.randn(queue_size(settings, context), settings.feature_dim), dim=1)
+        self.register_buffer("queue", queue)
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.settings
+        x = resized_crops(images, self.context.image_size, s.crop_scale, generator, flip=True)
+        x = intensity_jitter(x, s.jitter_p, s.jitter_amount, generator)
+        x = random_grayscale(x, s.grayscale_p, generator)
+        return gaussian_blur(x, s.blur_p, generator)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """``theta_k <- m theta_k + (1 - m) theta_q`` for the backbone's and the head's parameters."""
+        m = self.settings.momentum
+        for online, key in ((self.backbone, self.key_backbone), (self.head, self.key_head)):
+            for p_q, p_k in zip(online.parameters(), key.parameters(), strict=True):
+                p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+    @torch.no_grad()
+    def keys(self, views: torch.Tensor) -> torch.Tensor:
+        """Normalised keys of ``views``, the global batch shuffled over the processes for the key encoder."""
+        world = idist.get_world_size()
+        if world == 1:
+            return F.normalize(self.key_head(self.key_backbone(views)).float(), dim=1)
+        everything = idist.all_gather(views)
+        order = idist.broadcast(torch.randperm(everything.shape[0], device=views.device), src=0)
+        mine = order.view(world, -1)[idist.get_rank()]
+        keys = F.normalize(self.key_head(self.key_backbone(everything[mine])).float(), dim=1)
+        gathered = idist.all_gather(keys)
+        restored = torch.empty_like(gathered)
+        restored[order] = gathered
+        return restored.view(world, -1, keys.shape[1])[idist.get_rank()]
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """The keys of the global batch replace the oldest entries of the queue."""
+        keys = idist.all_gather(keys) if idist.get_world_size() > 1 else keys
+        start, n = int(self.pointer), keys.shape[0]
+        rows = torch.arange(start, start + n, device=keys.device) % self.queue.shape[0]
+        self.queue[rows] = keys.to(self.queue.dtype)
+        self.pointer.fill_((start + n) % self.queue.shape[0])
+
+    def loss(
+        self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        query_views, key_views = self.views(images, generator), self.views(images, generator)
+        self.momentum_update()
+        query = F.normalize(self.head(self.backbone(query_views)).float(), dim=1)
+        key = self.keys(key_views)
+        loss = info_nce(query, key, self.queue.clone(), self.settings.temperature)
+        self.enqueue(key)
+        return loss, {"loss": float(loss.detach())}
