@@ -8,7 +8,8 @@ run. :func:`select_lr` runs the trials through a callback, records every
 score and returns the choice. A trial whose score is not finite (the loss
 diverged) counts as the worst; when every trial diverged there is no choice,
 which is a :class:`UserError`. Ties go to the earlier learning rate of the
-grid.
+grid. A grid of one learning rate has nothing to compare: it is chosen
+without a trial.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def select_lr(
     """
     if not grid:
         raise UserError("the learning-rate grid is empty")
+    if len(grid) == 1:
+        return LrChoice(float(grid[0]), (), "the grid's only value", maximise)
     trials: list[Trial] = []
     for lr in grid:
         done = Trial(float(lr), float(trial(float(lr))))

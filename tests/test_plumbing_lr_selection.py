@@ -37,3 +37,11 @@ def test_bad_grids_are_one_line(text: str) -> None:
 
 def test_grid_parses() -> None:
     assert parse_lr_grid("1e-4, 3e-4,1e-3") == (1e-4, 3e-4, 1e-3)
+
+
+def test_a_grid_of_one_rate_is_chosen_without_a_trial() -> None:
+    def trial(lr: float) -> float:
+        raise AssertionError("no trial for a grid of one")
+
+    choice = select_lr([3e-4], trial, criterion="loss", maximise=False)
+    assert choice.lr == 3e-4 and choice.trials == ()
