@@ -1,0 +1,306 @@
+"""``python -m ssl.curriculum run | runs``: curricular self-supervised pre-training and its runs table.
+
+``run`` trains the pretext tasks of ``--tasks`` one after another on the
+unlabelled images of ``--data`` (each step from the previous step's
+backbone, its learning rate chosen by short trials), then the downstream
+protocol of :mod:`evaluate.finetune` on ``--downstream``, and records a run
+folder (:mod:`ssl.runs`). Finished steps are shared between runs through
+their keys (:mod:`ssl.steps`), so orderings with a common prefix train it
+once. ``--orderings all`` runs every ordering of 1 to ``--max-length`` of the
+tasks, ``curriculum`` the single tasks and then the orderings the runs table
+labels Curriculum; the single-task runs of the tasks are recorded too
+(their accuracies label the orderings). Several seeds with ``--seeds``.
+Running the same command again skips finished runs and resumes an
+interrupted one.
+
+``runs`` prints the runs table (:mod:`ssl.table`); ``--plan`` the proposed
+orderings instead.
+
+Several processes: ``torchrun --standalone --nproc_per_node N -m ssl.curriculum run ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from collections.abc import Sequence
+
+from datasets.registry import get_spec, names
+from evaluate.backbones import backbone_names
+from evaluate.classifier_training import MODES, FinetuneConfig
+from evaluate.model_file import BACKBONE_FILE
+from evaluate.task_data import PHANTOM_LENGTHS
+from plumbing.cli import (
+    DefaultsHelpFormatter,
+    add_device_arg,
+    add_runs_dir_arg,
+    default_workers,
+    make_parser,
+    resolve_device,
+    run_cli,
+)
+from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device
+from plumbing.errors import UserError
+from plumbing.lr_selection import parse_lr_grid
+from plumbing.precision import add_amp_arg, use_bf16_autocast
+from plumbing.runs import command_line
+
+from .config import CurriculumConfig
+from .data import parse_data, unlabelled_images
+from .runs import Machine, run_curriculum, run_name
+from .table import plan, read_runs, render, table
+from .tasks import task_names, task_settings
+
+PROG = "python -m ssl.curriculum"
+NONE = "none"
+ORDERINGS = ("given", "all", "curriculum")
+FORMATS = ("markdown", "csv", "json")
+STEP_LR_GRID = "0.01,0.03,0.1"
+DOWNSTREAM = FinetuneConfig()
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train curricula and their downstream classifiers",
+                       description="Train the pretext tasks in order, then the downstream classifier; record a run.",
+                       formatter_class=DefaultsHelpFormatter)
+    tasks = p.add_argument_group("curriculum")
+    tasks.add_argument("--tasks", required=True,
+                       help=f"comma-separated pretext tasks in order ({', '.join(task_names())}), or {NONE} "
+                            "(the downstream training alone: the scratch or ImageNet baseline)")
+    tasks.add_argument("--orderings", choices=ORDERINGS, default="given",
+                       help="given: the ordering of --tasks; all: every ordering of 1 to --max-length of them; "
+                            "curriculum: the single tasks, then the orderings labelled Curriculum by their results")
+    tasks.add_argument("--max-length", type=int, default=None, help="longest ordering (default: all the tasks)")
+    tasks.add_argument("--no-singles", action="store_true",
+                       help="do not record the single-task runs of the tasks (their accuracies label orderings)")
+    tasks.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
+                       help="a task setting, e.g. moco.queue_length=4096 (repeatable)")
+    tasks.add_argument("--init", choices=("scratch", "imagenet"), default="scratch",
+                       help="the backbone the first step starts from (imagenet: torchvision's weights on disk)")
+    data = p.add_argument_group("unlabelled images")
+    data.add_argument("--data", default="phantom",
+                      help=f"NAME or NAME=ROOT, comma-separated ({', '.join(names())}); labels are not used")
+    data.add_argument("--max-images", type=int, default=None, help="at most this many images (a seeded subset)")
+    data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
+    model = p.add_argument_group("backbone and pretext steps")
+    model.add_argument("--backbone", choices=backbone_names(), default="resnet50", help="backbone architecture")
+    model.add_argument("--image-size", type=int, default=224, help="square input size in pixels")
+    model.add_argument("--epochs", type=int, default=20, help="epochs of every step (and downstream, unless given)")
+    model.add_argument("--batch-size", type=int, default=64, help="global minibatch size")
+    model.add_argument("--lr", type=float, default=None, help="SGD learning rate of every step (none: chosen)")
+    model.add_argument("--lr-grid", default=STEP_LR_GRID,
+                       help="learning rates tried per step, each for --lr-trial-epochs; the lowest loss wins")
+    model.add_argument("--lr-trial-epochs", type=int, default=1, help="epochs of each learning-rate trial")
+    model.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    add_amp_arg(model)
+    down = p.add_argument_group("downstream")
+    down.add_argument("--downstream", default="phantom", help=f"labelled data set ({', '.join(names())})")
+    down.add_argument("--downstream-root", default=None, help="its root (else its environment variable)")
+    down.add_argument("--version", type=int, default=DOWNSTREAM.version, help="label-task version")
+    down.add_argument("--setting", default=DOWNSTREAM.setting, help="label-task setting, 0s or Xs")
+    down.add_argument("--length", type=int, default=None,
+                      help=f"downstream training images (phantoms: {PHANTOM_LENGTHS[0]} when not given)")
+    down.add_argument("--eval-length", type=int, default=None,
+                      help=f"downstream evaluation images (phantoms: {PHANTOM_LENGTHS[1]} when not given)")
+    down.add_argument("--mode", choices=MODES, default=DOWNSTREAM.mode, help="fine-tune or linear probe")
+    down.add_argument("--downstream-epochs", type=int, default=None, help="epochs (none given: --epochs)")
+    down.add_argument("--downstream-lr-grid", default=",".join(f"{v:g}" for v in DOWNSTREAM.lr_grid),
+                      help="AdamW learning rates tried; the best validation balanced accuracy wins")
+    run = p.add_argument_group("runs")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds, one run per ordering and seed")
+    run.add_argument("--prefix", default="ssl", help="run folder names: PREFIX-DOWNSTREAM-ORDERING-seedS")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_runs_dir_arg(p)
+    add_device_arg(p)
+
+
+def _add_runs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="print the runs table (or --plan)",
+                       description="The curriculum runs per downstream task, best first; or the proposed orderings.",
+                       formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
+    p.add_argument("--plan", action="store_true", help="propose orderings from the single-task results instead")
+    p.add_argument("--tasks", default=None, help="tasks of the plan (default: those with single-task runs)")
+    p.add_argument("--max-length", type=int, default=2, help="longest ordering of the plan")
+    add_runs_dir_arg(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser(PROG, "Curricular self-supervised pre-training: run curricula, print their table.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,runs}")
+    _add_run_parser(sub)
+    _add_runs_parser(sub)
+    return parser
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--seeds {text!r} must be comma-separated integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r} must name at least one seed, each once")
+    return seeds
+
+
+def _overrides(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``--set moco.queue_length=4096`` as ``{"moco": {"queue_length": "4096"}}``, checked against the tasks."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not dot or not eq or not key:
+            raise UserError(f"--set {item!r} must read TASK.KEY=VALUE, e.g. moco.queue_length=4096")
+        if name not in tasks:
+            raise UserError(f"--set {item!r}: {name} is not one of --tasks ({', '.join(tasks)})")
+        out.setdefault(name, {})[key] = value
+    for name, values in out.items():
+        task_settings(name, values)  # an unknown key or a value of the wrong type stops here
+    return out
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    if tasks == (NONE,):
+        return ()
+    for t in tasks:
+        if t not in task_names():
+            raise UserError(f"--tasks: unknown pretext task {t!r}; known tasks: {', '.join(task_names())}, or {NONE}")
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise UserError(f"--tasks {text!r} must name each task once (or be {NONE})")
+    return tasks
+
+
+def orderings(tasks: tuple[str, ...], how: str, max_length: int, singles: bool,
+              labels: dict[tuple[str, ...], str] | None = None) -> list[tuple[str, ...]]:
+    """The orderings to run, shortest first (prefixes train before the orderings that reuse them)."""
+    if how == "given":
+        wanted = [(t,) for t in tasks] if singles and len(tasks) > 1 else []
+        return wanted + [tasks]
+    chosen = [o for n in range(1, max_length + 1) for o in itertools.permutations(tasks, n)]
+    if how == "curriculum":
+        chosen = [o for o in chosen if len(o) == 1 or (labels or {}).get(o) == "C"]
+    return chosen
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    checks = [
+        (args.epochs >= 1 and args.lr_trial_epochs >= 1, "--epochs and --lr-trial-epochs must be at least 1"),
+        (args.downstream_epochs is None or args.downstream_epochs >= 1, "--downstream-epochs must be at least 1"),
+        (args.batch_size >= 2, "--batch-size must be at least 2"),
+        (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
+        (args.lr is None or 0 < args.lr < float("inf"), "--lr must be a positive finite number"),
+        (args.weight_decay >= 0 and 0 <= args.momentum < 1, "--weight-decay must be >= 0, --momentum in [0, 1)"),
+        (args.max_images is None or args.max_images >= args.batch_size,
+         "--max-images must be at least one batch (--batch-size)"),
+        ((args.workers or 0) >= 0, "--workers must be >= 0"),
+        (args.max_length is None or args.max_length >= 1, "--max-length must be at least 1"),
+        (args.downstream in names(),
+         f"--downstream: unknown data set {args.downstream!r}; "
+         f"known: {', '.join(names())}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[str, ...]]:
+    """The orderings of ``run``; for ``--orderings curriculum`` the singles, then (later) the labelled ones."""
+    tasks = _tasks(args.tasks)
+    if not tasks:
+        return [()]
+    max_length = args.max_length or max(1, len(tasks))
+    if args.orderings != "curriculum":
+        return orderings(tasks, args.orderings, max_length, not args.no_singles)
+    if singles_only:
+        return [(t,) for t in tasks]
+    found = plan(read_runs(args.runs_dir), tasks, max_length)
+    return orderings(tasks, "curriculum", max_length, True, {tuple(o.split(",")): label for o, label in found})
+
+
+def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tuple[str, CurriculumConfig]]:
+    """The run name and configuration of every ordering of ``wanted`` and seed, every option checked first."""
+    _check_run_options(args)
+    tasks = _tasks(args.tasks)
+    overrides = _overrides(args.set, tasks)
+    data = tuple(s.describe() for s in parse_data(args.data))
+    findings = get_spec(args.downstream).schema is not None
+    phantom = args.downstream.startswith("phantom")
+    base = dict(overrides=overrides, data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
+                image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
+                weight_decay=args.weight_decay, momentum=args.momentum)
+    configs = []
+    for seed in _seeds(args.seeds):
+        for order in wanted:
+            downstream = FinetuneConfig(
+                data=args.downstream, data_root=args.downstream_root, version=args.version if findings else None,
+                setting=args.setting if findings else None,
+                length=args.length if args.length is not None or not phantom else PHANTOM_LENGTHS[0],
+                eval_data=args.downstream,
+                eval_length=args.eval_length if args.eval_length is not None or not phantom else PHANTOM_LENGTHS[1],
+                backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
+                epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
+                lr_grid=parse_lr_grid(args.downstream_lr_grid), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
+            )
+            cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, **base)
+            name = run_name(cfg, args.prefix)
+            start = str(args.runs_dir / name / BACKBONE_FILE)  # the run's own backbone file
+            configs.append((name, dataclasses.replace(cfg, downstream=dataclasses.replace(downstream, init=start))))
+    return configs
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
+    curriculum = args.orderings == "curriculum"
+    configs = _configs(args, _wanted(args, singles_only=curriculum))
+    device = resolve_device(args.device)
+    command = command_line(PROG, argv)
+    with distributed(device):
+        local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
+        here = process_device(device)
+        workers = args.workers if args.workers is not None else default_workers(here)
+        machine = Machine(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
+        first = configs[0][1]
+        images, channels = unlabelled_images(
+            tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
+        )
+        if is_main_process():
+            print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
+                  f"downstream {first.downstream.data}; {here}", file=sys.stderr)
+        for name, cfg in configs:
+            run_curriculum(cfg, name, images, channels, machine, command)
+        if curriculum:  # run_curriculum ends at a barrier: every process reads the singles' results
+            done = {name for name, _ in configs}
+            for name, cfg in _configs(args, _wanted(args)):
+                if name not in done:
+                    run_curriculum(cfg, name, images, channels, machine, command)
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    runs = read_runs(args.runs_dir)
+    if not runs:
+        raise UserError(f"no finished curriculum run in {args.runs_dir}; run some with {PROG} run")
+    if args.plan:
+        tasks = _tasks(args.tasks) if args.tasks else tuple(sorted(
+            {r["tasks"][0] for r in runs if len(r["tasks"]) == 1 and r["init"] == "scratch"}))
+        if len(tasks) < 2:
+            raise UserError("--plan needs at least two tasks with single-task runs (or --tasks)")
+        for ordering, label in plan(runs, tasks, args.max_length):
+            print(f"{label}\t{ordering}")
+        return 0
+    print(render(table(runs), args.format))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _run(args, argv) if args.command == "run" else _runs(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

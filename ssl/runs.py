@@ -1,0 +1,192 @@
+"""A curriculum run: its steps (trained or reused), its final backbone, the downstream protocol and AIL.
+
+A run folder ``<runs>/<prefix>-<downstream>-<ordering>-seed<s>/`` holds
+``config.json`` (the :class:`ssl.config.CurriculumConfig` and every command
+that ran it), ``backbone.safetensors`` (the backbone the downstream training
+starts from: the last step's, or the scratch / ImageNet initialisation of a
+baseline; ``adapt.train --init ssl:RUN`` reads it), ``downstream/`` (an
+``evaluate.finetune`` run folder: its checkpoints, the chosen learning rate
+with every trial, ``classifier.safetensors``, ``results.json`` and, where the
+evaluation images have lung masks, ``attention.json`` / ``attention.png``)
+and, once finished, ``results.json``: the ordering, every step's key,
+learning rate and losses, and the downstream figures. Running the same
+command again skips a finished run and continues an interrupted one: finished
+steps are reused, an interrupted step or downstream training resumes from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+
+from evaluate.attention_report import measure_attention, write_attention
+from evaluate.backbones import build_backbone, initialise
+from evaluate.classifier_training import FitContext, run_protocol
+from evaluate.lung_masks import MaskSource
+from evaluate.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
+from evaluate.task_data import task_data
+from plumbing.distributed import is_main_process
+from plumbing.errors import UserError
+from plumbing.files import write_json_atomic
+from plumbing.runs import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.seeding import derive_seed
+from plumbing.training import checkpoints
+
+from .config import CurriculumConfig, StepConfig
+from .steps import TRAINED_BY, start_weights, step_folder, train_or_reuse
+from .tasks import settings_record
+from .trainer import StepContext
+
+RESULTS_FILE = "results.json"
+DOWNSTREAM_DIR = "downstream"
+AIL_IMAGES = 256
+"""Evaluation images whose class activation maps give the run's AIL."""
+
+
+@dataclass
+class Machine:
+    """Where and how the steps run."""
+
+    device: torch.device
+    amp: bool
+    workers: int
+    progress: bool
+    runs_dir: Path
+
+
+def downstream_label(cfg: CurriculumConfig) -> str:
+    d = cfg.downstream
+    return d.data if d.version is None else f"{d.data}-v{d.version}-{d.setting}"
+
+
+def run_name(cfg: CurriculumConfig, prefix: str) -> str:
+    ordering = "-".join(cfg.tasks) + ("-imagenet" if cfg.init == "imagenet" else "") if cfg.tasks else cfg.label()
+    return f"{prefix}-{downstream_label(cfg)}-{ordering}-seed{cfg.seed}"
+
+
+def step_configs(cfg: CurriculumConfig) -> list[StepConfig]:
+    """The steps of the curriculum in order, each starting from the key of the one before it."""
+    steps: list[StepConfig] = []
+    start = cfg.init
+    for task in cfg.tasks:
+        step = StepConfig(
+            task=task, settings=settings_record(task, cfg.overrides.get(task, {})), data=cfg.data,
+            max_images=cfg.max_images,
+            backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, lr_grid=cfg.lr_grid, lr_trial_epochs=cfg.lr_trial_epochs, weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum, seed=cfg.seed, start=start,
+        )
+        steps.append(step)
+        start = f"step:{step.key()}"
+    return steps
+
+
+def read_results(folder: Path) -> dict[str, Any] | None:
+    path = folder / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_settings(folder: Path, cfg: CurriculumConfig) -> None:
+    """Refuse a run folder that holds a run of other settings (one line naming the differences)."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text()).get("curriculum", {})
+    wanted = cfg.to_dict()
+    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    if differ:
+        raise UserError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
+                        "choose another --prefix or remove the folder")
+
+
+def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict]) -> None:
+    """``backbone.safetensors`` of the run: the last step's, or the baseline's initialisation (rank 0)."""
+    if not is_main_process():
+        return
+    if steps:
+        shutil.copyfile(step_folder(runs_dir, steps[-1]["key"]) / BACKBONE_FILE, folder / BACKBONE_FILE)
+        return
+    torch.manual_seed(derive_seed(cfg.seed, "pretext", "none"))
+    backbone = build_backbone(cfg.backbone, channels)
+    provenance = initialise(backbone, cfg.init, runs_dir)
+    save_model(folder / BACKBONE_FILE, backbone, image_size=cfg.image_size,
+               training={"trained_by": TRAINED_BY, "baseline": cfg.init, "init": provenance})
+
+
+def _attention(folder: Path, data: Any, dataset_name: str, machine: Machine) -> float | None:
+    """Mean AIL of the downstream classifier on the evaluation images, when they have lung masks (rank 0)."""
+    if "mask" not in data.evaluation[0]:
+        return None
+    model, info = load_classifier(folder / CLASSIFIER_FILE, machine.device)
+    masks = MaskSource(data.evaluation, dataset_name, None, info.image_size)
+    result = measure_attention(model, data.evaluation, masks, method="gradcam", class_of="predicted",
+                               max_images=AIL_IMAGES, batch_size=64, keep=16, device=machine.device,
+                               progress=machine.progress)
+    about = {"method": "gradcam", "class_of": "predicted", "layer": model.cam_layer,
+             "data": f"{dataset_name} evaluation images", "classifier": str(folder / CLASSIFIER_FILE)}
+    return float(write_attention(folder, result, tuple(info.classes or ()), about)["ail"]["mean"])
+
+
+def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: str) -> dict[str, Any]:
+    d = cfg.downstream
+    data = task_data(*d.data_choices(), d.image_size, d.seed)
+    target = folder / DOWNSTREAM_DIR
+    run: RunFolder = open_run(folder, DOWNSTREAM_DIR, resume=bool(checkpoints(target)))
+    run.create()
+    with run.discarded_on_failure("downstream: "):
+        record = record_config(run, {"finetune": d.to_dict(), "data_description": f"{d.data} train split"}, command)
+        ctx = FitContext(data, machine.device, machine.amp, machine.workers, machine.progress, machine.runs_dir)
+        results = run_protocol(d, ctx, run, record)
+    ail = _attention(target, data, d.eval_data or d.data, machine) if is_main_process() else None
+    return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
+
+
+def run_curriculum(
+    cfg: CurriculumConfig, name: str, images: Any, channels: int, machine: Machine, command: str
+) -> dict[str, Any]:
+    """Train or reuse every step of ``cfg``, then the downstream protocol; returns ``results.json``."""
+    folder = machine.runs_dir / name
+    check_settings(folder, cfg)
+    done = read_results(folder)
+    if done is not None:
+        if is_main_process():
+            print(f"{name}: finished; skipped", file=sys.stderr)
+        return done
+    if is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / CONFIG_FILE
+        record = json.loads(config.read_text()) if config.is_file() else {"curriculum": cfg.to_dict()}
+        key = "resumed_with" if "command" in record else "command"
+        record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
+        write_json_atomic(config, record)
+    steps = []
+    for step in step_configs(cfg):
+        start, _ = start_weights(step, channels, machine.runs_dir)
+        ctx = StepContext(images, channels, start, machine.device, machine.amp, machine.workers, machine.progress)
+        steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
+    _export_start(cfg, channels, folder, machine.runs_dir, steps)
+    idist.barrier()
+    downstream = _downstream(cfg, folder, machine, command)
+    results = {
+        "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
+        "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "steps": [{k: s[k] for k in ("key", "task", "lr", "epoch_losses")} for s in steps],
+        "downstream": downstream, "settings": cfg.to_dict(),
+    }
+    if is_main_process():
+        write_json_atomic(folder / RESULTS_FILE, results)
+        for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
+            path.unlink(missing_ok=True)
+        print(f"{name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
+              + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
+              + f" -> {folder / RESULTS_FILE}", file=sys.stderr)
+    idist.barrier()
+    return results

@@ -1,0 +1,243 @@
+"""``python -m ssl.curriculum``: every task steps, curricula chain and share steps, resume, the table, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from ignite.engine import Events
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from adapt.train import main as adapt_main
+from evaluate.model_file import BACKBONE_FILE, read_model_info
+from plumbing.cli import run_cli
+from plumbing.files import sha256_file
+from ssl import trainer as ssl_trainer
+from ssl.config import StepConfig
+from ssl.curriculum import main
+from ssl.data import parse_data, unlabelled_images
+from ssl.steps import STEPS_DIR
+from ssl.table import curriculum_label, plan, render, table
+from ssl.tasks import task_names
+from ssl.trainer import PretextTrainer, StepContext, build_task, fit_step
+from tests.launch import torchrun
+
+SMALL = {  # settings that keep every task fast on 32 px and 64 images
+    "relloc": {"hidden_dim": 64},
+    "rotation": {},
+    "moco": {"queue_length": 32},
+    "swav": {"prototypes": 16, "small_crops": 2, "queue_length": 0},
+    "odc": {"clusters": 4, "images_per_cluster": 4},
+}
+COMMON = ["--data", "phantom", "--max-images", "64", "--downstream", "phantom", "--version", "3", "--setting", "0s",
+          "--length", "96", "--eval-length", "48", "--backbone", "tiny", "--image-size", "32", "--epochs", "1",
+          "--batch-size", "16", "--lr", "0.05", "--downstream-lr-grid", "0.001", "--device", "cpu", "--no-progress"]
+
+
+def _run(runs: Path, *args: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["run", *args, "--runs-dir", str(runs)])
+    assert exit_info.value.code == 0
+
+
+def _error(runs: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [*args, "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _step(task: str, epochs: int = 1, lr: float = 0.05, start: str = "scratch") -> StepConfig:
+    return StepConfig(task=task, settings=SMALL[task], data=("phantom",), max_images=64, backbone="tiny",
+                      image_size=32, epochs=epochs, batch_size=16, lr=lr, lr_grid=(lr,), lr_trial_epochs=1,
+                      weight_decay=1e-4, momentum=0.9, seed=0, start=start)
+
+
+def _context() -> StepContext:
+    images, channels = unlabelled_images(parse_data("phantom"), 32, 64, 0)
+    return StepContext(images, channels, None, torch.device("cpu"), False, 0, False)
+
+
+def _steps(runs: Path) -> list[str]:
+    return sorted(p.name for p in (runs / STEPS_DIR).iterdir())
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_every_registered_task_runs_one_step(task: str) -> None:
+    ctx = _context()
+    trainer = PretextTrainer(build_task(_step(task), ctx), _step(task), 0.05, 4, ctx.device, False)
+    if task == "odc":
+        trainer.task.initialise((b["image"], torch.as_tensor(b["index"])) for b in
+                                torch.utils.data.DataLoader(ctx.images, batch_size=16))
+    batch = next(iter(torch.utils.data.DataLoader(ctx.images, batch_size=16)))
+    before = [p.detach().clone() for p in trainer.backbone.parameters()]
+    out = trainer.step(batch)
+    assert math.isfinite(out["loss"]) and out["lr"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.backbone.parameters(), strict=True))
+
+
+def test_a_short_rotation_step_on_phantoms_lowers_its_loss() -> None:
+    losses = fit_step(_step("rotation", epochs=6, lr=0.1), _context(), 0.1, 6).state.epoch_losses
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
+
+
+def test_a_curriculum_chains_its_steps_exports_backbones_and_records_the_run(tmp_path: Path) -> None:
+    _run(tmp_path, *COMMON, "--tasks", "rotation,moco", "--no-singles")
+    run = tmp_path / "ssl-phantom-v3-0s-rotation-moco-seed0"
+    results = json.loads((run / "results.json").read_text())
+    first, second = results["steps"]
+    assert [first["task"], second["task"]] == ["rotation", "moco"]
+    step_config = json.loads((tmp_path / STEPS_DIR / second["key"] / "config.json").read_text())["step"]
+    assert step_config["start"] == f"step:{first['key']}"  # the second step starts from the first one's backbone
+    for key in (first["key"], second["key"]):
+        with safe_open(tmp_path / STEPS_DIR / key / BACKBONE_FILE, "pt") as f:
+            assert all(k.startswith("backbone.") for k in f.keys())  # heads are dropped
+        assert not list((tmp_path / STEPS_DIR / key).glob("checkpoint_*.pt"))
+    assert (run / BACKBONE_FILE).read_bytes() == (tmp_path / STEPS_DIR / second["key"] / BACKBONE_FILE).read_bytes()
+    info = read_model_info(run / BACKBONE_FILE)
+    assert info.training["step"]["task"] == "moco"
+    down = results["downstream"]
+    assert 0 <= down["balanced_accuracy"] <= 1 and set(down["recall"]) == set(down["classes"])
+    assert down["ail"] is not None and (run / "downstream" / "attention.png").is_file()
+    assert down["lr"]["lr"] == 0.001 and results["ordering"] == "rotation>moco"
+
+
+def test_a_shared_prefix_is_reused_and_a_changed_setting_is_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(tmp_path, *COMMON, "--tasks", "rotation", "--no-singles")
+    assert len(_steps(tmp_path)) == 1
+    capsys.readouterr()
+    _run(tmp_path, *COMMON, "--tasks", "rotation,relloc", "--no-singles", "--set", "relloc.hidden_dim=64")
+    err = capsys.readouterr().err
+    assert "rotation: reusing the finished step" in err and "rotation: training" not in err
+    assert len(_steps(tmp_path)) == 2
+    _run(tmp_path, *COMMON, "--tasks", "rotation", "--no-singles")  # finished: skipped
+    assert "finished; skipped" in capsys.readouterr().err
+    _run(tmp_path, *COMMON, "--tasks", "rotation", "--no-singles", "--lr", "0.02", "--prefix", "other")
+    assert "rotation: training" in capsys.readouterr().err and len(_steps(tmp_path)) == 3
+
+
+def test_an_interrupted_curriculum_resumes_its_step_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*COMMON, "--tasks", "rotation,moco", "--no-singles", "--epochs", "2"]
+    _run(tmp_path / "full", *args)
+    attach = ssl_trainer.attach_training_handlers
+    calls = []
+
+    def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
+        attach(engine, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the second step (moco): stop after 6 of its 8 iterations
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=6),
+                                     lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ssl_trainer, "attach_training_handlers", attach_then_interrupt)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, ["run", *args, "--runs-dir", str(tmp_path / "split")])
+        assert exit_info.value.code == 130
+    _run(tmp_path / "split", *args)
+    name = "ssl-phantom-v3-0s-rotation-moco-seed0"
+    full, split = (json.loads((tmp_path / d / name / "results.json").read_text()) for d in ("full", "split"))
+    assert full["steps"] == split["steps"]
+    a, b = (load_file(tmp_path / d / name / BACKBONE_FILE) for d in ("full", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly
+    assert full["downstream"]["balanced_accuracy"] == split["downstream"]["balanced_accuracy"]
+
+
+def _fake(ordering: str, tasks: list[str], seed: int, accuracy: float, init: str = "scratch") -> dict[str, Any]:
+    settings = {"backbone": "tiny", "downstream": {"data": "phantom", "init": f"runs/{ordering}", "seed": seed},
+                "tasks": tasks, "init": init, "seed": seed}
+    return {"ordering": ordering, "tasks": tasks, "init": init, "seed": seed, "downstream_task": "phantom-v3-0s",
+            "backbone": "tiny", "image_size": 32, "settings": settings,
+            "downstream": {"balanced_accuracy": accuracy, "ail": 0.5}}
+
+
+def test_curriculum_labels_deltas_and_baseline_flags_on_hand_made_results() -> None:
+    singles = {"a": 0.5, "b": 0.6, "c": 0.7}
+    assert curriculum_label(["a", "b", "c"], singles) == "C"
+    assert curriculum_label(["c", "b", "a"], singles) == "AC"
+    assert curriculum_label(["a", "c", "b"], singles) == "MC"
+    assert curriculum_label(["a", "d"], singles) == "?"
+    assert curriculum_label(["a"], singles) == "-"
+    runs = [_fake("a", ["a"], 0, 0.5), _fake("a", ["a"], 1, 0.7), _fake("b", ["b"], 0, 0.4),
+            _fake("a>b", ["a", "b"], 0, 0.65), _fake("b>a", ["b", "a"], 0, 0.55), _fake("none", [], 0, 0.45),
+            _fake("imagenet", [], 0, 0.62, init="imagenet")]
+    (rows,) = table(runs).values()
+    by = {r["ordering"]: r for r in rows}
+    assert [r["ordering"] for r in rows] == ["a>b", "imagenet", "a", "b>a", "none", "b"]  # best first
+    assert by["a"]["balanced_accuracy"] == pytest.approx(0.6) and by["a"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert by["a>b"]["label"] == "AC" and by["b>a"]["label"] == "C"  # single tasks: a 0.6, b 0.4
+    assert by["a>b"]["delta"] == pytest.approx(0.05) and by["b>a"]["delta"] == pytest.approx(0.15)
+    assert (by["a>b"]["beats_imagenet"], by["a>b"]["beats_scratch"]) == ("yes", "yes")
+    assert (by["b"]["beats_imagenet"], by["b"]["beats_scratch"]) == ("no", "no")
+    assert plan(runs, ["a", "b"], 2) == [("b,a", "C"), ("a,b", "AC")]
+    text = render(table(runs), "markdown")
+    assert "| a>b | AC | 0.6500 +- 0.0000 | +0.0500 |" in text
+    assert render(table(runs), "csv").splitlines()[0].startswith("group,ordering,label")
+
+
+def test_curriculum_orderings_then_the_table_and_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run(tmp_path, *COMMON, "--tasks", "rotation,relloc", "--orderings", "curriculum", "--set", "relloc.hidden_dim=64")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli(main, ["runs", "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| rotation |" in out and "| relloc |" in out
+    pairs = [line for line in out.splitlines() if "| rotation>relloc |" in line or "| relloc>rotation |" in line]
+    assert len(pairs) == 1 and "| C |" in pairs[0]  # the singles ran first, then only their Curriculum ordering
+    assert out.count("Downstream phantom-v3-0s") == 1  # one settings group
+    with pytest.raises(SystemExit):
+        run_cli(main, ["runs", "--plan", "--runs-dir", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.split("\t")[1] for line in lines) == ["relloc,rotation", "rotation,relloc"]
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", *COMMON]
+    assert "unknown pretext task 'jigsaw'" in _error(tmp_path, capsys, *base, "--tasks", "jigsaw")
+    assert "moco has no setting queue" in _error(tmp_path, capsys, *base, "--tasks", "moco", "--set", "moco.queue=3")
+    assert "expected a value like" in _error(tmp_path, capsys, *base, "--tasks", "moco", "--set",
+                                             "moco.temperature=warm")
+    assert "is not one of --tasks" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--set", "swav.epsilon=1")
+    assert "unknown data set 'nope'" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--data", "nope")
+    assert "no finished curriculum run" in _error(tmp_path, capsys, "runs")
+    assert not (tmp_path / STEPS_DIR).exists()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_run_a_curriculum(tmp_path: Path) -> None:
+    torchrun("ssl.curriculum", ["run", *COMMON, "--tasks", "moco,swav", "--no-singles", "--set", "swav.prototypes=16",
+                                "--set", "swav.small_crops=2", "--runs-dir", str(tmp_path)])
+    results = json.loads((tmp_path / "ssl-phantom-v3-0s-moco-swav-seed0" / "results.json").read_text())
+    assert [s["task"] for s in results["steps"]] == ["moco", "swav"]
+    assert all(math.isfinite(v) for s in results["steps"] for v in s["epoch_losses"])
+
+
+@pytest.mark.slow
+def test_adapt_starts_from_a_curriculum_backbone(tmp_path: Path) -> None:
+    args = [a if a != "tiny" else "resnet18" for a in COMMON]
+    _run(tmp_path, *args, "--tasks", "rotation", "--max-images", "32")
+    name = "ssl-phantom-v3-0s-rotation-seed0"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(adapt_main, ["--source", "phantom", "--target", "phantom-nih", "--version", "3", "--setting", "0s",
+                             "--backbone", "resnet18", "--init", f"ssl:{name}", "--image-size", "32", "--batch-size",
+                             "8", "--steps", "2", "--eval-every", "2", "--source-length", "32", "--target-length",
+                             "32", "--eval-length", "16", "--device", "cpu", "--no-progress", "--runs-dir",
+                             str(tmp_path), "--name", "a"])
+    assert exit_info.value.code == 0
+    (run,) = tmp_path.glob("a-*-seed0")
+    init = json.loads((run / "results.json").read_text())["init"]
+    backbone_file = tmp_path / name / BACKBONE_FILE
+    assert init["init"] == f"ssl:{name}" and init["file"] == str(backbone_file)
+    assert init["sha256"] == sha256_file(backbone_file)
