@@ -39,7 +39,7 @@ from ignite.engine import Engine, Events
 from evaluate.backbones import Classifier
 from evaluate.classifier_training import predict, score
 from evaluate.metrics import metrics_report
-from evaluate.task_data import StoreBatches, evaluation_batches
+from evaluate.task_data import checkpoint_position, evaluation_batches
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import generator
@@ -200,11 +200,7 @@ def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
     if cfg.uses_target:
         targets = target_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
     to_save = trainer.objects()
-    store = sources if isinstance(sources, StoreBatches) else None
-    if store is not None:
-        to_save["batches"] = store
-        if checkpoint is not None:
-            restore({"batches": store}, checkpoint)
+    checkpoint_position(sources, to_save, checkpoint)
     if start >= cfg.steps:
         return trainer
 

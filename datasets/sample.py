@@ -16,6 +16,8 @@ key           value
               absent for data sets without findings (ISIC, SIIM-COVID).
 ``id``        ``str`` sample identifier (relative path or image id).
 ``mask``      optional ``torch.float32`` ``[1, H, W]`` binary lung mask.
+``index``     optional ``int``: the sample's row in its split (synthetic
+              stores; what a per-image memory such as ODC's is keyed by).
 ============  ==========================================================
 """
 
@@ -30,6 +32,7 @@ LABEL = "label"
 FINDINGS = "findings"
 ID = "id"
 MASK = "mask"
+INDEX = "index"
 CHANNELS: tuple[int, ...] = (1, 3)
 
 
@@ -50,3 +53,4 @@ class Sample(TypedDict, total=False):
     findings: torch.Tensor
     id: str
     mask: torch.Tensor
+    index: int

@@ -27,7 +27,7 @@ from plumbing.errors import UserError
 from .augment import BatchAugment
 from .findings import CHEXPERT, NO_FINDING, FindingSchema
 from .label_tasks import LabelTask
-from .sample import FINDINGS, ID, IMAGE, LABEL, Sample
+from .sample import FINDINGS, ID, IMAGE, INDEX, LABEL, Sample
 from .spec import DataSetSpec
 from .synthetic_store import SyntheticStore, open_synthetic
 
@@ -122,11 +122,11 @@ class SyntheticDataset(Dataset):
         return self.data.read_images(start, stop)
 
     def collate(self, rows: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
-        """The stored uint8 rows and their labels as a batch of CPU tensors (no copy of the images)."""
+        """The stored uint8 rows, their labels and row indices as a batch of CPU tensors (no copy of the images)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         ids = [self._id_format.format(int(i)) for i in idx]
         images = torch.from_numpy(np.asarray(rows))
-        return {IMAGE: images, LABEL: self.labels[idx], FINDINGS: self.findings[idx], ID: ids}
+        return {IMAGE: images, LABEL: self.labels[idx], FINDINGS: self.findings[idx], ID: ids, INDEX: idx}
 
     def finish(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """Images as float32 in [0, 1] at ``resolution``, augmented when asked, on the batch's device.
@@ -162,7 +162,8 @@ class SyntheticDataset(Dataset):
             rows = np.stack([self.read_rows(int(i), int(i) + 1)[0] for i in idx])
         batch = self.finish(self.collate(rows, idx))
         return [
-            {IMAGE: batch[IMAGE][j], LABEL: int(batch[LABEL][j]), FINDINGS: batch[FINDINGS][j], ID: batch[ID][j]}
+            {IMAGE: batch[IMAGE][j], LABEL: int(batch[LABEL][j]), FINDINGS: batch[FINDINGS][j], ID: batch[ID][j],
+             INDEX: int(idx[j])}
             for j in range(len(idx))
         ]
 

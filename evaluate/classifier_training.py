@@ -58,8 +58,8 @@ from .metrics import classification_metrics, metrics_report
 from .model_file import CLASSIFIER_FILE, save_model
 from .task_data import (
     DataChoice,
-    StoreBatches,
     TaskData,
+    checkpoint_position,
     evaluation_batches,
     steps_per_epoch,
     training_batches,
@@ -251,10 +251,7 @@ def fit(
     start = trainer.state.iteration
     batches = training_batches(data.train, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
     to_save = trainer.objects()
-    if isinstance(batches, StoreBatches):
-        to_save["batches"] = batches
-        if checkpoint is not None:
-            restore({"batches": batches}, checkpoint)
+    checkpoint_position(batches, to_save, checkpoint)
 
     def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
         out = trainer.step(batch)

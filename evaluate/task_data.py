@@ -44,6 +44,7 @@ from plumbing.distributed import local_batch_size, rank, shard, world_size
 from plumbing.errors import UserError
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import numpy_rng
+from plumbing.training import restore
 
 VALIDATION_FRACTION = 0.1
 PHANTOM_LENGTHS = (2000, 500)
@@ -246,6 +247,20 @@ def training_batches(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
+
+
+def checkpoint_position(
+    batches: Iterable[dict[str, Any]], to_save: dict[str, Any], checkpoint: dict[str, Any] | None
+) -> None:
+    """Checkpoint a store's batch stream with ``to_save`` and put it back where ``checkpoint`` left it.
+
+    A :class:`StoreBatches` stream resumes from its own position (the
+    ``DataLoader`` over the resumable sampler resumes from the iteration).
+    """
+    if isinstance(batches, StoreBatches):
+        to_save["batches"] = batches
+        if checkpoint is not None:
+            restore({"batches": batches}, checkpoint)
 
 
 def evaluation_batches(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:

@@ -8,6 +8,9 @@ augmentation (the tasks make their own views) from its training split;
 phantom set is generated at that length). All sets must have the same
 number of channels. An item is ``{"image": [C, H, W] in [0, 1], "index": i}``,
 ``i`` its row in the concatenation (ODC's memory bank is indexed by it).
+A single synthetic store read whole is returned as it is, so that
+:func:`evaluate.task_data.training_batches` reads it through the block
+loader (its batches carry the row index too).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from datasets.registry import build_dataset, get_spec, names
+from datasets.sample import IMAGE, INDEX
+from datasets.synthetic import SyntheticDataset
 from plumbing.errors import UserError
 from plumbing.seeding import generator
 
@@ -61,7 +66,7 @@ class UnlabelledImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.images[index]["image"], "index": index}
+        return {IMAGE: self.images[index][IMAGE], INDEX: index}
 
 
 def _build(source: DataSource, image_size: int, max_images: int | None) -> Dataset:
@@ -77,7 +82,7 @@ def _build(source: DataSource, image_size: int, max_images: int | None) -> Datas
 
 def unlabelled_images(
     sources: tuple[DataSource, ...], image_size: int, max_images: int | None, seed: int
-) -> tuple[UnlabelledImages, int]:
+) -> tuple[Dataset, int]:
     """The step's images and their channel count (a :class:`UserError` for mixed channels or no images)."""
     parts = [_build(s, image_size, max_images) for s in sources]
     channels = {s.describe(): int(p[0]["image"].shape[0]) for s, p in zip(sources, parts, strict=True) if len(p)}
@@ -89,4 +94,7 @@ def unlabelled_images(
     rows = None
     if max_images is not None and total > max_images:
         rows = torch.randperm(total, generator=generator(seed, "max-images"))[:max_images].sort().values
-    return UnlabelledImages(parts, rows), next(iter(channels.values()))
+    channel_count = next(iter(channels.values()))
+    if rows is None and len(parts) == 1 and isinstance(parts[0], SyntheticDataset):
+        return parts[0], channel_count
+    return UnlabelledImages(parts, rows), channel_count

@@ -32,7 +32,7 @@ from ignite.handlers import ProgressBar
 from torch.utils.data import Dataset
 
 from evaluate.backbones import Backbone, build_backbone
-from evaluate.task_data import evaluation_batches, steps_per_epoch, training_batches
+from evaluate.task_data import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks, rank
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
@@ -149,6 +149,8 @@ def fit_step(
     start = trainer.state.iteration
     batches: Iterable[dict[str, Any]] = training_batches(ctx.images, cfg.batch_size, cfg.seed, start, ctx.workers,
                                                          ctx.device)
+    to_save = trainer.objects()
+    checkpoint_position(batches, to_save, checkpoint)
     losses: list[float] = []
 
     def process(_: Engine, batch: dict[str, Any]) -> dict[str, float]:
@@ -172,7 +174,7 @@ def fit_step(
         trainer.state.epoch_losses.append(sum(losses) / len(losses) if losses else math.nan)
 
     if run_dir is not None:
-        attach_training_handlers(engine, run_dir=run_dir, to_save=trainer.objects(), checkpoint_every=steps,
+        attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=steps,
                                  progress=ctx.progress)
     else:
         engine.logger.setLevel("CRITICAL")
