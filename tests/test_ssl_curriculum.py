@@ -14,7 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from adapt.train import main as adapt_main
+from datasets.synthetic import SyntheticDataset
 from evaluate.model_file import BACKBONE_FILE, read_model_info
+from evaluate.task_data import training_batches
 from plumbing.cli import run_cli
 from plumbing.files import sha256_file
 from ssl import trainer as ssl_trainer
@@ -26,6 +28,7 @@ from ssl.table import curriculum_label, plan, render, table
 from ssl.tasks import task_names
 from ssl.trainer import PretextTrainer, StepContext, build_task, fit_step
 from tests.launch import torchrun
+from tests.test_synthetic_store import write_store
 
 SMALL = {  # settings that keep every task fast on 32 px and 64 images
     "relloc": {"hidden_dim": 64},
@@ -126,33 +129,59 @@ def test_a_shared_prefix_is_reused_and_a_changed_setting_is_not(
     assert "rotation: training" in capsys.readouterr().err and len(_steps(tmp_path)) == 3
 
 
-def test_an_interrupted_curriculum_resumes_its_step_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    args = [*COMMON, "--tasks", "rotation,moco", "--no-singles", "--epochs", "2"]
-    _run(tmp_path / "full", *args)
+def _interrupted_then_resumed(runs: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int,
+                              iteration: int) -> None:
+    """Run ``args`` into ``runs``, stopped (Ctrl-C) at ``iteration`` of pretext step ``step``, then run it again."""
     attach = ssl_trainer.attach_training_handlers
     calls = []
 
     def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
         attach(engine, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # the second step (moco): stop after 6 of its 8 iterations
-            engine.add_event_handler(Events.ITERATION_COMPLETED(once=6),
+        if len(calls) == step:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=iteration),
                                      lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
 
     with monkeypatch.context() as patch:
         patch.setattr(ssl_trainer, "attach_training_handlers", attach_then_interrupt)
         with pytest.raises(SystemExit) as exit_info:
-            run_cli(main, ["run", *args, "--runs-dir", str(tmp_path / "split")])
+            run_cli(main, ["run", *args, "--runs-dir", str(runs)])
         assert exit_info.value.code == 130
-    _run(tmp_path / "split", *args)
-    name = "ssl-phantom-v3-0s-rotation-moco-seed0"
-    full, split = (json.loads((tmp_path / d / name / "results.json").read_text()) for d in ("full", "split"))
-    assert full["steps"] == split["steps"]
-    a, b = (load_file(tmp_path / d / name / BACKBONE_FILE) for d in ("full", "split"))
+    _run(runs, *args)
+
+
+def _same_runs(first: Path, second: Path, name: str) -> None:
+    a_results, b_results = (json.loads((d / name / "results.json").read_text()) for d in (first, second))
+    assert a_results["steps"] == b_results["steps"]
+    a, b = (load_file(d / name / BACKBONE_FILE) for d in (first, second))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly
-    assert full["downstream"]["balanced_accuracy"] == split["downstream"]["balanced_accuracy"]
+    assert a_results["downstream"]["balanced_accuracy"] == b_results["downstream"]["balanced_accuracy"]
+
+
+def test_an_interrupted_curriculum_resumes_its_step_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [*COMMON, "--tasks", "rotation,moco", "--no-singles", "--epochs", "2"]
+    _run(tmp_path / "full", *args)
+    _interrupted_then_resumed(tmp_path / "split", monkeypatch, args, step=2, iteration=6)  # moco: 6 of 8
+    _same_runs(tmp_path / "full", tmp_path / "split", "ssl-phantom-v3-0s-rotation-moco-seed0")
+
+
+def test_a_store_goes_through_the_block_loader_with_indices_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store.zarr"
+    write_store(store)  # v1-0s, 32 px: 40 training images
+    images, _ = unlabelled_images(parse_data(f"synthetic={store}"), 32, 64, 0)
+    assert isinstance(images, SyntheticDataset)  # whole and alone: read in blocks
+    batch = next(iter(training_batches(images, 16, 0, 0, 0, torch.device("cpu"))))
+    for i, image in zip(batch["index"].tolist(), batch["image"], strict=True):
+        torch.testing.assert_close(image, images[i]["image"])
+    args = [*COMMON, "--data", f"synthetic={store}", "--tasks", "odc", "--set", "odc.clusters=4", "--set",
+            "odc.images_per_cluster=4", "--epochs", "2"]
+    _run(tmp_path / "full", *args)
+    _interrupted_then_resumed(tmp_path / "split", monkeypatch, args, step=1, iteration=3)  # 3 of 2 x 2
+    _same_runs(tmp_path / "full", tmp_path / "split", "ssl-phantom-v3-0s-odc-seed0")
 
 
 def _fake(ordering: str, tasks: list[str], seed: int, accuracy: float, init: str = "scratch") -> dict[str, Any]:
