@@ -51,7 +51,7 @@ from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
 from .runs import Machine, run_curriculum, run_name
 from .table import plan, read_runs, render, table
-from .tasks import task_names, task_settings
+from .tasks import get_task, task_names, task_settings
 
 PROG = "python -m ssl.curriculum"
 NONE = "none"
@@ -61,10 +61,16 @@ STEP_LR_GRID = "0.01,0.03,0.1"
 DOWNSTREAM = FinetuneConfig()
 
 
+class TasksHelpFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults, and the epilog's list of tasks kept line by line."""
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train curricula and their downstream classifiers",
                        description="Train the pretext tasks in order, then the downstream classifier; record a run.",
-                       formatter_class=DefaultsHelpFormatter)
+                       epilog="pretext tasks:\n" + "\n".join(f"  {n:<9} {get_task(n).description}"
+                                                            for n in task_names()),
+                       formatter_class=TasksHelpFormatter)
     tasks = p.add_argument_group("curriculum")
     tasks.add_argument("--tasks", required=True,
                        help=f"comma-separated pretext tasks in order ({', '.join(task_names())}), or {NONE} "

@@ -31,25 +31,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered pretext task: its module's class, its settings type and the reference's learning rate."""
+    """A registered pretext task: its module's class and its settings type."""
 
     name: str
     description: str
     task: type[PretextTask]
     settings: type
-    reference_lr: float
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec("relloc", "Relative Location: the position of a 3x3-grid patch relative to the centre",
-                 RelativeLocation, RelativeLocationSettings, 0.2),
-        TaskSpec("rotation", "Rotation: which of 0/90/180/270 degrees", Rotation, RotationSettings, 0.2),
-        TaskSpec("moco", "MoCo v2: contrastive, momentum key encoder and a queue", Moco, MocoSettings, 0.03),
+                 RelativeLocation, RelativeLocationSettings),
+        TaskSpec("rotation", "Rotation: which of 0/90/180/270 degrees", Rotation, RotationSettings),
+        TaskSpec("moco", "MoCo v2: contrastive, momentum key encoder and a queue", Moco, MocoSettings),
         TaskSpec("swav", "SwAV: swapped prediction of Sinkhorn cluster codes over multi-crops", Swav,
-                 SwavSettings, 0.6),
-        TaskSpec("odc", "ODC: online deep clustering with a memory bank", Odc, OdcSettings, 0.06),
+                 SwavSettings),
+        TaskSpec("odc", "ODC: online deep clustering with a memory bank", Odc, OdcSettings),
     )
 }  # fmt: skip
 
