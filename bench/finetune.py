@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +41,9 @@ from plumbing.precision import add_amp_arg, use_bf16_autocast
 
 from .read_store import test_images, write_store
 from .rows import Row, add_rows_out_arg, append_rows, device_name
+from .timing import images_per_second
 
 SOURCES = ("store", "phantom")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _images_per_second(trainer: ClassifierTrainer, stream: Iterator[dict[str, Any]], steps: int,
-                       batch_size: int) -> float:
-    _sync(trainer.device)
-    t0 = time.perf_counter()
-    for batch in itertools.islice(stream, steps):
-        trainer.step(batch)
-    _sync(trainer.device)
-    return steps * batch_size / (time.perf_counter() - t0)
 
 
 def _dataset(source: str, folder: Path, n: int, resolution: int) -> Any:
@@ -82,10 +67,10 @@ def bench_finetune(
         stream = iter(training_batches(dataset, batch_size, 0, 0, workers, device))
         first = next(stream)
         fixed = itertools.repeat({IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4})
-        _images_per_second(trainer, fixed, warmup, batch_size)
-        _images_per_second(trainer, stream, warmup, batch_size)
-        rounds = [(_images_per_second(trainer, fixed, steps, batch_size),
-                   _images_per_second(trainer, stream, steps, batch_size)) for _ in range(repeats)]
+        images_per_second(trainer.step, fixed, warmup, batch_size, device)
+        images_per_second(trainer.step, stream, warmup, batch_size, device)
+        rounds = [(images_per_second(trainer.step, fixed, steps, batch_size, device),
+                   images_per_second(trainer.step, stream, steps, batch_size, device)) for _ in range(repeats)]
     return max(r[0] for r in rounds), max(r[1] for r in rounds)
 
 

@@ -13,6 +13,8 @@
 #     block loader from a store, and their ratio (bench.finetune);
 #   * domain adaptation, ResNet-50 at 224 px, 36 + 36 images, bf16: img/s of the DCAN step and of a plain
 #     classifier step on the same images, and their ratio (bench.adapt);
+#   * pretext steps, MoCo v2 and SwAV, ResNet-50 at 224 px, batch 256, bf16: img/s of the step alone and through
+#     the block loader from a store, and their ratio (bench.ssl);
 #   * the tests marked gpu (pytest -m gpu).
 # CXR_BENCH_DEVICE=cpu CXR_BENCH_QUICK=1 bench/gpu.sh runs the same script in a minute on a CPU (a smoke test).
 set -euo pipefail
@@ -31,16 +33,19 @@ if [ -n "${CXR_BENCH_QUICK:-}" ]; then
     READ=(--n 256 --resolutions 32 --repeats 1)
     FINETUNE=(--backbone tiny --image-size 32 --batch-size 16 --steps 3 --repeats 1 --warmup 1 --store-images 128)
     ADAPT=(--backbone resnet18 --image-size 32 --batch-size 4 --steps 2 --repeats 1 --warmup 1)
+    SSL=(--backbone tiny --image-size 32 --batch-size 16 --steps 2 --repeats 1 --warmup 1 --images 64)
 else
     SYNTH=(--resolution 256 --preset paper --batch-size 64 --steps 20 --warmup 5 --gen-images 4096 --gen-batch 128)
     READ=(--n 8192 --resolutions 256 --repeats 3 --workers 8)
     FINETUNE=(--backbone resnet50 --image-size 256 --batch-size 128 --steps 15 --repeats 3 --warmup 10 --store-images 2048)
     ADAPT=(--backbone resnet50 --image-size 224 --batch-size 36 --steps 20 --repeats 3 --warmup 5)
+    SSL=(--backbone resnet50 --image-size 224 --batch-size 256 --steps 10 --repeats 3 --warmup 3 --images 4096 --workers 8)
 fi
 "$PY" -m bench.synth --device "$DEVICE" "${SYNTH[@]}" --rows-out "$ROWS"
 "$PY" -m bench.read_store --device "$DEVICE" "${READ[@]}" --rows-out "$ROWS"
 "$PY" -m bench.finetune --device "$DEVICE" "${FINETUNE[@]}" --rows-out "$ROWS"
 "$PY" -m bench.adapt --device "$DEVICE" "${ADAPT[@]}" --rows-out "$ROWS"
+"$PY" -m bench.ssl --device "$DEVICE" "${SSL[@]}" --rows-out "$ROWS"
 set +e
 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -3
 TESTS=$?

@@ -74,3 +74,22 @@ def test_adaptation_steps_on_the_gpu_stay_finite_and_export(tmp_path: Path) -> N
     assert [h["step"] for h in results["history"]] == [2, 4]
     assert all(np.isfinite(h["balanced_accuracy"]) for h in results["history"])
     assert (tmp_path / "gpu-dcan-seed0" / "classifier.safetensors").is_file()
+
+
+def test_every_pretext_task_steps_on_the_gpu_in_bf16(tmp_path: Path) -> None:
+    import json
+
+    from ssl.curriculum import main
+
+    main([
+        "run", "--tasks", "relloc,rotation,moco,swav,odc", "--no-singles", "--set", "relloc.hidden_dim=64",
+        "--set", "moco.queue_length=32", "--set", "swav.prototypes=16", "--set", "odc.clusters=4",
+        "--data", "phantom", "--max-images", "64", "--downstream", "phantom", "--version", "3", "--setting", "0s",
+        "--length", "64", "--eval-length", "32", "--backbone", "resnet18", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "16", "--lr", "0.03", "--downstream-lr-grid", "0.001", "--device", "cuda", "--amp", "auto",
+        "--no-progress", "--runs-dir", str(tmp_path),
+    ])
+    results = json.loads((tmp_path / "ssl-phantom-v3-0s-relloc-rotation-moco-swav-odc-seed0" / "results.json")
+                         .read_text())
+    assert [s["task"] for s in results["steps"]] == ["relloc", "rotation", "moco", "swav", "odc"]
+    assert all(np.isfinite(v) for s in results["steps"] for v in s["epoch_losses"])

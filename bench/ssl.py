@@ -1,0 +1,135 @@
+"""Speed of pretext steps (MoCo v2, SwAV): the real data path beside the model step alone.
+
+    python -m bench.ssl --device cpu --backbone resnet18 --image-size 64
+    python -m bench.ssl --device cuda --backbone resnet50 --image-size 224 --batch-size 256 --workers 8
+
+For each task of ``--tasks`` (default settings of :mod:`ssl.tasks`), in
+one process, ``--repeats`` interleaved rounds of ``--steps``
+:meth:`ssl.trainer.PretextTrainer.step` calls each (the best round of each
+kept) after ``--warmup`` untimed steps of each:
+
+* **model step alone**: the same batch, already on the device, every step
+  (the views are drawn on the device inside the step, so they count here);
+* **through the data path**: batches from :func:`evaluate.task_data.training_batches`
+  over :func:`ssl.data.unlabelled_images`, the loader ``ssl.curriculum``
+  uses - a synthetic Zarr store through the block loader (``--source
+  store``: ``--store-images`` test images written once into a temporary
+  store) or phantom radiographs rendered on the fly through a ``DataLoader``
+  with ``--workers`` workers (``--source phantom``).
+
+The ratio (data path / model step) says how much of the step's speed the
+loading keeps; 100% means the loader is never waited for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from evaluate.backbones import backbone_names
+from evaluate.task_data import training_batches
+from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.errors import UserError
+from plumbing.precision import add_amp_arg, use_bf16_autocast
+from ssl.config import StepConfig
+from ssl.data import parse_data, unlabelled_images
+from ssl.tasks import task_names
+from ssl.trainer import PretextTrainer, StepContext, build_task
+
+from .read_store import test_images, write_store
+from .rows import Row, add_rows_out_arg, append_rows, device_name
+from .timing import images_per_second
+
+SOURCES = ("store", "phantom")
+LR = 0.03
+
+
+def unlabelled(source: str, folder: Path, n: int, image_size: int) -> tuple[Dataset, int]:
+    """The benchmark's unlabelled images: a temporary store of ``n`` test images, or ``n`` phantoms."""
+    if source == "phantom":
+        return unlabelled_images(parse_data("phantom"), image_size, n, 0)
+    url = str(folder / "bench.zarr")
+    write_store(url, test_images(n, image_size))
+    return unlabelled_images(parse_data(f"synthetic={url}"), image_size, None, 0)
+
+
+def bench_task(
+    task: str, images: Dataset, channels: int, device: torch.device, backbone: str, image_size: int,
+    batch_size: int, steps: int, warmup: int, workers: int, amp: bool, repeats: int,
+) -> tuple[float, float]:
+    """(images/s of the model step alone, images/s through the data path), the best of ``repeats`` rounds each."""
+    cfg = StepConfig(task=task, settings={}, data=("bench",), max_images=None, backbone=backbone,
+                     image_size=image_size, epochs=1, batch_size=batch_size, lr=LR, lr_grid=(LR,), lr_trial_epochs=1,
+                     weight_decay=1e-4, momentum=0.9, seed=0, start="scratch")
+    ctx = StepContext(images, channels, None, device, amp, workers, False)
+    trainer = PretextTrainer(build_task(cfg, ctx), cfg, LR, 10**6, device, amp)
+    trainer.task.start_epoch(1)  # past SwAV's first epoch, whose prototypes stay frozen
+    stream = iter(training_batches(images, batch_size, 0, 0, workers, device))
+    first = next(stream)
+    fixed = itertools.repeat({"image": first["image"].to(device), "index": torch.as_tensor(first["index"]).to(device)})
+    images_per_second(trainer.step, fixed, warmup, batch_size, device)
+    images_per_second(trainer.step, stream, warmup, batch_size, device)
+    rounds = [(images_per_second(trainer.step, fixed, steps, batch_size, device),
+               images_per_second(trainer.step, stream, steps, batch_size, device)) for _ in range(repeats)]
+    return max(r[0] for r in rounds), max(r[1] for r in rounds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m bench.ssl",
+                         "Benchmark pretext steps: images/s through the data path beside the model step alone.")
+    parser.add_argument("--tasks", default="moco,swav", help=f"comma-separated tasks ({', '.join(task_names())})")
+    parser.add_argument("--source", choices=SOURCES, default="store",
+                        help="store: a synthetic Zarr store through the block loader; phantom: rendered on the fly")
+    parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
+    parser.add_argument("--image-size", type=int, default=64, help="square input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=64, help="global batch of the step")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps of each measurement in each round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of both measurements, interleaved (best kept)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each before the first round")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
+    parser.add_argument("--images", type=int, default=2048, help="images in the temporary store (or phantoms)")
+    add_amp_arg(parser)
+    add_device_arg(parser)
+    add_rows_out_arg(parser)
+    args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in task_names()]
+    if not tasks or unknown:
+        raise UserError(f"--tasks {args.tasks!r}: name tasks of {', '.join(task_names())}")
+    for option in ("image_size", "batch_size", "steps", "repeats", "images"):
+        if getattr(args, option) < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
+    if args.warmup < 0 or (args.workers is not None and args.workers < 0):
+        raise UserError("--warmup and --workers must be >= 0")
+    if args.images < 2 * args.batch_size:
+        raise UserError("--images must hold at least two batches (--batch-size)")
+    device = resolve_device(args.device)
+    workers = args.workers if args.workers is not None else default_workers(device)
+    amp = use_bf16_autocast(args.amp, device)
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.backbone} {args.image_size} px, "
+          f"batch {args.batch_size}, bf16 {'on' if amp else 'off'}, {args.source}, {workers} workers")
+    where = f"{args.backbone} {args.image_size} px, batch {args.batch_size}"
+    path = "block loader from a store" if args.source == "store" else f"phantoms rendered, {workers} workers"
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-ssl-") as tmp:
+        images, channels = unlabelled(args.source, Path(tmp), args.images, args.image_size)
+        for task in tasks:
+            alone, through = bench_task(task, images, channels, device, args.backbone, args.image_size,
+                                        args.batch_size, args.steps, args.warmup, workers, amp, args.repeats)
+            ratio = 100 * through / alone
+            print(f"{task}: model step alone {alone:,.1f} img/s; through the data path {through:,.1f} img/s "
+                  f"({ratio:.0f}%)")
+            rows += [Row("pretext step", f"{task}, {where}, model step alone", alone, "img/s"),
+                     Row("pretext step", f"{task}, {where}, through the data path ({path})", through, "img/s"),
+                     Row("pretext step", f"{task}, {where}, data path / model step", ratio, "%")]
+    append_rows(args.rows_out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
