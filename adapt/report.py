@@ -25,6 +25,7 @@ from typing import Any
 
 from plumbing.cli import add_runs_dir_arg, make_parser, run_cli
 from plumbing.errors import UserError
+from plumbing.runs import read_run_results
 
 from .runs import RESULTS_FILE, TRAINED_BY
 from .selection import CRITERIA
@@ -37,15 +38,7 @@ COLUMNS = (*SETTINGS, "balanced_accuracy", "std", "seeds", "collapsed")
 
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """The ``results.json`` of every finished adaptation run directly inside ``runs_dir``."""
-    found = []
-    for path in sorted(runs_dir.glob(f"*/{RESULTS_FILE}")):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(results, dict) and results.get("trained_by") == TRAINED_BY:
-            found.append(results | {"run": path.parent.name})
-    return found
+    return read_run_results(runs_dir, RESULTS_FILE, lambda results: results.get("trained_by") == TRAINED_BY)
 
 
 def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from evaluate.task_data import checkpoint_position, evaluation_batches
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import generator
-from plumbing.training import attach_training_handlers, restore
+from plumbing.training import CheckpointedState, attach_training_handlers, restore
 
 from .config import AdaptConfig
 from .data import AdaptData, source_batches, target_batches
@@ -60,19 +60,12 @@ from .selection import COLLAPSE_SHARE, PredictionSpread, collapsed_class
 
 
 @dataclass
-class RunState:
+class RunState(CheckpointedState):
     """The checkpointed progress: the run's record, its step and every evaluation so far."""
 
     config: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in asdict(self):
-            setattr(self, key, state[key])
 
 
 @dataclass

@@ -20,13 +20,12 @@ trained (``--batchnorm auto``), at ``--image-size`` with ``--steps`` steps.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from plumbing.cli import make_parser, run_cli
-from plumbing.errors import UserError
+
+from .run_module import run_module
 
 PROG = "python -m bench.adapt_phantom"
 
@@ -49,19 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: list[str]) -> None:
-    print("$ python -m " + " ".join(args), file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, "-m", *args])
-    if done.returncode:
-        raise UserError(f"python -m {args[0]} stopped with exit code {done.returncode} (its message is above)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     store = args.store or args.runs_dir / "synthetic-v1-0s.zarr"
     if not store.exists():
-        _run(["synth.generate", "--version", "1", "--setting", "0s", "--out", str(store), "--train-per-class",
+        run_module(["synth.generate", "--version", "1", "--setting", "0s", "--out", str(store), "--train-per-class",
               str(args.train_per_class), "--val-per-class", str(max(args.train_per_class // 5, 1)),
               "--device", args.device])
     common = ["adapt.train", "--target", "phantom-nih", "--version", "1", "--setting", "0s", "--backbone",
@@ -69,10 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--eval-every", str(args.eval_every), "--lr", str(args.lr), "--eval-length", str(args.eval_length),
               "--seeds", args.seeds, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"]
     for source in (["--source", "synthetic", "--source-store", str(store)], ["--source", "phantom"]):
-        _run([*common, *source, "--alignment", "none,dcan,ours"])
-        _run([*common, *source, "--alignment", "ours", "--diversity", str(args.diversity)])
+        run_module([*common, *source, "--alignment", "none,dcan,ours"])
+        run_module([*common, *source, "--alignment", "ours", "--diversity", str(args.diversity)])
     for figure in ("final", "oracle"):
-        _run(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", figure])
+        run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", figure])
     return 0
 
 

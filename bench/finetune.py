@@ -23,7 +23,6 @@ loading keeps; 100% means the loader is never waited for.
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any
 import torch
 
 from datasets.sample import IMAGE, LABEL
-from evaluate.backbones import backbone_names
 from evaluate.classifier_training import ClassifierTrainer, FinetuneConfig, build_classifier
 from evaluate.task_data import DataChoice, training_batches
 from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
@@ -41,9 +39,7 @@ from plumbing.precision import add_amp_arg, use_bf16_autocast
 
 from .read_store import test_images, write_store
 from .rows import Row, add_rows_out_arg, append_rows, device_name
-from .timing import images_per_second
-
-SOURCES = ("store", "phantom")
+from .timing import add_data_path_args, alone_and_through, check_sizes
 
 
 def _dataset(source: str, folder: Path, n: int, resolution: int) -> Any:
@@ -66,36 +62,21 @@ def bench_finetune(
         trainer = ClassifierTrainer(model, cfg, 1e-4, 10**6, torch.full((4,), 1.0), device, amp)
         stream = iter(training_batches(dataset, batch_size, 0, 0, workers, device))
         first = next(stream)
-        fixed = itertools.repeat({IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4})
-        images_per_second(trainer.step, fixed, warmup, batch_size, device)
-        images_per_second(trainer.step, stream, warmup, batch_size, device)
-        rounds = [(images_per_second(trainer.step, fixed, steps, batch_size, device),
-                   images_per_second(trainer.step, stream, steps, batch_size, device)) for _ in range(repeats)]
-    return max(r[0] for r in rounds), max(r[1] for r in rounds)
+        fixed = {IMAGE: first[IMAGE].to(device), LABEL: torch.as_tensor(first[LABEL]).to(device) % 4}
+        return alone_and_through(trainer.step, fixed, stream, steps=steps, warmup=warmup, repeats=repeats,
+                                 batch_size=batch_size, device=device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.finetune",
                          "Benchmark classifier training: images/s through the data path beside the model step alone.")
-    parser.add_argument("--source", choices=SOURCES, default="store",
-                        help="store: a synthetic Zarr store through the block loader; phantom: rendered on the fly")
-    parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
-    parser.add_argument("--image-size", type=int, default=64, help="square input size in pixels")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of each measurement in each round")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of both measurements, interleaved (best kept)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps of each before the first round")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
+    add_data_path_args(parser, steps=10, warmup=5)
     parser.add_argument("--store-images", type=int, default=4096, help="images in the temporary store")
     add_amp_arg(parser)
     add_device_arg(parser)
     add_rows_out_arg(parser)
     args = parser.parse_args(argv)
-    for option in ("image_size", "batch_size", "steps", "repeats", "store_images"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
-    if args.warmup < 0 or (args.workers is not None and args.workers < 0):
-        raise UserError("--warmup and --workers must be >= 0")
+    check_sizes(args, ("image_size", "batch_size", "steps", "repeats", "store_images"))
     if args.source == "store" and args.store_images < args.batch_size:
         raise UserError("--store-images must hold at least one --batch-size")
     device = resolve_device(args.device)

@@ -23,7 +23,6 @@ loading keeps; 100% means the loader is never waited for.
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from evaluate.backbones import backbone_names
 from evaluate.task_data import training_batches
 from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
@@ -43,9 +41,8 @@ from ssl.trainer import PretextTrainer, StepContext, build_task
 
 from .read_store import test_images, write_store
 from .rows import Row, add_rows_out_arg, append_rows, device_name
-from .timing import images_per_second
+from .timing import add_data_path_args, alone_and_through, check_sizes
 
-SOURCES = ("store", "phantom")
 LR = 0.03
 
 
@@ -71,27 +68,16 @@ def bench_task(
     trainer.task.start_epoch(1)  # past SwAV's first epoch, whose prototypes stay frozen
     stream = iter(training_batches(images, batch_size, 0, 0, workers, device))
     first = next(stream)
-    fixed = itertools.repeat({"image": first["image"].to(device), "index": torch.as_tensor(first["index"]).to(device)})
-    images_per_second(trainer.step, fixed, warmup, batch_size, device)
-    images_per_second(trainer.step, stream, warmup, batch_size, device)
-    rounds = [(images_per_second(trainer.step, fixed, steps, batch_size, device),
-               images_per_second(trainer.step, stream, steps, batch_size, device)) for _ in range(repeats)]
-    return max(r[0] for r in rounds), max(r[1] for r in rounds)
+    fixed = {"image": first["image"].to(device), "index": torch.as_tensor(first["index"]).to(device)}
+    return alone_and_through(trainer.step, fixed, stream, steps=steps, warmup=warmup, repeats=repeats,
+                             batch_size=batch_size, device=device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.ssl",
                          "Benchmark pretext steps: images/s through the data path beside the model step alone.")
     parser.add_argument("--tasks", default="moco,swav", help=f"comma-separated tasks ({', '.join(task_names())})")
-    parser.add_argument("--source", choices=SOURCES, default="store",
-                        help="store: a synthetic Zarr store through the block loader; phantom: rendered on the fly")
-    parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
-    parser.add_argument("--image-size", type=int, default=64, help="square input size in pixels")
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch of the step")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps of each measurement in each round")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of both measurements, interleaved (best kept)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each before the first round")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers (none given: 0 on a CPU)")
+    add_data_path_args(parser, steps=5, warmup=2)
     parser.add_argument("--images", type=int, default=2048, help="images in the temporary store (or phantoms)")
     add_amp_arg(parser)
     add_device_arg(parser)
@@ -101,11 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [t for t in tasks if t not in task_names()]
     if not tasks or unknown:
         raise UserError(f"--tasks {args.tasks!r}: name tasks of {', '.join(task_names())}")
-    for option in ("image_size", "batch_size", "steps", "repeats", "images"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be positive, not {getattr(args, option)}")
-    if args.warmup < 0 or (args.workers is not None and args.workers < 0):
-        raise UserError("--warmup and --workers must be >= 0")
+    check_sizes(args, ("image_size", "batch_size", "steps", "repeats", "images"))
     if args.images < 2 * args.batch_size:
         raise UserError("--images must hold at least two batches (--batch-size)")
     device = resolve_device(args.device)

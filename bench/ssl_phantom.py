@@ -21,13 +21,12 @@ it stopped.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from plumbing.cli import make_parser, run_cli
-from plumbing.errors import UserError
+
+from .run_module import run_module
 
 PROG = "python -m bench.ssl_phantom"
 TASKS = "relloc,rotation,moco,swav,odc"
@@ -52,13 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: list[str]) -> None:
-    print("$ python -m " + " ".join(args), file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, "-m", *args])
-    if done.returncode:
-        raise UserError(f"python -m {args[0]} stopped with exit code {done.returncode} (its message is above)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     common = ["ssl.curriculum", "run", "--data", "phantom", "--max-images", str(args.max_images),
@@ -68,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--lr-grid", args.lr_grid, "--downstream-epochs", str(args.downstream_epochs),
               "--downstream-lr-grid", args.downstream_lr, "--seeds", args.seeds, "--runs-dir", str(args.runs_dir),
               "--device", args.device, "--no-progress"]
-    _run([*common, "--tasks", "none"])
-    _run([*common, "--tasks", args.tasks, "--orderings", "curriculum", "--max-length", "2"])
-    _run(["ssl.curriculum", "runs", "--runs-dir", str(args.runs_dir)])
+    run_module([*common, "--tasks", "none"])
+    run_module([*common, "--tasks", args.tasks, "--orderings", "curriculum", "--max-length", "2"])
+    run_module(["ssl.curriculum", "runs", "--runs-dir", str(args.runs_dir)])
     return 0
 
 

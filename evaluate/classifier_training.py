@@ -39,7 +39,6 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
 from ignite.metrics import Metric
 from torch import nn
 
@@ -50,7 +49,7 @@ from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
 from plumbing.runs import RunFolder
 from plumbing.seeding import derive_seed
-from plumbing.training import attach_training_handlers, restore
+from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
 
 from .backbones import Classifier, build_backbone, initialise
 from .losses import class_weights, weighted_cross_entropy
@@ -116,7 +115,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class RunState:
+class RunState(CheckpointedState):
     """The checkpointed progress of the full run: the record, the chosen rate and the best epoch."""
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -124,13 +123,6 @@ class RunState:
     lr_choice: dict[str, Any] = field(default_factory=dict)
     best_score: float = -math.inf
     best_epoch: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in asdict(self):
-            setattr(self, key, state[key])
 
 
 def build_classifier(cfg: FinetuneConfig, channels: int, num_classes: int, runs_dir: Path) -> tuple[Classifier, dict]:
@@ -279,16 +271,10 @@ def fit(
                                  progress=ctx.progress)
         engine.run(batches, max_epochs=epochs, epoch_length=steps)
         return trainer
-    engine.logger.setLevel("CRITICAL")
-    if ctx.progress and is_main_process():
-        ProgressBar(persist=True, desc=f"lr {lr:g}").attach(engine, output_transform=lambda out: out)
+    def _diverged() -> None:
+        trainer.state.best_score = -math.inf
 
-    @engine.on(Events.ITERATION_COMPLETED)
-    def _diverged(eng: Engine) -> None:
-        if not math.isfinite(eng.state.output["loss"]):
-            trainer.state.best_score = -math.inf
-            eng.terminate()
-
+    attach_trial_handlers(engine, progress=ctx.progress, desc=f"lr {lr:g}", on_diverged=_diverged)
     engine.run(batches, max_epochs=epochs, epoch_length=steps)
     return trainer
 

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,17 @@ def refuse_changed_options(given: set[str], wanted: Mapping[str, Any], saved: Ma
     if changed:
         parts = ", ".join(f"--{k.replace('_', '-')} {wanted[k]} (the run has {saved.get(k)})" for k in changed)
         raise UserError(f"--resume keeps the run's settings; these options differ from them: {parts}")
+
+
+def read_run_results(runs_dir: Path, name: str, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The ``name`` file (``results.json``) of every run folder directly inside ``runs_dir`` that ``accept``
+    takes, each with ``"run"``: its folder's name. Unreadable files and other programs' results are left out."""
+    found = []
+    for path in sorted(runs_dir.glob(f"*/{name}")):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(results, dict) and accept(results):
+            found.append(results | {"run": path.parent.name})
+    return found

@@ -16,6 +16,11 @@ rank alone could hang a collective), and only rank 0 writes snapshots
 (``on_checkpoint``), removes old checkpoints, shows the progress bar and
 writes TensorBoard.
 
+:func:`attach_trial_handlers` sets up the bare engine of a learning-rate
+trial instead: no checkpoints, quiet, a progress bar, and a stop at the first
+non-finite loss. :class:`CheckpointedState` gives a trainer's dataclass of
+progress the ``state_dict`` / ``load_state_dict`` that checkpoints need.
+
 Checkpoints hold only tensors and plain Python values, so
 :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``:
 loading never executes code.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,17 @@ from .distributed import is_main_process
 from .errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint"
+
+
+class CheckpointedState:
+    """``state_dict`` / ``load_state_dict`` of a dataclass's fields, for Ignite's checkpoints (a mixin)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in asdict(self):  # type: ignore[call-overload]
+            setattr(self, key, state[key])
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,3 +200,17 @@ def attach_training_handlers(
 
         engine.add_event_handler(Events.EXCEPTION_RAISED, _close_and_reraise)
     return saver
+
+
+def attach_trial_handlers(engine: Engine, *, progress: bool, desc: str, on_diverged: Callable[[], None]) -> None:
+    """A learning-rate trial's engine: no log lines, a progress bar on the main process, and at the first
+    non-finite loss ``on_diverged()`` (to record the trial as the worst) and a stop."""
+    engine.logger.setLevel("CRITICAL")
+    if progress and is_main_process():
+        ProgressBar(persist=True, desc=desc).attach(engine, output_transform=lambda out: out)
+
+    @engine.on(Events.ITERATION_COMPLETED)
+    def _diverged(eng: Engine) -> None:
+        if not math.isfinite(eng.state.output["loss"]):
+            on_diverged()
+            eng.terminate()

@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from plumbing.runs import read_run_results
+
 from .runs import RESULTS_FILE
 
 UNGROUPED = ("tasks", "init", "seed")
@@ -58,15 +60,7 @@ def curriculum_label(tasks: Sequence[str], singles: Mapping[str, float]) -> str:
 
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """The ``results.json`` of every finished curriculum run directly inside ``runs_dir``."""
-    found = []
-    for path in sorted(runs_dir.glob(f"*/{RESULTS_FILE}")):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(results, dict) and "ordering" in results and "downstream" in results:
-            found.append(results | {"run": path.parent.name})
-    return found
+    return read_run_results(runs_dir, RESULTS_FILE, lambda results: "ordering" in results and "downstream" in results)
 
 
 def settings_group(run: Mapping[str, Any]) -> str:

@@ -22,13 +22,12 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
 from torch.utils.data import Dataset
 
 from evaluate.backbones import Backbone, build_backbone
@@ -37,7 +36,7 @@ from plumbing.distributed import average_gradients, is_main_process, mean_values
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import derive_seed, generator
-from plumbing.training import attach_training_handlers, restore
+from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
 
 from .config import StepConfig
 from .tasks import PretextTask, TaskContext, get_task, task_settings
@@ -46,20 +45,13 @@ CRITERION = "mean loss of the last epoch"
 
 
 @dataclass
-class StepState:
+class StepState(CheckpointedState):
     """The checkpointed progress of a step: its record, iteration, LR choice and per-epoch mean losses."""
 
     config: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     lr_choice: dict[str, Any] = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in asdict(self):
-            setattr(self, key, state[key])
 
 
 @dataclass
@@ -177,15 +169,8 @@ def fit_step(
         attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=steps,
                                  progress=ctx.progress)
     else:
-        engine.logger.setLevel("CRITICAL")
-        if ctx.progress and is_main_process():
-            ProgressBar(persist=True, desc=f"{cfg.task} lr {lr:g}").attach(engine, output_transform=lambda out: out)
-
-        @engine.on(Events.ITERATION_COMPLETED)
-        def _diverged(eng: Engine) -> None:
-            if not math.isfinite(eng.state.output["loss"]):
-                trainer.state.epoch_losses.append(math.inf)
-                eng.terminate()
+        attach_trial_handlers(engine, progress=ctx.progress, desc=f"{cfg.task} lr {lr:g}",
+                              on_diverged=lambda: trainer.state.epoch_losses.append(math.inf))
 
     engine.run(batches, max_epochs=epochs, epoch_length=steps)
     return trainer
