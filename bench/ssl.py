@@ -62,7 +62,8 @@ def bench_task(
     """(images/s of the model step alone, images/s through the data path), the best of ``repeats`` rounds each."""
     cfg = StepConfig(task=task, settings={}, data=("bench",), max_images=None, backbone=backbone,
                      image_size=image_size, epochs=1, batch_size=batch_size, lr=LR, lr_grid=(LR,), lr_trial_epochs=1,
-                     weight_decay=1e-4, momentum=0.9, seed=0, start="scratch")
+                     weight_decay=1e-4, momentum=0.9, seed=0, start="scratch", bf16=amp, processes=1,
+                     store_workers=workers)
     ctx = StepContext(images, channels, None, device, amp, workers, False)
     trainer = PretextTrainer(build_task(cfg, ctx), cfg, LR, 10**6, device, amp)
     trainer.task.start_epoch(1)  # past SwAV's first epoch, whose prototypes stay frozen

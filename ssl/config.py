@@ -2,8 +2,11 @@
 
 A :class:`StepConfig` holds everything a step's result depends on - the
 images, the task and its settings, the backbone, size, schedule, the
-learning-rate choice, the seed and where it starts (``scratch``,
-``imagenet`` or the key of the step before it) - and :meth:`StepConfig.key`
+learning-rate choice, the seed, where it starts (``scratch``,
+``imagenet`` or the key of the step before it) and how it ran: bf16 or not,
+the number of processes (views are drawn per process, batch norm and
+SwAV's queue are per process) and, for a synthetic store read in blocks,
+the loader's workers (the block order depends on them) - and :meth:`StepConfig.key`
 is the SHA-256 of its canonical JSON: two curricula with the same prefix ask
 for the same keys and share the steps (:mod:`ssl.steps`).
 """
@@ -38,6 +41,9 @@ class StepConfig:
     momentum: float
     seed: int
     start: str
+    bf16: bool
+    processes: int
+    store_workers: int | None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self) | {"data": list(self.data), "lr_grid": list(self.lr_grid)}))

@@ -28,10 +28,10 @@ import sys
 from collections.abc import Sequence
 
 from datasets.registry import get_spec, names
-from evaluate.backbones import backbone_names
+from evaluate.backbones import backbone_names, imagenet_weights_file
 from evaluate.classifier_training import MODES, FinetuneConfig
 from evaluate.model_file import BACKBONE_FILE
-from evaluate.task_data import PHANTOM_LENGTHS
+from evaluate.task_data import PHANTOM_LENGTHS, task_data
 from plumbing.cli import (
     DefaultsHelpFormatter,
     add_device_arg,
@@ -50,8 +50,8 @@ from plumbing.runs import command_line
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
 from .runs import Machine, run_curriculum, run_name
-from .table import plan, read_runs, render, table
-from .tasks import get_task, task_names, task_settings
+from .table import config_group, plan, read_runs, render, settings_group, table
+from .tasks import get_task, overrides_record, task_names, task_settings
 
 PROG = "python -m ssl.curriculum"
 NONE = "none"
@@ -128,7 +128,8 @@ def _add_runs_parser(sub: argparse._SubParsersAction) -> None:
                        description="The curriculum runs per downstream task, best first; or the proposed orderings.",
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
-    p.add_argument("--plan", action="store_true", help="propose orderings from the single-task results instead")
+    p.add_argument("--plan", action="store_true",
+                   help="propose orderings from the single-task results instead: label, ordering, settings group")
     p.add_argument("--tasks", default=None, help="tasks of the plan (default: those with single-task runs)")
     p.add_argument("--max-length", type=int, default=2, help="longest ordering of the plan")
     add_runs_dir_arg(p)
@@ -204,6 +205,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
          "--max-images must be at least one batch (--batch-size)"),
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
         (args.max_length is None or args.max_length >= 1, "--max-length must be at least 1"),
+        ((args.length is None or args.length >= 1) and (args.eval_length is None or args.eval_length >= 1),
+         "--length and --eval-length must be at least 1"),
         (args.downstream in names(),
          f"--downstream: unknown data set {args.downstream!r}; "
          f"known: {', '.join(names())}"),
@@ -223,7 +226,9 @@ def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[
         return orderings(tasks, args.orderings, max_length, not args.no_singles)
     if singles_only:
         return [(t,) for t in tasks]
-    found = plan(read_runs(args.runs_dir), tasks, max_length)
+    probe = _configs(args, [tasks])[0][1]  # the settings group and start of this invocation's runs
+    runs = [r for r in read_runs(args.runs_dir) if settings_group(r) == config_group(probe)]
+    found = plan(runs, tasks, max_length, probe.init, probe.overrides)
     return orderings(tasks, "curriculum", max_length, True, {tuple(o.split(",")): label for o, label in found})
 
 
@@ -235,7 +240,7 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
     data = tuple(s.describe() for s in parse_data(args.data))
     findings = get_spec(args.downstream).schema is not None
     phantom = args.downstream.startswith("phantom")
-    base = dict(overrides=overrides, data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
+    base = dict(data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
                 image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
                 weight_decay=args.weight_decay, momentum=args.momentum)
@@ -252,11 +257,24 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
                 lr_grid=parse_lr_grid(args.downstream_lr_grid), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )
-            cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, **base)
+            recorded = {t: overrides_record(t, overrides[t]) for t in order if t in overrides}
+            cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded, **base)
             name = run_name(cfg, args.prefix)
             start = str(args.runs_dir / name / BACKBONE_FILE)  # the run's own backbone file
             configs.append((name, dataclasses.replace(cfg, downstream=dataclasses.replace(downstream, init=start))))
     return configs
+
+
+def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
+    """Before any training: ImageNet weights on disk when asked for, and downstream data that fits the images."""
+    if cfg.init == "imagenet" and not imagenet_weights_file(cfg.backbone).is_file():
+        raise UserError(f"--init imagenet: no ImageNet weights of {cfg.backbone} at "
+                        f"{imagenet_weights_file(cfg.backbone)}; download them there or start from scratch")
+    d = cfg.downstream
+    if get_spec(d.data).channels != channels:
+        raise UserError(f"--downstream {d.data} has {get_spec(d.data).channels}-channel images, the pretext images "
+                        f"{channels}-channel ones; one backbone cannot take both")
+    task_data(*d.data_choices(), d.image_size, d.seed)  # its root, label task and splits
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -274,6 +292,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         images, channels = unlabelled_images(
             tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
         )
+        _check_start_and_downstream(first, channels)
         if is_main_process():
             print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}", file=sys.stderr)
@@ -292,12 +311,19 @@ def _runs(args: argparse.Namespace) -> int:
     if not runs:
         raise UserError(f"no finished curriculum run in {args.runs_dir}; run some with {PROG} run")
     if args.plan:
-        tasks = _tasks(args.tasks) if args.tasks else tuple(sorted(
-            {r["tasks"][0] for r in runs if len(r["tasks"]) == 1 and r["init"] == "scratch"}))
-        if len(tasks) < 2:
+        groups: dict[str, list[dict]] = {}
+        for run in runs:
+            groups.setdefault(settings_group(run), []).append(run)
+        proposals = []
+        for group, members in sorted(groups.items()):
+            tasks = _tasks(args.tasks) if args.tasks else tuple(sorted(
+                {r["tasks"][0] for r in members if len(r["tasks"]) == 1 and r["init"] == "scratch"}))
+            proposals += [(label, ordering, group) for ordering, label in plan(members, tasks, args.max_length)
+                          if len(tasks) >= 2]
+        if not proposals:
             raise UserError("--plan needs at least two tasks with single-task runs (or --tasks)")
-        for ordering, label in plan(runs, tasks, args.max_length):
-            print(f"{label}\t{ordering}")
+        for label, ordering, group in proposals:
+            print(f"{label}\t{ordering}\t{group}")
         return 0
     print(render(table(runs), args.format))
     return 0

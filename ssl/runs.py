@@ -27,6 +27,7 @@ from typing import Any
 import ignite.distributed as idist
 import torch
 
+from datasets.synthetic import SyntheticDataset
 from evaluate.attention_report import measure_attention, write_attention
 from evaluate.backbones import build_backbone, initialise
 from evaluate.classifier_training import FitContext, run_protocol
@@ -41,7 +42,7 @@ from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
 
 from .config import CurriculumConfig, StepConfig
-from .steps import TRAINED_BY, start_weights, step_folder, train_or_reuse
+from .steps import TRAINED_BY, step_folder, train_or_reuse
 from .tasks import settings_record
 from .trainer import StepContext
 
@@ -72,8 +73,9 @@ def run_name(cfg: CurriculumConfig, prefix: str) -> str:
     return f"{prefix}-{downstream_label(cfg)}-{ordering}-seed{cfg.seed}"
 
 
-def step_configs(cfg: CurriculumConfig) -> list[StepConfig]:
-    """The steps of the curriculum in order, each starting from the key of the one before it."""
+def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -> list[StepConfig]:
+    """The steps of the curriculum in order, each starting from the key of the one before it, run with
+    ``bf16`` or not by this many processes (``store_workers``: the loader's workers when a store is read in blocks)."""
     steps: list[StepConfig] = []
     start = cfg.init
     for task in cfg.tasks:
@@ -82,7 +84,8 @@ def step_configs(cfg: CurriculumConfig) -> list[StepConfig]:
             max_images=cfg.max_images,
             backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
             lr=cfg.lr, lr_grid=cfg.lr_grid, lr_trial_epochs=cfg.lr_trial_epochs, weight_decay=cfg.weight_decay,
-            momentum=cfg.momentum, seed=cfg.seed, start=start,
+            momentum=cfg.momentum, seed=cfg.seed, start=start, bf16=bf16, processes=idist.get_world_size(),
+            store_workers=store_workers,
         )
         steps.append(step)
         start = f"step:{step.key()}"
@@ -168,9 +171,9 @@ def run_curriculum(
         record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
         write_json_atomic(config, record)
     steps = []
-    for step in step_configs(cfg):
-        start, _ = start_weights(step, channels, machine.runs_dir)
-        ctx = StepContext(images, channels, start, machine.device, machine.amp, machine.workers, machine.progress)
+    store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
+    for step in step_configs(cfg, machine.amp, store_workers):
+        ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
         steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
     _export_start(cfg, channels, folder, machine.runs_dir, steps)
     idist.barrier()

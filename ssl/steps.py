@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,11 @@ def _check_same(folder: Path, cfg: StepConfig) -> None:
 
 
 def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: str) -> dict[str, Any]:
-    """The finished step of ``cfg`` (module docstring): reused, resumed or trained; returns its ``step.json``."""
+    """The finished step of ``cfg`` (module docstring): reused, resumed or trained; returns its ``step.json``.
+
+    The start weights (``ctx.start`` is replaced by them) are loaded only
+    when the step trains, and their provenance goes into its backbone file.
+    """
     key = cfg.key()
     folder = step_folder(runs_dir, key)
     done = finished_step(runs_dir, key)
@@ -79,6 +84,8 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
             print(f"{cfg.task}: reusing the finished step {key}", file=sys.stderr)
         return done
     _check_same(folder, cfg)
+    start, provenance = start_weights(cfg, ctx.channels, runs_dir)
+    ctx = replace(ctx, start=start)
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
     if run.checkpoint is not None:
         saved = run.checkpoint["run"]["lr_choice"]
@@ -100,7 +107,7 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
     }
     if is_main_process():
         training = {"trained_by": TRAINED_BY, "step": cfg.to_dict(), "key": key, "command": command,
-                    "lr": choice.lr, "final_loss": trainer.state.epoch_losses[-1]}
+                    "start": provenance, "lr": choice.lr, "final_loss": trainer.state.epoch_losses[-1]}
         save_model(folder / BACKBONE_FILE, trainer.backbone, image_size=cfg.image_size, training=training)
         write_json_atomic(folder / STEP_FILE, result)
         for path in checkpoints(folder):  # finished: the backbone file is what later steps read

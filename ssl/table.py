@@ -1,15 +1,19 @@
 """The runs table of curricular pre-training (the seed's Tables 1 and 2) and the plan of orderings to run.
 
 Runs are compared only within one downstream task and one set of settings
-(everything of :class:`ssl.config.CurriculumConfig` but the tasks, the
-initialisation and the seed, which the downstream protocol shares). One row per ordering: balanced accuracy and
-AIL as mean +- sample standard deviation over seeds, and
+(everything of :class:`ssl.config.CurriculumConfig` but the tasks, their
+setting overrides, the initialisation and the seed). One row per ordering
+(:func:`row_name`: with its tasks' overrides, if any; a run kept under two
+prefixes counts once): balanced accuracy and AIL as mean +- sample standard
+deviation over seeds, and
 
 - the label (:func:`curriculum_label`): for an ordering of two tasks or
   more, ``C`` (Curriculum) when the single tasks' mean downstream balanced
   accuracies increase along it, ``AC`` (Anti-Curriculum) when they decrease,
   ``MC`` (Mixed) otherwise, ``?`` when a single task has no finished run;
-  ``-`` for single tasks and baselines;
+  ``-`` for single tasks and baselines. A task alone is its single-task run
+  with the same start (scratch or ImageNet) and the same settings
+  (:func:`single_key`);
 - ``delta``: its mean balanced accuracy minus that of its first task alone;
 - ``> imagenet`` / ``> scratch``: whether its mean beats the ImageNet and
   the scratch (``none``) baselines' (``?`` without that baseline).
@@ -28,22 +32,23 @@ import itertools
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from plumbing.runs import read_run_results
 
-from .runs import RESULTS_FILE
+from .config import CurriculumConfig
+from .runs import RESULTS_FILE, downstream_label
 
-UNGROUPED = ("tasks", "init", "seed")
+UNGROUPED = ("tasks", "init", "seed", "overrides")
 DOWNSTREAM_UNGROUPED = ("init", "seed")
 """The downstream protocol starts from the run's own backbone file with the run's seed."""
 COLUMNS = ("ordering", "label", "balanced_accuracy", "std", "delta", "ail", "ail_std", "beats_imagenet",
            "beats_scratch", "seeds")
 
 
-def curriculum_label(tasks: Sequence[str], singles: Mapping[str, float]) -> str:
+def curriculum_label(tasks: Sequence[Hashable], singles: Mapping[Hashable, float]) -> str:
     """``C``, ``AC``, ``MC``, ``?`` or ``-`` for an ordering of ``tasks`` given single-task accuracies."""
     if len(tasks) < 2:
         return "-"
@@ -64,11 +69,53 @@ def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def settings_group(run: Mapping[str, Any]) -> str:
-    """The downstream task and a short hash of every setting but the tasks, the initialisation and the seed."""
+    """The downstream task and a short hash of every setting but the tasks, their overrides, the start and the seed."""
     shared = {k: v for k, v in run["settings"].items() if k not in UNGROUPED}
     shared["downstream"] = {k: v for k, v in shared["downstream"].items() if k not in DOWNSTREAM_UNGROUPED}
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     return f"{run['downstream_task']} ({run['backbone']}, {run['image_size']} px, settings {digest})"
+
+
+def config_group(cfg: CurriculumConfig) -> str:
+    """The settings group that the runs of ``cfg`` fall into (as :func:`settings_group` of their results)."""
+    return settings_group({"settings": cfg.to_dict(), "downstream_task": downstream_label(cfg),
+                           "backbone": cfg.backbone, "image_size": cfg.image_size})
+
+
+def single_key(run: Mapping[str, Any], task: str) -> tuple[str, str, str]:
+    """What a task alone means for ``run``: the task, its setting overrides in the run, the run's start."""
+    overrides = run["settings"].get("overrides", {}).get(task, {})
+    return task, json.dumps(overrides, sort_keys=True), run["init"]
+
+
+def _single_means(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], float]:
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        if len(run["tasks"]) == 1:
+            values[single_key(run, run["tasks"][0])].append(run["downstream"]["balanced_accuracy"])
+    return {k: statistics.fmean(v) for k, v in values.items()}
+
+
+def _distinct_seeds(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One run per seed (the first by folder name): the same run kept under two prefixes counts once."""
+    kept: dict[int, Mapping[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r.get("run", "")):
+        kept.setdefault(run["seed"], run)
+    return list(kept.values())
+
+
+def _distinct_seeds_per_ordering(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    by_row: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_row[row_name(run)].append(run)
+    return [r for rs in by_row.values() for r in _distinct_seeds(rs)]
+
+
+def row_name(run: Mapping[str, Any]) -> str:
+    """The run's row of the table: its ordering, with the setting overrides of its tasks when it has any."""
+    overrides = run["settings"].get("overrides", {})
+    given = [f"{t}.{k}={json.dumps(v)}" for t in run["tasks"] for k, v in sorted(overrides.get(t, {}).items())]
+    return run["ordering"] + (f" [{', '.join(given)}]" if given else "")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -85,20 +132,20 @@ def table(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The rows of every settings group (module docstring), best first."""
     groups: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        groups[settings_group(run)][run["ordering"]].append(run)
+        groups[settings_group(run)][row_name(run)].append(run)
     tables = {}
     for group, orderings in sorted(groups.items()):
+        orderings = {o: _distinct_seeds(rs) for o, rs in orderings.items()}
         means = {o: statistics.fmean(r["downstream"]["balanced_accuracy"] for r in rs) for o, rs in orderings.items()}
-        singles = {rs[0]["tasks"][0]: means[o] for o, rs in orderings.items()
-                   if len(rs[0]["tasks"]) == 1 and rs[0]["init"] == "scratch"}
+        singles = _single_means([r for rs in orderings.values() for r in rs])
         rows = []
         for ordering, members in orderings.items():
-            tasks = members[0]["tasks"]
+            keys = [single_key(members[0], t) for t in members[0]["tasks"]]
             mean, std = _mean_std([m["downstream"]["balanced_accuracy"] for m in members])
             ail, ail_std = _mean_std([m["downstream"]["ail"] for m in members if m["downstream"]["ail"] is not None])
-            first = singles.get(tasks[0]) if len(tasks) > 1 else None
+            first = singles.get(keys[0]) if len(keys) > 1 else None
             rows.append({
-                "ordering": ordering, "label": curriculum_label(tasks, singles), "balanced_accuracy": mean, "std": std,
+                "ordering": ordering, "label": curriculum_label(keys, singles), "balanced_accuracy": mean, "std": std,
                 "delta": None if first is None else mean - first, "ail": ail, "ail_std": ail_std,
                 "beats_imagenet": "-" if ordering == "imagenet" else _beats(mean, means.get("imagenet")),
                 "beats_scratch": "-" if ordering == "none" else _beats(mean, means.get("none")),
@@ -108,20 +155,21 @@ def table(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return tables
 
 
-def plan(runs: Sequence[Mapping[str, Any]], tasks: Sequence[str], max_length: int) -> list[tuple[str, str]]:
+def plan(
+    runs: Sequence[Mapping[str, Any]], tasks: Sequence[str], max_length: int, init: str = "scratch",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[tuple[str, str]]:
     """``(ordering, label)`` of every ordering of 2..``max_length`` of ``tasks``: C first, then MC, then AC.
 
-    Single-task accuracies are the means over the finished scratch runs of
-    each task (over every settings group); orderings with a task lacking
-    one are labelled ``?`` and come last.
+    ``runs`` are those of one settings group (:func:`settings_group`). The
+    single-task accuracies are the means over their single-task runs that
+    start from ``init`` with each task's ``overrides``; orderings with a task
+    lacking one are labelled ``?`` and come last.
     """
-    values: dict[str, list[float]] = defaultdict(list)
-    for run in runs:
-        if len(run["tasks"]) == 1 and run["init"] == "scratch":
-            values[run["tasks"][0]].append(run["downstream"]["balanced_accuracy"])
-    singles = {t: statistics.fmean(v) for t, v in values.items()}
+    singles = _single_means(_distinct_seeds_per_ordering(runs))
+    keys = {t: (t, json.dumps((overrides or {}).get(t, {}), sort_keys=True), init) for t in tasks}
     proposals = [
-        (",".join(order), curriculum_label(order, singles))
+        (",".join(order), curriculum_label([keys[t] for t in order], singles))
         for length in range(2, max_length + 1) for order in itertools.permutations(tasks, length)
     ]
     rank = {"C": 0, "MC": 1, "AC": 2, "?": 3}

@@ -56,7 +56,10 @@ class StepState(CheckpointedState):
 
 @dataclass
 class StepContext:
-    """What a step needs besides its configuration: the images, the start backbone's weights, the machine."""
+    """What a step needs besides its configuration: the images, the start backbone's weights, the machine.
+
+    ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.steps.train_or_reuse`.
+    """
 
     images: Dataset
     channels: int
@@ -73,8 +76,7 @@ def build_task(cfg: StepConfig, ctx: StepContext) -> PretextTask:
     backbone = build_backbone(cfg.backbone, ctx.channels)
     if ctx.start is not None:
         backbone.load_state_dict(ctx.start)
-    context = TaskContext(ctx.channels, cfg.image_size, len(ctx.images), cfg.batch_size,
-                          steps_per_epoch(ctx.images, cfg.batch_size, ctx.workers))
+    context = TaskContext(cfg.image_size, len(ctx.images), cfg.batch_size, cfg.seed)
     return get_task(cfg.task).task(backbone, task_settings(cfg.task, cfg.settings), context)
 
 

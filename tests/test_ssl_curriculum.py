@@ -61,7 +61,8 @@ def _error(runs: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
 def _step(task: str, epochs: int = 1, lr: float = 0.05, start: str = "scratch") -> StepConfig:
     return StepConfig(task=task, settings=SMALL[task], data=("phantom",), max_images=64, backbone="tiny",
                       image_size=32, epochs=epochs, batch_size=16, lr=lr, lr_grid=(lr,), lr_trial_epochs=1,
-                      weight_decay=1e-4, momentum=0.9, seed=0, start=start)
+                      weight_decay=1e-4, momentum=0.9, seed=0, start=start, bf16=False, processes=1,
+                      store_workers=None)
 
 
 def _context() -> StepContext:
@@ -127,6 +128,10 @@ def test_a_shared_prefix_is_reused_and_a_changed_setting_is_not(
     assert "finished; skipped" in capsys.readouterr().err
     _run(tmp_path, *COMMON, "--tasks", "rotation", "--no-singles", "--lr", "0.02", "--prefix", "other")
     assert "rotation: training" in capsys.readouterr().err and len(_steps(tmp_path)) == 3
+    _run(tmp_path, *COMMON, "--tasks", "rotation,relloc", "--set", "relloc.hidden_dim=64")  # singles too
+    assert "ssl-phantom-v3-0s-rotation-seed0: finished; skipped" in capsys.readouterr().err  # relloc's --set is not its
+    record = json.loads((tmp_path / "ssl-phantom-v3-0s-rotation-relloc-seed0" / "results.json").read_text())
+    assert record["settings"]["overrides"] == {"relloc": {"hidden_dim": 64}}
 
 
 def _interrupted_then_resumed(runs: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int,
@@ -184,11 +189,12 @@ def test_a_store_goes_through_the_block_loader_with_indices_and_resumes_exactly(
     _same_runs(tmp_path / "full", tmp_path / "split", "ssl-phantom-v3-0s-odc-seed0")
 
 
-def _fake(ordering: str, tasks: list[str], seed: int, accuracy: float, init: str = "scratch") -> dict[str, Any]:
+def _fake(ordering: str, tasks: list[str], seed: int, accuracy: float, init: str = "scratch",
+          overrides: dict[str, Any] | None = None, run: str = "ssl") -> dict[str, Any]:
     settings = {"backbone": "tiny", "downstream": {"data": "phantom", "init": f"runs/{ordering}", "seed": seed},
-                "tasks": tasks, "init": init, "seed": seed}
+                "tasks": tasks, "init": init, "seed": seed, "overrides": overrides or {}}
     return {"ordering": ordering, "tasks": tasks, "init": init, "seed": seed, "downstream_task": "phantom-v3-0s",
-            "backbone": "tiny", "image_size": 32, "settings": settings,
+            "backbone": "tiny", "image_size": 32, "settings": settings, "run": f"{run}-{ordering}-{seed}",
             "downstream": {"balanced_accuracy": accuracy, "ail": 0.5}}
 
 
@@ -216,14 +222,33 @@ def test_curriculum_labels_deltas_and_baseline_flags_on_hand_made_results() -> N
     assert render(table(runs), "csv").splitlines()[0].startswith("group,ordering,label")
 
 
+def test_singles_match_start_and_settings_and_copies_count_once() -> None:
+    runs = [_fake("a", ["a"], 0, 0.5), _fake("b", ["b"], 0, 0.6),  # from scratch: a < b
+            _fake("a (imagenet)", ["a"], 0, 0.8, init="imagenet"),
+            _fake("b (imagenet)", ["b"], 0, 0.7, init="imagenet"),
+            _fake("a>b (imagenet)", ["a", "b"], 0, 0.75, init="imagenet"),
+            _fake("b", ["b"], 0, 0.4, overrides={"b": {"k": 2}}),
+            _fake("a>b", ["a", "b"], 0, 0.55, overrides={"b": {"k": 2}}),
+            _fake("a", ["a"], 0, 0.5, run="copy")]  # the same run under another prefix
+    (rows,) = table(runs).values()
+    by = {r["ordering"]: r for r in rows}
+    assert by["a>b (imagenet)"]["label"] == "AC"  # ImageNet singles: a 0.8 > b 0.7
+    assert by["a>b (imagenet)"]["delta"] == pytest.approx(-0.05)
+    assert by["a>b [b.k=2]"]["label"] == "AC"  # b with k=2 alone: 0.4 < a 0.5
+    assert by["b [b.k=2]"]["balanced_accuracy"] == pytest.approx(0.4) and by["b"]["balanced_accuracy"] == 0.6
+    assert by["a"]["seeds"] == [0]
+    assert plan(runs, ["a", "b"], 2, "imagenet") == [("b,a", "C"), ("a,b", "AC")]
+    assert plan(runs, ["a", "b"], 2) == [("a,b", "C"), ("b,a", "AC")]
+
+
 def test_curriculum_orderings_then_the_table_and_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _run(tmp_path, *COMMON, "--tasks", "rotation,relloc", "--orderings", "curriculum", "--set", "relloc.hidden_dim=64")
     capsys.readouterr()
     with pytest.raises(SystemExit):
         run_cli(main, ["runs", "--runs-dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "| rotation |" in out and "| relloc |" in out
-    pairs = [line for line in out.splitlines() if "| rotation>relloc |" in line or "| relloc>rotation |" in line]
+    assert "| rotation |" in out and "| relloc [relloc.hidden_dim=64] |" in out  # rows show their --set values
+    pairs = [line for line in out.splitlines() if "| rotation>relloc [" in line or "| relloc>rotation [" in line]
     assert len(pairs) == 1 and "| C |" in pairs[0]  # the singles ran first, then only their Curriculum ordering
     assert out.count("Downstream phantom-v3-0s") == 1  # one settings group
     with pytest.raises(SystemExit):
@@ -240,8 +265,15 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
                                              "moco.temperature=warm")
     assert "is not one of --tasks" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--set", "swav.epsilon=1")
     assert "unknown data set 'nope'" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--data", "nope")
+    assert "temperature > 0 is required" in _error(tmp_path, capsys, *base, "--tasks", "moco", "--set",
+                                                   "moco.temperature=0")
+    assert "version 99" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--version", "99")
+    assert "3-channel images" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--downstream", "isic2019",
+                                        "--downstream-root", str(tmp_path))
+    assert "chexpert" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--downstream", "chexpert",
+                                "--downstream-root", str(tmp_path / "nowhere"))
     assert "no finished curriculum run" in _error(tmp_path, capsys, "runs")
-    assert not (tmp_path / STEPS_DIR).exists()
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from ssl.tasks.moco import Moco, queue_size
 
 def _moco(**overrides: object) -> Moco:
     torch.manual_seed(0)
-    context = TaskContext(channels=1, image_size=32, num_images=64, batch_size=8, steps_per_epoch=8)
+    context = TaskContext(image_size=32, num_images=64, batch_size=8, seed=0)
     return Moco(build_backbone("tiny", 1), task_settings("moco", overrides), context)
 
 
@@ -40,10 +40,10 @@ def test_position_cross_entropy_is_the_mean_negative_log_likelihood() -> None:
 
 def test_queue_is_capped_by_the_images_and_a_whole_number_of_batches() -> None:
     settings = task_settings("moco")
-    assert queue_size(settings, TaskContext(1, 32, 64, 8, 8)) == 64
-    assert queue_size(settings, TaskContext(1, 32, 70, 8, 9)) == 64
-    assert queue_size(settings, TaskContext(1, 32, 5, 8, 1)) == 8  # at least one batch
-    assert queue_size(task_settings("moco", {"queue_length": 20}), TaskContext(1, 32, 640, 8, 80)) == 16
+    assert queue_size(settings, TaskContext(32, 64, 8, 0)) == 64
+    assert queue_size(settings, TaskContext(32, 70, 8, 0)) == 64
+    assert queue_size(settings, TaskContext(32, 5, 8, 0)) == 8  # at least one batch
+    assert queue_size(task_settings("moco", {"queue_length": 20}), TaskContext(32, 640, 8, 0)) == 16
 
 
 def test_enqueue_replaces_the_oldest_keys_and_wraps_around() -> None:

@@ -25,7 +25,8 @@ from .rotation import Rotation, RotationSettings
 from .swav import Swav, SwavSettings
 
 __all__ = [
-    "TASKS", "PretextTask", "TaskContext", "TaskSpec", "get_task", "settings_record", "task_names", "task_settings",
+    "TASKS", "PretextTask", "TaskContext", "TaskSpec", "get_task", "overrides_record", "settings_record", "task_names",
+    "task_settings",
 ]
 
 
@@ -99,6 +100,12 @@ def task_settings(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
         raise UserError(f"{name} has no setting {', '.join(unknown)}; its settings: {known}")
     values = defaults | {k: _typed(name, k, v, defaults[k]) for k, v in (overrides or {}).items()}
     return dataclass_from_dict(spec.settings, values, f"{name} settings")
+
+
+def overrides_record(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overridden settings of task ``name`` alone, typed as the settings hold them, as plain JSON values."""
+    settings = dataclasses.asdict(task_settings(name, overrides))
+    return json.loads(json.dumps({k: settings[k] for k in sorted(overrides)}))
 
 
 def settings_record(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

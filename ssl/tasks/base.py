@@ -13,8 +13,9 @@ queue, prototypes, a memory bank). The trainer (:mod:`ssl.trainer`) calls:
   W]`` in ``[0, 1]`` on the device, with their dataset indices ``[B]`` and a
   CPU generator for the views; it returns the loss to minimise and the
   numbers to log;
-- :meth:`PretextTask.after_step` after the optimiser step - MoCo's
-  key-encoder momentum update, ODC's centroid refresh.
+- :meth:`PretextTask.after_step` after the optimiser step - ODC's memory
+  update and centroid refresh (MoCo moves its key encoder at the start of
+  :meth:`PretextTask.loss`, before the keys are computed).
 
 Gradients are averaged over the processes by the trainer; a task that needs
 global quantities (MoCo's queue and shuffled keys, SwAV's Sinkhorn, ODC's
@@ -25,7 +26,7 @@ a curriculum.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +34,29 @@ import torch
 from torch import nn
 
 from evaluate.backbones import Backbone
+from plumbing.errors import UserError
 
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a task knows of its run: the images, their size and count, the global batch and the epochs."""
+    """What a task knows of its run: the image size, the number of images, the global batch and the step's seed."""
 
-    channels: int
     image_size: int
     num_images: int
     batch_size: int
-    steps_per_epoch: int
+    seed: int
+
+
+def in_unit_interval(settings: Any, *names: str) -> dict[str, bool]:
+    """``{"0 <= name <= 1": ok}`` for the probabilities and fractions ``names`` of ``settings``."""
+    return {f"0 <= {n} <= 1": 0 <= getattr(settings, n) <= 1 for n in names}
+
+
+def check_settings(task: str, conditions: Mapping[str, bool]) -> None:
+    """One :class:`UserError` line naming the first of ``conditions`` (``{"temperature > 0": ok}``) that fails."""
+    for condition, ok in conditions.items():
+        if not ok:
+            raise UserError(f"{task} settings: {condition} is required")
 
 
 class PretextTask(nn.Module):

@@ -12,7 +12,9 @@ the queue; then the keys of the global batch replace the oldest queue entries.
 
 The queue holds ``min(queue_length, N_b)`` keys, ``N_b`` the training images
 rounded down to whole global batches (at least one batch): a queue longer
-than the data set would hold stale keys of the very image being contrasted.
+than the data set would hold several stale keys of every image, the one being
+contrasted among them (capped, it holds at most about one epoch of keys, which
+may still include an older key of that image).
 
 Several processes: the keys of all ranks enter every rank's queue (gathered,
 so the queues stay identical) and the key encoder sees the global batch
@@ -37,7 +39,7 @@ from evaluate.backbones import Backbone
 
 from ..losses import info_nce
 from ..views import gaussian_blur, intensity_jitter, random_grayscale, resized_crops
-from .base import PretextTask, TaskContext
+from .base import PretextTask, TaskContext, check_settings, in_unit_interval
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class MocoSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        check_settings("moco", {
+            "queue_length >= 1": self.queue_length >= 1, "feature_dim >= 1": self.feature_dim >= 1,
+            "0 <= momentum < 1": 0 <= self.momentum < 1, "temperature > 0": self.temperature > 0,
+            "0 < crop_scale[0] <= crop_scale[1] <= 1": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+        } | in_unit_interval(self, "jitter_p", "jitter_amount", "grayscale_p", "blur_p"))
 
 
 def queue_size(settings: MocoSettings, context: TaskContext) -> int:

@@ -15,7 +15,7 @@ module (so a checkpoint holds them):
 Start (:meth:`Odc.initialise`, once): the features of every image, without
 augmentation and in eval mode, fill the samples memory; spherical k-means
 (cosine assignment, normalised-mean update, ``kmeans_iterations`` rounds from
-``K`` distinct images drawn with ``seed`` - random initialisation, as the
+``K`` distinct images drawn with the step's seed - random initialisation, as the
 reference's faiss k-means) gives the labels, then the centroids; small
 clusters are re-split (below) and the classifier is re-drawn,
 ``W ~ N(0, 0.01^2)``, ``b = 0``, as the reference re-initialises its head
@@ -82,7 +82,7 @@ from plumbing.seeding import generator as seeded_generator
 
 from ..losses import odc_loss
 from ..views import intensity_jitter, resized_crops
-from .base import PretextTask, TaskContext
+from .base import PretextTask, TaskContext, check_settings, in_unit_interval
 
 CLASSIFIER_STD = 0.01
 CHUNK_ELEMENTS = 1 << 24
@@ -105,10 +105,17 @@ class OdcSettings:
     crop_scale: tuple[float, float] = (0.2, 1.0)
     jitter_p: float = 0.8
     jitter_amount: float = 0.4
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
+        check_settings("odc", {
+            "clusters >= 2": self.clusters >= 2, "feature_dim >= 1": self.feature_dim >= 1,
+            "hidden_dim >= 1": self.hidden_dim >= 1, "centroid_every >= 1": self.centroid_every >= 1,
+            "min_cluster >= 0": self.min_cluster >= 0, "loss_power >= 0": self.loss_power >= 0,
+            "kmeans_iterations >= 1": self.kmeans_iterations >= 1,
+            "images_per_cluster >= 1": self.images_per_cluster >= 1,
+            "0 < crop_scale[0] <= crop_scale[1] <= 1": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+        } | in_unit_interval(self, "memory_momentum", "jitter_p", "jitter_amount"))
 
 
 def num_clusters(settings: OdcSettings, num_images: int) -> int:
@@ -239,8 +246,8 @@ class Odc(PretextTask):
 
     @torch.no_grad()
     def reset_classifier(self) -> None:
-        """``W ~ N(0, 0.01^2)`` from ``seed`` (the same on every rank), ``b = 0``."""
-        draw = seeded_generator(self.settings.seed, "odc-classifier")
+        """``W ~ N(0, 0.01^2)`` from the step's seed (the same on every rank), ``b = 0``."""
+        draw = seeded_generator(self.context.seed, "odc-classifier")
         weight = self.classifier.weight
         weight.copy_(torch.randn(weight.shape, generator=draw) * CLASSIFIER_STD)
         self.classifier.bias.zero_()
@@ -268,7 +275,7 @@ class Odc(PretextTask):
         self.memory[rows] = everything
         if is_main_process():
             s = self.settings
-            draw = seeded_generator(s.seed, "odc-kmeans")
+            draw = seeded_generator(self.context.seed, "odc-kmeans")
             self.labels.copy_(spherical_kmeans(self.memory, self.num_clusters, s.kmeans_iterations, draw))
             self.centroids.copy_(cluster_centroids(self.memory, self.labels, self.centroids))
             split_small_clusters(self.memory, self.labels, self.centroids, self.min_cluster, s.kmeans_iterations, draw)
@@ -308,6 +315,6 @@ class Odc(PretextTask):
         if is_main_process():
             s = self.settings
             self.centroids.copy_(cluster_centroids(self.memory, self.labels, self.centroids))
-            draw = seeded_generator(s.seed, "odc-split", int(self.iteration))
+            draw = seeded_generator(self.context.seed, "odc-split", int(self.iteration))
             split_small_clusters(self.memory, self.labels, self.centroids, self.min_cluster, s.kmeans_iterations, draw)
         broadcast_from_main(self.labels, self.centroids)

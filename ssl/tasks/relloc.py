@@ -24,7 +24,7 @@ from evaluate.backbones import Backbone
 
 from ..losses import position_cross_entropy
 from ..views import location_patches
-from .base import PretextTask, TaskContext
+from .base import PretextTask, TaskContext, check_settings
 
 POSITIONS = 8
 
@@ -34,6 +34,10 @@ class RelativeLocationSettings:
     hidden_dim: int = 4096
     dropout: float = 0.5
     min_patch: int = 16
+
+    def __post_init__(self) -> None:
+        check_settings("relloc", {"hidden_dim >= 1": self.hidden_dim >= 1, "0 <= dropout < 1": 0 <= self.dropout < 1,
+                                  "min_patch >= 8": self.min_patch >= 8})
 
 
 class RelativeLocation(PretextTask):

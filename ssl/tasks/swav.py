@@ -61,7 +61,7 @@ from plumbing.errors import UserError
 
 from ..losses import sinkhorn, swav_loss
 from ..views import gaussian_blur, intensity_jitter, resized_crops
-from .base import PretextTask, TaskContext
+from .base import PretextTask, TaskContext, check_settings, in_unit_interval
 
 SMALLEST_CROP = 8
 
@@ -89,6 +89,16 @@ class SwavSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "large_scale", tuple(self.large_scale))
         object.__setattr__(self, "small_scale", tuple(self.small_scale))
+        check_settings("swav", {
+            "prototypes >= 2": self.prototypes >= 2, "feature_dim >= 1": self.feature_dim >= 1,
+            "hidden_dim >= 1": self.hidden_dim >= 1, "temperature > 0": self.temperature > 0,
+            "epsilon > 0": self.epsilon > 0, "sinkhorn_iterations >= 1": self.sinkhorn_iterations >= 1,
+            "small_crops >= 0": self.small_crops >= 0, "0 < small_fraction <= 1": 0 < self.small_fraction <= 1,
+            "queue_length >= 0": self.queue_length >= 0,
+            "freeze_prototypes_epochs >= 0": self.freeze_prototypes_epochs >= 0,
+            "0 < large_scale[0] <= large_scale[1] <= 1": 0 < self.large_scale[0] <= self.large_scale[1] <= 1,
+            "0 < small_scale[0] <= small_scale[1] <= 1": 0 < self.small_scale[0] <= self.small_scale[1] <= 1,
+        } | in_unit_interval(self, "jitter_p", "jitter_amount", "blur_p"))
         if self.large_crops < 1 or self.large_crops + self.small_crops < 2:
             raise UserError(
                 f"swav needs a large crop and at least 2 crops in all, not {self.large_crops} large "
