@@ -201,6 +201,42 @@ def test_queue_holds_at_most_the_data_set() -> None:
     assert small.queue_capacity() == 64 and large.queue_capacity() == 3840
 
 
+class TwoRanks:
+    """``ignite.distributed`` as rank ``rank`` of two sees it, the other rank's queue rows given."""
+
+    def __init__(self, rank: int, other_rows: torch.Tensor) -> None:
+        self.rank, self.other_rows = rank, other_rows
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def all_gather(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([rows, self.other_rows] if self.rank == 0 else [self.other_rows, rows])
+
+
+def test_a_checkpoint_holds_every_ranks_queue_and_each_rank_takes_its_own_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = make_task()  # queue_length 8 over two ranks: 4 rows each
+    g = torch.Generator().manual_seed(0)
+    mine, theirs = torch.randn(2, 4, 16, generator=g), torch.randn(2, 4, 16, generator=g)
+    task.queue[:, :4] = mine
+    monkeypatch.setattr(swav_module, "idist", TwoRanks(0, theirs))
+    assert task.queue_capacity() == 4
+    saved = task.state_dict()["queue"]
+    torch.testing.assert_close(saved[:, :4], mine)
+    torch.testing.assert_close(saved[:, 4:8], theirs)
+    assert torch.equal(task.queue[:, :4], mine)  # saving leaves the live queue alone
+    second = make_task(seed=1)
+    monkeypatch.setattr(swav_module, "idist", TwoRanks(1, mine))
+    second.load_state_dict(task.state_dict() | {"queue": saved})
+    torch.testing.assert_close(second.queue[:, :4], theirs)
+    assert not second.queue[:, 4:].any()
+
+
 def test_sgd_steps_lower_the_loss(images: torch.Tensor) -> None:
     settings = SwavSettings(prototypes=8, feature_dim=16, hidden_dim=32, large_crops=2, small_crops=2,
                             freeze_prototypes_epochs=0, queue_length=0)

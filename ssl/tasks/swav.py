@@ -40,8 +40,11 @@ Several processes: Sinkhorn normalises over the global batch
 (:func:`plumbing.distributed.sum_over_ranks`); each rank keeps its own queue
 of ``min(queue_length, N) // world size`` rows, the reference's share, so the
 global Sinkhorn sees that many queued rows. The buffer always has
-``queue_length`` rows, so a checkpoint resumes under any number of processes
-(every rank then starts from rank 0's saved queue).
+``queue_length`` rows. A checkpoint (written by rank 0) holds the queues of
+every rank side by side - rank ``r``'s rows at ``[r * c, (r + 1) * c)``,
+``c`` the per-rank capacity - gathered when the state is saved, and each rank
+takes its own rows back on loading, so a resumed step goes on exactly (the
+number of processes is part of a step's key, so it resumes under as many).
 """
 
 from __future__ import annotations
@@ -164,6 +167,29 @@ class Swav(PretextTask):
         from holding the same images twice, from epochs ago (MoCo caps its queue alike).
         """
         return min(self.settings.queue_length, self.context.num_images) // idist.get_world_size()
+
+    @torch.no_grad()
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """Every rank's queue rows side by side in the saved ``queue`` (module docstring); a collective."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        world, capacity = idist.get_world_size(), self.queue_capacity()
+        if world > 1:
+            rows = idist.all_gather(self.queue[:, :capacity].contiguous())  # [world * L, c, D]
+            large, dim = self.queue.shape[0], self.queue.shape[2]
+            side_by_side = rows.view(world, large, capacity, dim).transpose(0, 1).reshape(large, -1, dim)
+            saved = torch.zeros_like(self.queue)
+            saved[:, : world * capacity] = side_by_side
+            destination[prefix + "queue"] = saved
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """This rank's rows of a saved ``queue`` (module docstring)."""
+        key, world = prefix + "queue", idist.get_world_size()
+        if world > 1 and key in state_dict:
+            capacity, start = self.queue_capacity(), idist.get_rank() * self.queue_capacity()
+            mine = torch.zeros_like(state_dict[key])
+            mine[:, :capacity] = state_dict[key][:, start : start + capacity]
+            state_dict[key] = mine
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
     def assignments(
