@@ -33,6 +33,7 @@ from plumbing.distributed import distributed, local_batch_size, process_device, 
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.runs import command_line, record_config
+from plumbing.training import TrainingDiverged
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
@@ -221,6 +222,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
     say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
         f"{len(cells)} cell(s); {device} {processes()}".rstrip())
+    diverged: list[str] = []
     for cell in cells:
         if cell_status(cell, args.runs_dir) == "finished":
             say(f"{cell.name}: finished; skipped")
@@ -237,8 +239,17 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
         with run.discarded_on_failure(f"{cell.name}: "):
             record = record_config(run, record, command)
-            trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
+            try:
+                trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
+            except TrainingDiverged as exc:  # the other cells still run; this one is retried by the next call
+                run.discard()
+                diverged.append(cell.name)
+                say(f"{cell.name}: {exc}; going on with the other cells")
+                continue
         say(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
+    if diverged:
+        raise UserError(f"{len(diverged)} of {len(cells)} cell(s) diverged ({', '.join(diverged)}); the others "
+                        "finished; the same command resumes the diverged ones from their last good checkpoint")
     return 0
 
 

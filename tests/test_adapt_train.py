@@ -10,11 +10,12 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from adapt import train as adapt_train
 from adapt import trainer as adapt_trainer
 from adapt.train import main
 from evaluate.model_file import load_classifier
 from plumbing.cli import run_cli
-from plumbing.training import latest_checkpoint, load_checkpoint
+from plumbing.training import TrainingDiverged, latest_checkpoint, load_checkpoint
 from tests.launch import torchrun
 from tests.test_synthetic_store import write_store
 
@@ -72,6 +73,28 @@ def test_grid_runs_every_cell_and_skips_finished_ones(tmp_path: Path, capsys: py
     assert before == {c: (tmp_path / c / "results.json").stat().st_mtime_ns for c in cells}
     none = _results(tmp_path / "g-none-seed0")
     assert none["alignment"] == "none" and "feature_mmd" not in none["history"][0]
+
+
+def test_a_diverged_cell_does_not_stop_the_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_fit = adapt_train.fit
+
+    def fit_diverging_for_none(cfg: Any, *args: Any) -> Any:
+        if cfg.label == "none":
+            raise TrainingDiverged("loss total became nan at iteration 1; training stopped, no checkpoint")
+        return real_fit(cfg, *args)
+
+    monkeypatch.setattr(adapt_train, "fit", fit_diverging_for_none)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [*PHANTOMS, "--alignment", "none,dcan", "--steps", "2", "--name", "d", "--runs-dir",
+                       str(tmp_path)])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "1 of 2 cell(s) diverged (d-none-seed0)" in last
+    assert (tmp_path / "d-dcan-seed0" / "results.json").is_file()  # the cell after it still ran
+    assert not (tmp_path / "d-none-seed0").exists()  # nothing half-written
 
 
 def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
