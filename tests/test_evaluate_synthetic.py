@@ -113,7 +113,7 @@ def test_memorisation_flags_a_planted_copy_and_nothing_in_fresh_phantoms() -> No
     planted[7] = training.images[11]
     result = memorisation(pixel_vectors(planted), pixel_vectors(training.images))
     assert torch.nonzero(result.flagged).flatten().tolist() == [7]
-    assert int(result.nearest[7]) == 11 and float(result.distances[7]) == 0.0
+    assert int(result.nearest[7]) == 11 and float(result.distances[7]) == pytest.approx(0, abs=1e-5)
 
 
 def test_training_source_follows_the_generators_provenance_and_balance_task() -> None:
