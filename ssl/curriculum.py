@@ -227,7 +227,8 @@ def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[
     if singles_only:
         return [(t,) for t in tasks]
     probe = _configs(args, [tasks])[0][1]  # the settings group and start of this invocation's runs
-    runs = [r for r in read_runs(args.runs_dir) if settings_group(r) == config_group(probe)]
+    group = config_group(probe)
+    runs = [r for r in read_runs(args.runs_dir) if settings_group(r) == group]
     found = plan(runs, tasks, max_length, probe.init, probe.overrides)
     return orderings(tasks, "curriculum", max_length, True, {tuple(o.split(",")): label for o, label in found})
 

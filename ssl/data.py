@@ -84,12 +84,12 @@ def unlabelled_images(
     sources: tuple[DataSource, ...], image_size: int, max_images: int | None, seed: int
 ) -> tuple[Dataset, int]:
     """The step's images and their channel count (a :class:`UserError` for mixed channels or no images)."""
-    parts = [_build(s, image_size, max_images) for s in sources]
-    channels = {s.describe(): int(p[0]["image"].shape[0]) for s, p in zip(sources, parts, strict=True) if len(p)}
-    if not channels:
-        raise UserError(f"--data {','.join(s.describe() for s in sources)} holds no images")
+    channels = {s.describe(): get_spec(s.name).channels for s in sources}
     if len(set(channels.values())) > 1:
         raise UserError(f"--data mixes images of different channel counts: {channels}")
+    parts = [_build(s, image_size, max_images) for s in sources]
+    if not any(len(p) for p in parts):
+        raise UserError(f"--data {','.join(s.describe() for s in sources)} holds no images")
     total = sum(len(p) for p in parts)
     rows = None
     if max_images is not None and total > max_images:

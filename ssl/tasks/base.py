@@ -26,6 +26,7 @@ a curriculum.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ def check_settings(task: str, conditions: Mapping[str, bool]) -> None:
             raise UserError(f"{task} settings: {condition} is required")
 
 
-class PretextTask(nn.Module):
+class PretextTask(nn.Module, ABC):
     """A backbone with a task's heads (module docstring); subclasses set ``name`` and implement :meth:`loss`."""
 
     name = ""
@@ -76,10 +77,11 @@ class PretextTask(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """React to the start of epoch ``epoch`` (counted from 0; default: nothing)."""
 
+    @abstractmethod
     def loss(
         self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The loss to minimise on this process's ``images`` (with their data-set ``indices``) and numbers to log."""
 
     def after_step(self) -> None:
         """Update state after the optimiser step (default: nothing)."""

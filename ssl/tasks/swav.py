@@ -185,7 +185,8 @@ class Swav(PretextTask):
         """This rank's rows of a saved ``queue`` (module docstring)."""
         key, world = prefix + "queue", idist.get_world_size()
         if world > 1 and key in state_dict:
-            capacity, start = self.queue_capacity(), idist.get_rank() * self.queue_capacity()
+            capacity = self.queue_capacity()
+            start = idist.get_rank() * capacity
             mine = torch.zeros_like(state_dict[key])
             mine[:, :capacity] = state_dict[key][:, start : start + capacity]
             state_dict[key] = mine
