@@ -1,0 +1,88 @@
+"""Fingerprint of what the main commands write, to check that a refactoring changes no result.
+
+Runs, on a 2-core CPU in about two minutes, a small ``synth.generate`` store, a tiny
+``evaluate.finetune``, one ``adapt.train`` cell from that store and one ``ssl.curriculum run``
+on phantoms, then prints one SHA-256 per output: every array chunk and metadata file of the
+store and its contact sheet, every exported ``.safetensors`` file, and each ``results.json``
+with the fields that legitimately differ between runs (wall-clock times, absolute paths,
+command lines, creation dates) left out. Exported weights record the folder they were written to, so
+compare two checkouts through the same ``--out``; when they print the same lines they wrote the same
+results::
+
+    python -m bench.fingerprint --out /tmp/fp > before.txt
+    python -m bench.fingerprint --out /tmp/fp > after.txt && diff before.txt after.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+VOLATILE = ("time", "seconds", "duration", "command", "path", "root", "store", "file", "dir", "host", "date", "started",
+            "finished", "created", "version_info", "python", "torch")
+
+
+def _run(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", *args], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _stable(value: object) -> object:
+    """``value`` without the fields that name times, paths or commands."""
+    if isinstance(value, dict):
+        return {key: _stable(item) for key, item in sorted(value.items())
+                if not any(word in key.lower() for word in VOLATILE)}
+    if isinstance(value, list):
+        return [_stable(item) for item in value]
+    return value
+
+
+def fingerprint(out: Path) -> list[str]:
+    """Run the four commands under ``out`` and return one ``name digest`` line per output file."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    store, runs = out / "v3-0s.zarr", out / "runs"
+    _run("synth.generate", "--version", "3", "--setting", "0s", "--train-per-class", "24", "--val-per-class", "8",
+         "--block-size", "16", "--out", str(store), "--device", "cpu")
+    _run("evaluate.finetune", "--data", "phantom", "--length", "64", "--eval-length", "32", "--backbone", "tiny",
+         "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--lr", "0.001", "--name", "ft",
+         "--no-progress", "--runs-dir", str(runs), "--device", "cpu")
+    _run("adapt.train", "--source", "synthetic", "--source-store", str(store), "--target", "phantom-nih", "--version",
+         "3", "--setting", "0s", "--alignment", "dcan", "--backbone", "resnet18", "--image-size", "32",
+         "--batch-size", "8", "--lr", "0.003", "--steps", "4", "--eval-every", "2", "--target-length", "64",
+         "--eval-length", "32", "--name", "ad", "--no-progress", "--runs-dir", str(runs), "--device", "cpu")
+    _run("ssl.curriculum", "run", "--data", "phantom", "--max-images", "64", "--downstream", "phantom", "--version",
+         "3", "--setting", "0s", "--length", "64", "--eval-length", "32", "--backbone", "tiny", "--image-size", "32",
+         "--epochs", "1", "--batch-size", "16", "--lr", "0.05", "--downstream-lr-grid", "0.001", "--tasks",
+         "rotation,moco", "--no-singles", "--no-progress", "--runs-dir", str(runs), "--device", "cpu")
+    lines = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        name = path.relative_to(out).as_posix()
+        if path.name in ("results.json", "zarr.json"):
+            stable = json.dumps(_stable(json.loads(path.read_text())), sort_keys=True)
+            lines.append(f"{name} {_digest(stable.encode())}")
+        elif store in path.parents or path.suffix in (".safetensors", ".png") and "tb" not in path.parts:
+            lines.append(f"{name} {_digest(path.read_bytes())}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fingerprint", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="scratch folder (replaced)")
+    for line in fingerprint(parser.parse_args(argv).out):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
