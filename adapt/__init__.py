@@ -5,6 +5,6 @@ Library modules: :mod:`adapt.config` (the run configuration and the
 functions), :mod:`adapt.model` (the network), :mod:`adapt.data` (source,
 target and evaluation images), :mod:`adapt.selection` (label-free model
 selection, collapse detection), :mod:`adapt.trainer` (the step and the
-Ignite engine) and :mod:`adapt.runs` (grid cells and results). Commands:
+Ignite engine) and :mod:`adapt.cells` (grid cells and results). Commands:
 ``python -m adapt.train`` and ``python -m adapt.report``.
 """

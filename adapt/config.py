@@ -103,7 +103,7 @@ class AdaptConfig:
         return label + (f"+alpha{self.alpha:g}" if self.alpha != AdaptConfig.alpha else "")
 
     def weights(self) -> dict[str, float]:
-        """The weight of every loss term but the cross-entropy (:data:`adapt.losses.TERMS`)."""
+        """The weight of every loss term but the cross-entropy (the terms of :func:`adapt.losses.total_loss`)."""
         return {"feature_mmd": self.feature_mmd, "output_mmd": self.output_mmd, "regulariser": self.regulariser,
                 "entropy": self.entropy, "diversity": self.diversity}
 

@@ -6,14 +6,14 @@
   class-balanced sampler (:class:`plumbing.sampling.BalancedBatchSampler`);
 * **source validation** (label-free model selection): the store's ``val``
   split, or a seeded 10% of the source training split, patient-wise where
-  the reader knows patients (:func:`evaluate.task_data.task_data`);
+  the reader knows patients (:func:`evaluate.protocol.task_data.task_data`);
 * **target** (adaptation, labels never read): the ``train`` split of ``--target``;
   a seeded slice of it (:data:`SELECTION_IMAGES`) also gives the label-free
   selection score (:mod:`adapt.selection`);
 * **target evaluation** (reported, never used for a choice): the target's
   held-out split - the ``test`` seed stream of phantoms, CheXpert's official
   ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
-  in both), a store's ``val`` split (:data:`evaluate.task_data.EVAL_SPLIT`).
+  in both), a store's ``val`` split (:data:`evaluate.protocol.task_data.EVAL_SPLIT`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datasets.batches import training_batches
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
-from evaluate.task_data import PHANTOM_LENGTHS, DataChoice, labels_of, task_classes, task_data, training_batches
+from evaluate.protocol.task_data import PHANTOM_LENGTHS, DataChoice, labels_of, task_classes, task_data
 from plumbing.distributed import rank, world_size
 from plumbing.errors import UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler

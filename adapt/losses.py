@@ -3,7 +3,7 @@
 Notation: ``B`` images per domain in a step, ``C`` classes, ``f`` pooled
 backbone features, ``h`` the linear classifier, ``f^ = f + dF(f)`` and
 ``g^ = h(f^) + dG(h(f^))`` the corrected features and logits
-(:meth:`evaluate.backbones.Classifier.corrected`), ``p = softmax``.
+(:meth:`models.backbones.Classifier.corrected`), ``p = softmax``.
 Subscripts ``s`` and ``t`` are the source and target halves of a batch.
 
 The objective (:func:`total_loss`)::

@@ -1,6 +1,6 @@
 """The DCAN network: a registered ResNet with domain-conditioned channel attention, a linear head and corrections.
 
-:func:`build_model` starts from :class:`evaluate.backbones.Classifier` with
+:func:`build_model` starts from :class:`models.backbones.Classifier` with
 channel attention in every residual block (basic and bottleneck) and, for
 the ``dcan`` / ``ours`` presets, correction blocks. Each attention module
 becomes a :class:`DomainChannelAttention`: a first FC per domain
@@ -17,7 +17,7 @@ backbone) get attention modules that start as nearly the identity (second
 FC zero, bias :data:`IDENTITY_BIAS`) so the pretrained blocks keep working. Batch norm frozen (eval
 mode, affine parameters not trained) when the configuration says so.
 
-At evaluation the network is exactly an :class:`~evaluate.backbones.Classifier`
+At evaluation the network is exactly an :class:`~models.backbones.Classifier`
 with attention and corrections, which :func:`export_classifier` writes as a
 model file (the source branches dropped).
 """
@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluate.backbones import ChannelAttention, Classifier, build_backbone, initialise
-from evaluate.model_file import read_model_info, save_model
+from models.backbones import ChannelAttention, Classifier, build_backbone
+from models.initialisation import initialise
+from models.model_file import read_model_info, save_model
 from plumbing.distributed import mean_over_ranks
 from plumbing.seeding import derive_seed
 
@@ -168,7 +169,7 @@ def evaluation_state(model: Classifier) -> dict[str, torch.Tensor]:
 def export_classifier(
     path: Path, model: Classifier, cfg: AdaptConfig, classes: tuple[str, ...], training: dict[str, Any]
 ) -> None:
-    """Write the evaluation network (target branches, corrections) as a model file (:mod:`evaluate.model_file`)."""
+    """Write the evaluation network (target branches, corrections) as a model file (:mod:`models.model_file`)."""
     plain = Classifier(build_backbone(cfg.backbone, model.backbone.channels, attention=True), len(classes),
                        correction=cfg.correction)
     plain.load_state_dict(evaluation_state(model))

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from adapt.cells import RESULTS_FILE, TRAINED_BY
 from plumbing.cli import add_runs_dir_arg, make_parser, run_cli
 from plumbing.errors import UserError
-from plumbing.runs import read_run_results
+from plumbing.run_folders import read_run_results
 
-from .runs import RESULTS_FILE, TRAINED_BY
 from .selection import CRITERIA
 
 PROG = "python -m adapt.report"

@@ -3,7 +3,7 @@
 The network, losses and presets are :mod:`adapt.model`, :mod:`adapt.losses`
 and :mod:`adapt.config`; the images :mod:`adapt.data`; model selection and
 collapse detection :mod:`adapt.selection`; run folders and grids
-:mod:`adapt.runs`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
+:mod:`adapt.cells`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
 whole grid, one run folder per cell; the same command run again skips
 finished cells and resumes interrupted ones. Every option is checked, the
 data sets of every seed are opened and the cells already on disk are
@@ -25,20 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from datasets.registry import names
-from datasets.synthetic import DEFAULT_STORE, ENV_VAR
-from evaluate.backbones import BACKBONES, imagenet_weights_file
-from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, local_batch_size, process_device, processes
-from plumbing.errors import UserError
-from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.runs import command_line, record_config
-from plumbing.training import TrainingDiverged
-
-from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
-from .data import adapt_data
-from .model import build_model
-from .runs import (
+from adapt.cells import (
     Cell,
     cell_name,
     cell_status,
@@ -50,6 +37,20 @@ from .runs import (
     summary_line,
     write_results,
 )
+from datasets.registry import names
+from datasets.synthetic import DEFAULT_STORE, ENV_VAR
+from models.backbones import BACKBONES
+from models.initialisation import imagenet_weights_file
+from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.distributed import distributed, local_batch_size, process_device, processes
+from plumbing.errors import UserError
+from plumbing.precision import add_amp_arg, use_bf16_autocast
+from plumbing.run_folders import command_line, record_config
+from plumbing.training import TrainingDiverged
+
+from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
+from .data import adapt_data
+from .model import build_model
 from .trainer import Context, fit
 
 PROG = "python -m adapt.train"

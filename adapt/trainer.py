@@ -36,10 +36,10 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from evaluate.backbones import Classifier
-from evaluate.classifier_training import predict, score
+from datasets.batches import checkpoint_position, evaluation_batches
 from evaluate.metrics import metrics_report
-from evaluate.task_data import checkpoint_position, evaluation_batches
+from evaluate.protocol.training import predict, score
+from models.backbones import Classifier
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import generator

@@ -9,7 +9,7 @@ In one process, in ``--repeats`` interleaved rounds of ``--steps`` steps
 * **DCAN step**: :meth:`adapt.trainer.DcanTrainer.step` with the ``dcan``
   preset (every loss term, domain attention, correction blocks, frozen batch
   norm) on ``--batch-size`` source and ``--batch-size`` target images;
-* **plain step**: a :class:`evaluate.backbones.Classifier` of the same
+* **plain step**: a :class:`models.backbones.Classifier` of the same
   backbone without attention, one SGD step of cross-entropy on the same
   ``2 x --batch-size`` images (bf16 autocast and channels_last on CUDA, as
   the DCAN step).
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from adapt.config import AdaptConfig, with_preset
 from adapt.model import build_model
 from adapt.trainer import DcanTrainer
-from evaluate.backbones import BACKBONES, Classifier, build_backbone
+from models.backbones import BACKBONES, Classifier, build_backbone
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, bf16_autocast, use_bf16_autocast

@@ -2,7 +2,7 @@
 
     python -m bench.attention_shortcut --device cpu            # resnet18, 64 px, 3 seeds (about 10 minutes on 2 cores)
 
-For each seed, one classifier is trained (the :mod:`evaluate.classifier_training`
+For each seed, one classifier is trained (the :mod:`evaluate.protocol.training`
 loop: AdamW, class-balanced loss, fixed learning rate) on phantom radiographs
 of the v3-0s task **without** a mark, and one on the same images **with** the
 shortcut mark (a bright square below the lungs that names the class with
@@ -29,12 +29,12 @@ import torch
 
 from datasets.label_tasks import label_task
 from datasets.registry import build_dataset
-from evaluate.attention_report import measure_attention
-from evaluate.backbones import backbone_names
-from evaluate.cam import overlay_grid
-from evaluate.classifier_training import FinetuneConfig, FitContext, fit, score
-from evaluate.lung_masks import MaskSource
-from evaluate.task_data import TaskData, labels_of
+from evaluate.ail.cam import overlay_grid
+from evaluate.ail.lung_masks import MaskSource
+from evaluate.ail.measurement import measure_attention
+from evaluate.protocol.task_data import TaskData, labels_of
+from evaluate.protocol.training import FinetuneConfig, FitContext, fit, score
+from models.backbones import backbone_names
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast

@@ -3,14 +3,14 @@
     python -m bench.finetune --device cpu --backbone resnet18 --image-size 64
     python -m bench.finetune --device cuda --backbone resnet50 --image-size 224 --batch-size 128 --workers 8
 
-Both measurements run :class:`evaluate.classifier_training.ClassifierTrainer`
+Both measurements run :class:`evaluate.protocol.training.ClassifierTrainer`
 steps (AdamW, class-balanced loss; bf16 autocast and channels_last on CUDA)
 in the same process, in ``--repeats`` interleaved rounds of ``--steps`` steps
 each (the best round of each is kept), after ``--warmup`` untimed steps of
 each:
 
 * **model step alone**: the same batch, already on the device, every step;
-* **through the data path**: batches from :func:`evaluate.task_data.training_batches`,
+* **through the data path**: batches from :func:`evaluate.protocol.task_data.training_batches`,
   the loader ``evaluate.finetune`` uses - a synthetic Zarr store through the
   block loader (``--source store``: ``--store-images`` test images written
   once into a temporary store, delivered to the device as uint8) or phantom
@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from datasets.batches import training_batches
 from datasets.sample import IMAGE, LABEL
-from evaluate.classifier_training import ClassifierTrainer, FinetuneConfig, build_classifier
-from evaluate.task_data import DataChoice, training_batches
+from evaluate.protocol.task_data import DataChoice
+from evaluate.protocol.training import ClassifierTrainer, FinetuneConfig, build_classifier
 from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast

@@ -10,7 +10,7 @@ kept) after ``--warmup`` untimed steps of each:
 
 * **model step alone**: the same batch, already on the device, every step
   (the views are drawn on the device inside the step, so they count here);
-* **through the data path**: batches from :func:`evaluate.task_data.training_batches`
+* **through the data path**: batches from :func:`evaluate.protocol.task_data.training_batches`
   over :func:`ssl.data.unlabelled_images`, the loader ``ssl.curriculum``
   uses - a synthetic Zarr store through the block loader (``--source
   store``: ``--store-images`` test images written once into a temporary
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from evaluate.task_data import training_batches
+from datasets.batches import training_batches
 from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from evaluate.backbones import backbone_names
+from models.backbones import backbone_names
 from plumbing.errors import UserError
 
 SOURCES = ("store", "phantom")

@@ -1,4 +1,20 @@
-"""Evaluation library used by the trainers: metrics, attention inside the lungs, quality reports.
+"""Evaluation library the trainers call, and three commands; it imports no pillar.
 
-It imports no trainer; see README.md (Roadmap) for what it will hold.
+Commands: ``python -m evaluate.finetune`` (the downstream protocol),
+``python -m evaluate.attention`` (AIL of a run's classifier) and
+``python -m evaluate.synthetic`` (how far a synthetic store can be trusted).
+
+Library:
+
+* :mod:`evaluate.metrics`: classification metrics as Ignite metrics (shared);
+* :mod:`evaluate.protocol`: the downstream protocol - the task's images and
+  splits (:mod:`~evaluate.protocol.task_data`), the class-balanced loss
+  (:mod:`~evaluate.protocol.losses`) and training with learning-rate choice
+  (:mod:`~evaluate.protocol.training`);
+* :mod:`evaluate.ail`: attention inside the lungs - class activation maps
+  (:mod:`~evaluate.ail.cam`), lung masks (:mod:`~evaluate.ail.lung_masks`) and the
+  measurement over a data set (:mod:`~evaluate.ail.measurement`);
+* :mod:`evaluate.quality`: synthetic-store quality - image sets, features,
+  distances between feature sets, memorisation, the report's sections, the
+  measurement of a store and the written report.
 """

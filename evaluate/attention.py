@@ -5,7 +5,7 @@ Reads the run's exported classifier (``classifier.safetensors``) and, unless
 ``config.json``: an ``evaluate.finetune`` run's ``finetune`` record, or the
 ``evaluation_data`` record other trainers write, such as ``adapt.train``);
 computes Grad-CAM (or CAM) maps through ``monai.visualize`` and the AIL of
-every image (:mod:`evaluate.attention_report`); writes
+every image (:mod:`evaluate.ail.measurement`); writes
 ``attention.json``, ``attention.png`` and ``attention.md`` into the run
 folder. Phantoms bring exact lung masks; real images need ``--lung-masks DIR``.
 """
@@ -19,17 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets.registry import get_spec
+from evaluate.ail.cam import METHODS
+from evaluate.ail.lung_masks import MaskSource
+from evaluate.ail.measurement import CLASS_OF, measure_attention, write_attention
+from evaluate.protocol.task_data import EVAL_SPLIT, DataChoice, task_classes
+from evaluate.protocol.training import FinetuneConfig
+from models.model_file import CLASSIFIER_FILE, load_classifier
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
-from plumbing.runs import CONFIG_FILE
-
-from .attention_report import CLASS_OF, measure_attention, write_attention
-from .cam import METHODS
-from .classifier_training import FinetuneConfig
-from .lung_masks import MaskSource
-from .model_file import CLASSIFIER_FILE, load_classifier
-from .task_data import EVAL_SPLIT, DataChoice, task_classes
+from plumbing.run_folders import CONFIG_FILE
 
 PROG = "python -m evaluate.attention"
 

@@ -1,7 +1,7 @@
 """``python -m evaluate.finetune``: the downstream protocol - train a classifier on a labelled task and score it.
 
 The protocol itself (learning-rate selection, training, best epoch, scoring)
-is :mod:`evaluate.classifier_training`, the images :mod:`evaluate.task_data`.
+is :mod:`evaluate.protocol.training`, the images :mod:`evaluate.protocol.task_data`.
 This command checks every option and builds the data sets before it creates
 the run folder, then writes into it: ``config.json`` (configuration and
 command), ``checkpoint_<it>.pt`` (every epoch), ``best.pt`` and
@@ -25,16 +25,15 @@ from collections.abc import Sequence
 import torch
 
 from datasets.registry import get_spec, names
+from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
+from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
+from models.backbones import backbone_names
 from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
 from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device, processes
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
-
-from .backbones import backbone_names
-from .classifier_training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
-from .task_data import PHANTOM_LENGTHS, task_data
+from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
 
 PROG = "python -m evaluate.finetune"
 DEFAULTS = FinetuneConfig()

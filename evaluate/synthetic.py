@@ -1,10 +1,10 @@
 """``python -m evaluate.synthetic STORE --reference DATASET``: how far a synthetic store can be trusted.
 
 Measures a store written by ``synth.generate`` against a labelled reference
-data set of the same task (:mod:`evaluate.store_quality`: fidelity, coverage,
+data set of the same task (:mod:`evaluate.quality.measurement`: fidelity, coverage,
 label fidelity, usefulness, memorisation, class balance and provenance) and
 writes ``quality.json``, ``quality.md`` and PNG figures
-(:mod:`evaluate.quality_report`) into ``--out`` (default: ``<STORE>.quality``
+(:mod:`evaluate.quality.report`) into ``--out`` (default: ``<STORE>.quality``
 beside the store). Every option is checked before anything is trained or
 written; the classifiers and features it trains or computes are cached under
 ``--runs-dir``, so a second report against the same reference is fast.
@@ -20,16 +20,15 @@ from pathlib import Path
 
 from datasets.registry import names
 from datasets.synthetic_store import open_synthetic
+from evaluate.quality.features import XRV_CHOICE
+from evaluate.quality.measurement import Environment, QualityConfig, measure
+from evaluate.quality.report import write_report
+from models.backbones import backbone_names
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.runs import command_line
-
-from .backbones import backbone_names
-from .features import XRV_CHOICE
-from .quality_report import write_report
-from .store_quality import Environment, QualityConfig, measure
+from plumbing.run_folders import command_line
 
 PROG = "python -m evaluate.synthetic"
 DEFAULTS = QualityConfig()

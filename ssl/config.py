@@ -8,7 +8,7 @@ the number of processes (views are drawn per process, batch norm and
 SwAV's queue are per process) and, for a synthetic store read in blocks,
 the loader's workers (the block order depends on them) - and :meth:`StepConfig.key`
 is the SHA-256 of its canonical JSON: two curricula with the same prefix ask
-for the same keys and share the steps (:mod:`ssl.steps`).
+for the same keys and share the steps (:mod:`ssl.step_store`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evaluate.classifier_training import FinetuneConfig
+from evaluate.protocol.training import FinetuneConfig
 from plumbing.config import dataclass_from_dict
 
 KEY_LENGTH = 16

@@ -4,8 +4,8 @@
 unlabelled images of ``--data`` (each step from the previous step's
 backbone, its learning rate chosen by short trials), then the downstream
 protocol of :mod:`evaluate.finetune` on ``--downstream``, and records a run
-folder (:mod:`ssl.runs`). Finished steps are shared between runs through
-their keys (:mod:`ssl.steps`), so orderings with a common prefix train it
+folder (:mod:`ssl.curriculum_run`). Finished steps are shared between runs through
+their keys (:mod:`ssl.step_store`), so orderings with a common prefix train it
 once. ``--orderings all`` runs every ordering of 1 to ``--max-length`` of the
 tasks, ``curriculum`` the single tasks and then the orderings the runs table
 labels Curriculum; the single-task runs of the tasks are recorded too
@@ -28,10 +28,11 @@ import sys
 from collections.abc import Sequence
 
 from datasets.registry import get_spec, names
-from evaluate.backbones import backbone_names, imagenet_weights_file
-from evaluate.classifier_training import MODES, FinetuneConfig
-from evaluate.model_file import BACKBONE_FILE
-from evaluate.task_data import PHANTOM_LENGTHS, task_data
+from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
+from evaluate.protocol.training import MODES, FinetuneConfig
+from models.backbones import backbone_names
+from models.initialisation import imagenet_weights_file
+from models.model_file import BACKBONE_FILE
 from plumbing.cli import (
     DefaultsHelpFormatter,
     add_device_arg,
@@ -45,11 +46,11 @@ from plumbing.distributed import distributed, is_main_process, local_batch_size,
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.runs import command_line
+from plumbing.run_folders import command_line
+from ssl.curriculum_run import Machine, run_curriculum, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
-from .runs import Machine, run_curriculum, run_name
 from .table import config_group, plan, read_runs, render, settings_group, table
 from .tasks import get_task, overrides_record, task_names, task_settings
 

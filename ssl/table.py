@@ -36,10 +36,10 @@ from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from plumbing.runs import read_run_results
+from plumbing.run_folders import read_run_results
+from ssl.curriculum_run import RESULTS_FILE, downstream_label
 
 from .config import CurriculumConfig
-from .runs import RESULTS_FILE, downstream_label
 
 UNGROUPED = ("tasks", "init", "seed", "overrides")
 DOWNSTREAM_UNGROUPED = ("init", "seed")

@@ -30,8 +30,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
-from evaluate.backbones import Backbone, build_backbone
-from evaluate.task_data import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
+from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
+from models.backbones import Backbone, build_backbone
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks, rank
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
@@ -58,7 +58,7 @@ class StepState(CheckpointedState):
 class StepContext:
     """What a step needs besides its configuration: the images, the start backbone's weights, the machine.
 
-    ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.steps.train_or_reuse`.
+    ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.step_store.train_or_reuse`.
     """
 
     images: Dataset

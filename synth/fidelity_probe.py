@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from datasets.findings import FindingSchema
 from datasets.label_tasks import VERSIONS, LabelTask, label_task, parse_label_task
-from evaluate.model_file import load_classifier
+from models.model_file import load_classifier
 from plumbing.errors import UserError
 
 from .conditions import ConditionSampler

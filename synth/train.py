@@ -4,7 +4,7 @@ The trainer itself (losses, schedule, what one iteration does, the training
 loop) is :mod:`synth.trainer` and its configuration :mod:`synth.config`; this
 command checks the options - all of them, and builds the data set, before it
 creates anything - starts or resumes the run folder through
-:mod:`plumbing.runs` and calls :func:`synth.trainer.train`. A resume continues
+:mod:`plumbing.run_folders` and calls :func:`synth.trainer.train`. A resume continues
 exactly where the run stopped.
 
 Every ``--snapshot-kimg`` the run folder receives an atomic checkpoint, a
@@ -35,7 +35,7 @@ from plumbing.cli import add_run_args, default_workers, make_parser, resolve_dev
 from plumbing.distributed import distributed, is_main_process, process_device, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.runs import command_line, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
 from plumbing.training import restore
 
 from .conditions import condition_vectors

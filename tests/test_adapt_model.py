@@ -9,8 +9,8 @@ import torch
 
 from adapt.config import AdaptConfig, with_preset
 from adapt.model import DomainChannelAttention, build_model, domain_modules, export_classifier, source_rows
-from evaluate.backbones import ChannelAttention, residual_blocks
-from evaluate.model_file import load_classifier, read_model_info
+from models.backbones import ChannelAttention, residual_blocks
+from models.model_file import load_classifier, read_model_info
 
 
 def _model(alignment: str = "dcan", backbone: str = "resnet18", init: str = "scratch") -> torch.nn.Module:
@@ -89,8 +89,8 @@ def test_exported_classifier_is_the_evaluation_network(tmp_path: Path) -> None:
 
 
 def test_attention_on_pretrained_blocks_starts_as_nearly_the_identity(tmp_path: Path) -> None:
-    from evaluate.backbones import build_backbone
-    from evaluate.model_file import save_model
+    from models.backbones import build_backbone
+    from models.model_file import save_model
 
     save_model(tmp_path / "b.safetensors", build_backbone("resnet18", 1), image_size=32, training={"trained_by": "t"})
     cfg = with_preset(AdaptConfig(backbone="resnet18", init=str(tmp_path / "b.safetensors")), "dcan")

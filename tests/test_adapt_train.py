@@ -13,7 +13,7 @@ from ignite.engine import Events
 from adapt import train as adapt_train
 from adapt import trainer as adapt_trainer
 from adapt.train import main
-from evaluate.model_file import load_classifier
+from models.model_file import load_classifier
 from plumbing.cli import run_cli
 from plumbing.training import TrainingDiverged, latest_checkpoint, load_checkpoint
 from tests.launch import torchrun

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from evaluate.ail.lung_masks import MaskSource, read_mask
 from evaluate.attention import main
 from evaluate.finetune import main as finetune
-from evaluate.lung_masks import MaskSource, read_mask
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from ignite.engine import Events
 
-import evaluate.classifier_training as classifier_training
+import evaluate.protocol.training as classifier_training
 from evaluate.finetune import main
-from evaluate.model_file import CLASSIFIER_FILE, load_classifier
+from models.model_file import CLASSIFIER_FILE, load_classifier
 from plumbing.cli import run_cli
 from plumbing.training import latest_checkpoint, load_checkpoint
 from tests.launch import torchrun

@@ -15,13 +15,13 @@ from datasets.label_tasks import label_task
 from datasets.phantoms.dataset import PhantomDataset
 from datasets.sample import IMAGE, LABEL, to_uint8
 from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
-from evaluate import features as features_module
-from evaluate.features import FeatureCache, FeatureExtractor
-from evaluate.image_sets import ImageSet, balanced_rows
-from evaluate.memorisation import memorisation, pixel_vectors
-from evaluate.store_quality import QualityConfig, training_source
+from evaluate.quality import features as features_module
+from evaluate.quality.features import FeatureCache, FeatureExtractor
+from evaluate.quality.image_sets import ImageSet, balanced_rows
+from evaluate.quality.measurement import QualityConfig, training_source
+from evaluate.quality.memorisation import memorisation, pixel_vectors
+from evaluate.quality.sections import confusion_matrix, label_fidelity, reference_halves
 from evaluate.synthetic import main
-from evaluate.synthetic_quality import confusion_matrix, label_fidelity, reference_halves
 
 RES = 32
 TRAINING_LENGTH = 200

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine
 
 from plumbing.errors import UserError
-from plumbing.runs import open_run
+from plumbing.run_folders import open_run
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed
 from plumbing.training import TrainingDiverged, attach_training_handlers, latest_checkpoint, load_checkpoint, restore

@@ -20,7 +20,7 @@ from plumbing.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = (
     "datasets.summary",
-    "datasets.phantom",
+    "datasets.phantom_grid",
     "datasets.verify",
     "datasets.assets.build_lung_masks",
     "bench.phantom",

@@ -14,16 +14,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from adapt.train import main as adapt_main
+from datasets.batches import training_batches
 from datasets.synthetic import SyntheticDataset
-from evaluate.model_file import BACKBONE_FILE, read_model_info
-from evaluate.task_data import training_batches
+from models.model_file import BACKBONE_FILE, read_model_info
 from plumbing.cli import run_cli
 from plumbing.files import sha256_file
 from ssl import trainer as ssl_trainer
 from ssl.config import StepConfig
 from ssl.curriculum import main
 from ssl.data import parse_data, unlabelled_images
-from ssl.steps import STEPS_DIR
+from ssl.step_store import STEPS_DIR
 from ssl.table import curriculum_label, plan, render, table
 from ssl.tasks import task_names
 from ssl.trainer import PretextTrainer, StepContext, build_task, fit_step

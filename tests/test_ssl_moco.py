@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from evaluate.backbones import build_backbone
+from models.backbones import build_backbone
 from ssl.losses import info_nce, position_cross_entropy
 from ssl.tasks import TaskContext, task_settings
 from ssl.tasks.moco import Moco, queue_size

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluate.backbones import build_backbone
+from models.backbones import build_backbone
 from ssl.losses import cluster_weights, odc_loss
 from ssl.tasks.base import TaskContext
 from ssl.tasks.odc import (
@@ -55,7 +55,7 @@ def unit_rows(n: int, dim: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def phantoms() -> torch.Tensor:
-    from evaluate.task_data import DataChoice
+    from evaluate.protocol.task_data import DataChoice
 
     ds = DataChoice("phantom", None, 3, "0s", N).build("train", SIZE, False)
     return torch.stack([ds[i]["image"] for i in range(len(ds))])

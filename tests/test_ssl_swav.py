@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluate.backbones import build_backbone
-from evaluate.task_data import DataChoice
+from evaluate.protocol.task_data import DataChoice
+from models.backbones import build_backbone
 from plumbing.errors import UserError
 from ssl import losses
 from ssl.tasks import TaskContext, task_settings

@@ -11,8 +11,8 @@ from PIL import Image
 
 from datasets.findings import CHEXPERT
 from datasets.label_tasks import VERSIONS
-from evaluate.backbones import Classifier, build_backbone
-from evaluate.model_file import save_model
+from models.backbones import Classifier, build_backbone
+from models.model_file import save_model
 from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.conditions import condition_vectors

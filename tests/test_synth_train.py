@@ -307,7 +307,7 @@ def test_checkpoint_as_generator_is_read_like_an_export(tmp_path: Path, fake_ste
     "synth.trainer.export_generator",  # generator.safetensors
     "synth.trainer.save_image",  # the sample grid
     "torch.save",  # the checkpoint (Ignite's DiskSaver)
-    "plumbing.runs.write_json_atomic",  # config.json
+    "plumbing.run_folders.write_json_atomic",  # config.json
 ])
 def test_full_disk_during_a_snapshot_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, target: str,

@@ -10,5 +10,5 @@
 * :mod:`.styles`: the scanner styles of the ``phantom`` and ``phantom-nih`` domains;
 * :mod:`.geometry`: shape primitives.
 
-The data sets built on it are in :mod:`.dataset`; the picture-grid command is :mod:`datasets.phantom`.
+The data sets built on it are in :mod:`.dataset`; the picture-grid command is :mod:`datasets.phantom_grid`.
 """

@@ -32,8 +32,8 @@ Samples follow :mod:`datasets.sample` (``image``, ``mask``, ``findings``,
 ``label``, ``id``). ``__getitems__`` renders a list of indices in one batched
 call (``torch.utils.data.DataLoader`` uses it for batched fetching).
 
-The labelled picture grid command is :mod:`datasets.phantom`
-(``python -m datasets.phantom --n 64 --out grid.png``).
+The labelled picture grid command is :mod:`datasets.phantom_grid`
+(``python -m datasets.phantom_grid --n 64 --out grid.png``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The interface every pretext task implements, and what a task learns about its run.
 
 A task is an ``nn.Module`` that holds the shared backbone (``self.backbone``,
-an :class:`evaluate.backbones.Backbone`) and its own heads and buffers (a
+an :class:`models.backbones.Backbone`) and its own heads and buffers (a
 queue, prototypes, a memory bank). The trainer (:mod:`ssl.trainer`) calls:
 
 - :meth:`PretextTask.initialise` once before the first step of a fresh
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 from plumbing.errors import UserError
 
 

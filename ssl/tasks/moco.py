@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 
 from ..losses import info_nce
 from ..views import gaussian_blur, intensity_jitter, random_grayscale, resized_crops

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 from plumbing.distributed import is_main_process
 from plumbing.seeding import generator as seeded_generator
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 
 from ..losses import position_cross_entropy
 from ..views import location_patches

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 
 from ..losses import position_cross_entropy
 from ..views import rotations

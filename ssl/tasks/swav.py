@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evaluate.backbones import Backbone
+from models.backbones import Backbone
 from plumbing.distributed import sum_over_ranks
 from plumbing.errors import UserError
 

@@ -22,13 +22,14 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from evaluate.backbones import build_backbone, initialise
-from evaluate.model_file import BACKBONE_FILE, save_model
+from models.backbones import build_backbone
+from models.initialisation import initialise
+from models.model_file import BACKBONE_FILE, save_model
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.lr_selection import LrChoice
-from plumbing.runs import CONFIG_FILE, open_run, record_config
+from plumbing.run_folders import CONFIG_FILE, open_run, record_config
 from plumbing.training import checkpoints
 
 from .config import StepConfig

@@ -1,4 +1,4 @@
-"""evaluate.distribution_metrics: Frechet distance and precision/recall/density/coverage in closed form."""
+"""evaluate.quality.distances: Frechet distance and precision/recall/density/coverage in closed form."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from evaluate.distribution_metrics import (
+from evaluate.quality.distances import (
     bootstrap_interval,
     density_coverage,
     feature_statistics,

@@ -2,7 +2,7 @@
 
 An extractor maps float images ``[B, C, r, r]`` in [0, 1] to features ``[B, D]``:
 
-* a model file of the platform (:mod:`evaluate.model_file`: a backbone or a
+* a model file of the platform (:mod:`models.model_file`: a backbone or a
   classifier file): the backbone's globally averaged last feature maps, at
   the file's image size (:func:`model_file_extractor`);
 * torchxrayvision's DenseNet-121 (``densenet121-res224-all``) when its weights
@@ -13,7 +13,7 @@ An extractor maps float images ``[B, C, r, r]`` in [0, 1] to features ``[B, D]``
 
 :class:`FeatureCache` keeps the features of one image set and one extractor
 in ``<cache>/<key>.pt``, ``key = sha256(extractor key, image-set content key)``
-(:meth:`evaluate.image_sets.ImageSet.content_key`), so the same images are
+(:meth:`evaluate.quality.image_sets.ImageSet.content_key`), so the same images are
 never passed through the same network twice.
 """
 
@@ -30,13 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from evaluate.quality.image_sets import ImageSet
+from models.backbones import build_backbone
+from models.model_file import load_backbone_weights, read_model_info
 from plumbing.errors import UserError
 from plumbing.files import atomic_path, sha256_file
 from plumbing.precision import bf16_autocast
-
-from .backbones import build_backbone
-from .image_sets import ImageSet
-from .model_file import load_backbone_weights, read_model_info
 
 XRV_WEIGHTS = "densenet121-res224-all"
 XRV_CHOICE = "xrv"

@@ -1,4 +1,4 @@
-"""Tests for :mod:`evaluate.cam`: AIL, its summary, Grad-CAM / CAM maps on a hand-built classifier, the PNG grid."""
+"""Tests for :mod:`evaluate.ail.cam`: AIL, its summary, Grad-CAM / CAM maps on a hand-built classifier, the PNG grid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from evaluate.cam import CONTOUR_RGB, attention_inside_lungs, overlay_grid, saliency_maps, summarise_ail
+from evaluate.ail.cam import CONTOUR_RGB, attention_inside_lungs, overlay_grid, saliency_maps, summarise_ail
 from plumbing.errors import UserError
 
 SIZE = 32

@@ -2,27 +2,27 @@
 
 A model file is a safetensors file. Its tensors are
 
-* ``backbone.<name>`` for every entry ``<name>`` of the :class:`~evaluate.backbones.Backbone`'s
+* ``backbone.<name>`` for every entry ``<name>`` of the :class:`~models.backbones.Backbone`'s
   state dict (so ``backbone.body.layer4.0.conv1.weight`` for a ResNet), and
 * for a classifier, ``head.weight`` ``[len(classes), feature_dim]`` and ``head.bias`` ``[len(classes)]``,
   and with correction blocks their ``feature_correction.*`` and ``output_correction.*`` tensors
 
-(exactly the state dict of a :class:`~evaluate.backbones.Classifier`, or of a bare
+(exactly the state dict of a :class:`~models.backbones.Classifier`, or of a bare
 backbone under ``backbone.``), all contiguous CPU tensors. Its string metadata has one
 key, ``cxr-model``, holding a JSON object::
 
     {"format": "cxr-model", "version": 1,
-     "architecture": "resnet18",      # a name of evaluate.backbones.BACKBONES
+     "architecture": "resnet18",      # a name of models.backbones.BACKBONES
      "channels": 1,                   # 1 (radiographs) or 3 (ISIC)
      "image_size": 224,               # side in pixels of the square images it was trained on
      "feature_dim": 512,              # size of the pooled features (the architecture's)
      "classes": ["Normal", ...],      # the head's classes in logit order; null for a bare backbone
      "attention": false,              # channel attention in the residual blocks (optional, default false)
      "correction": false,             # correction blocks on features and logits (optional, default false)
-     "training": {"trained_by": "ssl.train", "data": "...", "command": "...", ...}}
+     "training": {"trained_by": "python -m ssl.curriculum", "data": "...", "command": "...", ...}}
 
 ``attention`` and ``correction`` are the optional parts of
-:class:`~evaluate.backbones.Backbone` and :class:`~evaluate.backbones.Classifier`
+:class:`~models.backbones.Backbone` and :class:`~models.backbones.Classifier`
 that domain adaptation trains; files without the keys have neither.
 
 ``training`` is what trained the model: ``trained_by`` (the program), ``data``
@@ -45,10 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from plumbing.errors import UserError
-from plumbing.files import atomic_path, sha256_file
-
-from .backbones import (
+from models.backbones import (
     BACKBONES,
     CHANNELS,
     Backbone,
@@ -57,6 +54,8 @@ from .backbones import (
     fit_problem,
     plain_into_attention,
 )
+from plumbing.errors import UserError
+from plumbing.files import atomic_path, sha256_file
 
 FORMAT = "cxr-model"
 VERSION = 1
@@ -110,7 +109,7 @@ def save_model(
     """
     backbone, head = _unwrap(backbone), None if head is None else _unwrap(head)
     if not isinstance(backbone, Backbone):
-        raise TypeError(f"save_model needs an evaluate.backbones.Backbone, not {type(backbone).__name__}")
+        raise TypeError(f"save_model needs an models.backbones.Backbone, not {type(backbone).__name__}")
     if (head is None) != (classes is None):
         raise ValueError("save_model needs both head and classes for a classifier, neither for a bare backbone")
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
@@ -218,7 +217,7 @@ def read_model_info(path: Path) -> ModelFileInfo:
 def _load_into(module: nn.Module, path: Path, prefix: str, what: str) -> None:
     """Load the tensors of ``path`` whose names start with ``prefix`` (stripped) into ``module``, strictly.
 
-    Plain backbone tensors fit a backbone with channel attention (:func:`~evaluate.backbones.plain_into_attention`).
+    Plain backbone tensors fit a backbone with channel attention (:func:`~models.backbones.plain_into_attention`).
     """
     try:
         tensors = load_file(str(path))

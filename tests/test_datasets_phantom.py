@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from datasets.findings import CHEXPERT, NIH, NO_FINDING
 from datasets.label_tasks import assign_classes, label_task
-from datasets.phantom import main
+from datasets.phantom_grid import main
 from datasets.phantoms.anatomy import build_anatomy
 from datasets.phantoms.canvas import lung_atlas, make_canvas
 from datasets.phantoms.dataset import PhantomDataset
@@ -249,7 +249,7 @@ def test_cli_writes_a_png(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["--n", "3", "--resolution", "32", "--out", str(out), "--version", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "datasets.phantom", *args],
+        [sys.executable, "-m", "datasets.phantom_grid", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

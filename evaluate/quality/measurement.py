@@ -10,7 +10,7 @@ where the data allow):
   fidelity comparison and the test set of both classifiers;
 * ``R_train`` and ``S_train``: ``train_images`` training images of the
   reference and of the store, which train the two classifiers of the report
-  with the downstream protocol (:func:`evaluate.classifier_training.run_protocol`:
+  with the downstream protocol (:func:`evaluate.protocol.training.run_protocol`:
   learning rate chosen on a seeded 10% of the training images, best epoch by
   validation balanced accuracy, the same backbone and budget for both; a
   store with fewer training images is compared with a third classifier
@@ -21,7 +21,7 @@ where the data allow):
 
 The classifier trained on ``R_train`` classifies ``S`` (label fidelity) and
 gives the features of the report unless ``features`` names another extractor
-(:mod:`evaluate.features`). Both classifiers are run folders under
+(:mod:`evaluate.quality.features`). Both classifiers are run folders under
 ``runs_dir`` named by a key of their configuration and training images, so a
 second report against the same reference trains nothing again, and an
 interrupted training resumes.
@@ -44,17 +44,27 @@ from datasets.label_tasks import LabelTask, parse_label_task
 from datasets.registry import build_dataset, get_spec
 from datasets.synthetic import SyntheticDataset
 from datasets.synthetic_store import SyntheticStore
-from plumbing.errors import UserError
-from plumbing.runs import open_run, record_config
-from plumbing.training import checkpoints
-
-from .backbones import Classifier
-from .classifier_training import RESULTS_FILE, FinetuneConfig, FitContext, run_protocol
-from .features import XRV_CHOICE, FeatureCache, FeatureExtractor, apply_network, model_file_extractor, xrv_extractor
-from .image_sets import ImageSet, InMemoryImages, balanced_rows, class_counts, read_image_set
-from .memorisation import COPY_FACTOR, Memorisation, memorisation, pixel_vectors
-from .model_file import CLASSIFIER_FILE, load_classifier, read_model_info
-from .synthetic_quality import (
+from evaluate.protocol.task_data import (
+    EVAL_SPLIT,
+    DataChoice,
+    TaskData,
+    groups_of,
+    labels_of,
+    task_classes,
+    validation_rows,
+)
+from evaluate.protocol.training import RESULTS_FILE, FinetuneConfig, FitContext, run_protocol
+from evaluate.quality.features import (
+    XRV_CHOICE,
+    FeatureCache,
+    FeatureExtractor,
+    apply_network,
+    model_file_extractor,
+    xrv_extractor,
+)
+from evaluate.quality.image_sets import ImageSet, InMemoryImages, balanced_rows, class_counts, read_image_set
+from evaluate.quality.memorisation import COPY_FACTOR, Memorisation, memorisation, pixel_vectors
+from evaluate.quality.sections import (
     coverage,
     fidelity,
     label_fidelity,
@@ -62,7 +72,11 @@ from .synthetic_quality import (
     reference_halves,
     usefulness,
 )
-from .task_data import EVAL_SPLIT, DataChoice, TaskData, groups_of, labels_of, task_classes, validation_rows
+from models.backbones import Classifier
+from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
+from plumbing.errors import UserError
+from plumbing.run_folders import open_run, record_config
+from plumbing.training import checkpoints
 
 
 @dataclass(frozen=True)

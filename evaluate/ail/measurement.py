@@ -2,9 +2,9 @@
 
 :func:`measure_attention` runs a classifier over the first ``max_images``
 images of a data set, computes for each the saliency map of one class (the
-predicted class, or the true one) with :func:`evaluate.cam.saliency_maps`,
-and its AIL (:func:`evaluate.cam.attention_inside_lungs`) against the lung
-mask (:class:`evaluate.lung_masks.MaskSource`). :func:`write_attention`
+predicted class, or the true one) with :func:`evaluate.ail.cam.saliency_maps`,
+and its AIL (:func:`evaluate.ail.cam.attention_inside_lungs`) against the lung
+mask (:class:`evaluate.ail.lung_masks.MaskSource`). :func:`write_attention`
 writes ``attention.json`` (mean and standard deviation overall and per
 true class, with the accuracy on these images and ``uniform_map_ail``, the
 AIL a map spread evenly over the image would score: the lungs' mean share
@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from datasets.sample import IMAGE, LABEL
+from evaluate.ail.cam import attention_inside_lungs, overlay_grid, saliency_maps, summarise_ail
+from evaluate.ail.lung_masks import MaskSource
+from models.backbones import Classifier
 from plumbing.files import atomic_path, write_json_atomic
-
-from .backbones import Classifier
-from .cam import attention_inside_lungs, overlay_grid, saliency_maps, summarise_ail
-from .lung_masks import MaskSource
 
 CLASS_OF = ("predicted", "true")
 

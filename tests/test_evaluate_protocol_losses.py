@@ -1,4 +1,4 @@
-"""evaluate.losses: class weights and the class-balanced cross-entropy in closed form."""
+"""evaluate.protocol.losses: class weights and the class-balanced cross-entropy in closed form."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from evaluate.losses import class_weights, weighted_cross_entropy
+from evaluate.protocol.losses import class_weights, weighted_cross_entropy
 
 
 def test_class_weights_are_inverse_frequencies_with_mean_one_over_images() -> None:

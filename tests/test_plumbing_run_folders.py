@@ -1,4 +1,4 @@
-"""plumbing.runs: run names, start or resume without side effects, the record of commands, given options."""
+"""plumbing.run_folders: run names, start or resume without side effects, the record of commands, given options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from plumbing.cli import make_parser
 from plumbing.errors import UserError
-from plumbing.runs import check_run_name, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import check_run_name, given_options, open_run, record_config, refuse_changed_options
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", " padded", "a\\b"])

@@ -1,4 +1,4 @@
-"""evaluate.task_data: validation held out by patient where the reader knows patients, else by image."""
+"""evaluate.protocol.task_data: validation held out by patient where the reader knows patients, else by image."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluate.task_data import DataChoice, groups_of, task_data, validation_rows
+from evaluate.protocol.task_data import DataChoice, groups_of, task_data, validation_rows
 from tests import real_layouts as rl
 
 

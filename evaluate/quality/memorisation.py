@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .distribution_metrics import nearest_neighbours
+from evaluate.quality.distances import nearest_neighbours
 
 COPY_FACTOR = 0.5
 COPY_QUANTILE = 0.01

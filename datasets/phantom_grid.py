@@ -1,4 +1,4 @@
-"""``python -m datasets.phantom``: a labelled picture grid of phantom chest radiographs.
+"""``python -m datasets.phantom_grid``: a labelled picture grid of phantom chest radiographs.
 
 The data sets themselves are :class:`datasets.phantoms.dataset.PhantomDataset`
 (registered as ``phantom`` and ``phantom-nih``).
@@ -122,7 +122,9 @@ def save_atomically(image: Any, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m datasets.phantom", "Write a labelled picture grid of phantom chest radiographs.")
+    parser = make_parser(
+        "python -m datasets.phantom_grid", "Write a labelled picture grid of phantom chest radiographs."
+    )
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
     parser.add_argument("--domain", default="phantom", choices=sorted(TABLES), help="phantom domain")

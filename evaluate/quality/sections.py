@@ -13,7 +13,7 @@ Notation: ``S`` the synthetic images of the report (class ``c``: ``S_c``),
   itself lie apart at that size (the Frechet distance is biased upwards at
   small sizes, so only the comparison with the floor is meaningful);
 * **coverage**: precision, recall, density and coverage of ``S`` against
-  ``A`` (:mod:`evaluate.distribution_metrics`), overall and per class, beside
+  ``A`` (:mod:`evaluate.quality.distances`), overall and per class, beside
   the values of ``B`` against ``A``;
 * **label fidelity**: the share of ``S_c`` that a classifier trained on the
   reference assigns to ``c`` (its agreement with the intended class), the
@@ -23,7 +23,7 @@ Notation: ``S`` the synthetic images of the report (class ``c``: ``S_c``),
   classifier trained on the synthetic images (train-on-synthetic /
   test-on-real) and of one trained on reference images with the same
   protocol and budget (train-on-real / test-on-real), and their ratio;
-* **memorisation**: :mod:`evaluate.memorisation` in feature and pixel space.
+* **memorisation**: :mod:`evaluate.quality.memorisation` in feature and pixel space.
 """
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluate.quality.distances import (
+    DEFAULT_K,
+    bootstrap_interval,
+    density_coverage,
+    frechet_between,
+    precision_recall,
+)
+from evaluate.quality.memorisation import Memorisation
 from plumbing.seeding import numpy_rng
-
-from .distribution_metrics import DEFAULT_K, bootstrap_interval, density_coverage, frechet_between, precision_recall
-from .memorisation import Memorisation
 
 MIN_FD_IMAGES = 10
 """Fewer images of a class than this leave its Frechet distance and coverage unmeasured."""

@@ -1,4 +1,4 @@
-"""The backbone registry (evaluate.backbones) and the model file format (evaluate.model_file)."""
+"""The backbone registry (models.backbones) and the model file format (models.model_file)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from evaluate.backbones import (
-    BACKBONES,
-    ChannelAttention,
-    Classifier,
-    backbone_names,
-    build_backbone,
-    get_backbone_spec,
-    imagenet_weights_file,
-    initialise,
-)
-from evaluate.model_file import (
+from models.backbones import BACKBONES, ChannelAttention, Classifier, backbone_names, build_backbone, get_backbone_spec
+from models.initialisation import imagenet_weights_file, initialise
+from models.model_file import (
     BACKBONE_FILE,
     CLASSIFIER_FILE,
     load_backbone_weights,
@@ -271,15 +263,15 @@ def test_initialise_ssl_run_and_path(tmp_path: Path) -> None:
     trained = build_backbone("tiny", 1)
     _randomise(trained, 5)
     runs = tmp_path / "runs"
-    training = TRAINING | {"trained_by": "ssl.train"}
+    training = TRAINING | {"trained_by": "python -m ssl.curriculum"}
     save_model(runs / "simclr-1" / BACKBONE_FILE, trained, image_size=64, training=training)
 
     backbone = build_backbone("tiny", 1)
     provenance = initialise(backbone, "ssl:simclr-1", runs)
     file = runs / "simclr-1" / BACKBONE_FILE
     assert provenance == {
-        "init": "ssl:simclr-1", "file": str(file), "sha256": sha256_file(file), "trained_by": "ssl.train",
-        "training": training,
+        "init": "ssl:simclr-1", "file": str(file), "sha256": sha256_file(file),
+        "trained_by": "python -m ssl.curriculum", "training": training,
     }  # fmt: skip
     assert torch.equal(backbone.body.stage2[1].running_mean, trained.body.stage2[1].running_mean)
 

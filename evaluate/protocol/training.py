@@ -9,10 +9,10 @@ one process or under ``torchrun`` (:mod:`plumbing.distributed`):
    epochs; the highest wins (skipped when ``lr`` is given);
 2. **the full run** with that rate for ``epochs`` (:func:`fit`): AdamW,
    cosine decay per iteration, class-balanced cross-entropy
-   (:mod:`evaluate.losses`) unless ``balance`` is ``none``; after every epoch
+   (:mod:`evaluate.protocol.losses`) unless ``balance`` is ``none``; after every epoch
    the validation set is scored and the best epoch so far is written as
    ``best.pt`` (weights) and ``classifier.safetensors`` (the exported
-   classifier, :mod:`evaluate.model_file`); checkpoints every epoch through
+   classifier, :mod:`models.model_file`); checkpoints every epoch through
    the shared handlers (NaN guard, progress bar, TensorBoard), so
    ``--resume`` continues after the last finished epoch;
 3. **scoring** the best epoch's weights on the evaluation set
@@ -42,27 +42,21 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from torch import nn
 
+from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
+from evaluate.metrics import classification_metrics, metrics_report
+from evaluate.protocol.losses import class_weights, weighted_cross_entropy
+from evaluate.protocol.task_data import DataChoice, TaskData
+from models.backbones import Classifier, build_backbone
+from models.initialisation import initialise
+from models.model_file import CLASSIFIER_FILE, save_model
 from plumbing.config import dataclass_from_dict
 from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
-from plumbing.runs import RunFolder
+from plumbing.run_folders import RunFolder
 from plumbing.seeding import derive_seed
 from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
-
-from .backbones import Classifier, build_backbone, initialise
-from .losses import class_weights, weighted_cross_entropy
-from .metrics import classification_metrics, metrics_report
-from .model_file import CLASSIFIER_FILE, save_model
-from .task_data import (
-    DataChoice,
-    TaskData,
-    checkpoint_position,
-    evaluation_batches,
-    steps_per_epoch,
-    training_batches,
-)
 
 MODES = ("finetune", "linear")
 BALANCE = ("loss", "none")

@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from evaluate.quality.image_sets import ImageSet
+from evaluate.quality.measurement import Measured
 from plumbing.files import atomic_path, write_json_atomic
-
-from .image_sets import ImageSet
-from .store_quality import Measured
 
 SAMPLES_PER_SIDE = 6
 TILE = 64

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluate.model_file import CLASSIFIER_FILE
+from models.model_file import CLASSIFIER_FILE
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.runs import CONFIG_FILE, RunFolder, check_run_name, open_run
+from plumbing.run_folders import CONFIG_FILE, RunFolder, check_run_name, open_run
 
 from .config import AdaptConfig
 from .data import AdaptData, choices

@@ -28,21 +28,22 @@ import ignite.distributed as idist
 import torch
 
 from datasets.synthetic import SyntheticDataset
-from evaluate.attention_report import measure_attention, write_attention
-from evaluate.backbones import build_backbone, initialise
-from evaluate.classifier_training import FitContext, run_protocol
-from evaluate.lung_masks import MaskSource
-from evaluate.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
-from evaluate.task_data import task_data
+from evaluate.ail.lung_masks import MaskSource
+from evaluate.ail.measurement import measure_attention, write_attention
+from evaluate.protocol.task_data import task_data
+from evaluate.protocol.training import FitContext, run_protocol
+from models.backbones import build_backbone
+from models.initialisation import initialise
+from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.runs import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
+from ssl.step_store import TRAINED_BY, step_folder, train_or_reuse
 
 from .config import CurriculumConfig, StepConfig
-from .steps import TRAINED_BY, step_folder, train_or_reuse
 from .tasks import settings_record
 from .trainer import StepContext
 

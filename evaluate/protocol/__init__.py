@@ -1,0 +1,1 @@
+"""The downstream protocol: the task's images and splits, the class-balanced loss, training and scoring."""
