@@ -30,7 +30,7 @@ from plumbing.errors import UserError
 from plumbing.precision import use_bf16_autocast
 from synth.config import TrainingConfig
 from synth.export import LoadedGenerator
-from synth.networks import PRESETS, RESOLUTIONS, NetworkConfig
+from synth.network_config import PRESETS, RESOLUTIONS, NetworkConfig
 from synth.rendering import render, sample_latents
 from synth.trainer import GanTrainer
 

@@ -191,3 +191,12 @@ def finding_distribution(
         order = np.argsort(-counts, kind="stable")
         result[name] = (unique[order].astype(np.float32), counts[order] / counts.sum())
     return result
+
+
+def parse_task(version: str, setting: str) -> LabelTask:
+    """A :class:`LabelTask` from command-line strings (``3`` or ``v3``; ``0s`` / ``Xs``, any case)."""
+    text = version.strip().lower().removeprefix("v")
+    if not text.isdigit():
+        raise UserError(f"--version {version!r} is not a version; valid versions: {', '.join(map(str, VERSIONS))}")
+    canonical = {s.lower(): s for s in SETTINGS}.get(setting.strip().lower(), setting)
+    return label_task(int(text), canonical)

@@ -19,7 +19,7 @@ from plumbing.errors import UserError
 from plumbing.files import atomic_path
 
 from .findings import FindingSchema
-from .label_tasks import SETTINGS, VERSIONS
+from .label_tasks import SETTINGS, VERSIONS, parse_task
 from .phantoms.dataset import SPLITS, TABLES, PhantomDataset
 from .phantoms.render import check_resolution, rendered_findings
 from .sample import FINDINGS, IMAGE, LABEL, to_uint8
@@ -146,8 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_output(args.out)
     task = None
     if args.version is not None:
-        from .summary import parse_task
-
         task = parse_task(args.version, args.setting)
     dataset = PhantomDataset(
         args.domain,

@@ -18,7 +18,7 @@ from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
 
 from .label_tables import FRONTAL_VIEWS, VIEWS, LabelTable, read_chexpert_table, read_nih_table
-from .label_tasks import SETTINGS, VERSIONS, LabelTask, class_counts, label_task
+from .label_tasks import SETTINGS, VERSIONS, LabelTask, class_counts, parse_task
 
 READERS: dict[str, Callable[..., LabelTable]] = {
     "chexpert": read_chexpert_table,
@@ -39,15 +39,6 @@ def parse_views(text: str) -> tuple[str, ...] | None:
     if unknown:
         raise UserError(f"--views: unknown view {', '.join(unknown)}; known views: {', '.join(VIEWS)} (or 'all')")
     return views
-
-
-def parse_task(version: str, setting: str) -> LabelTask:
-    """A :class:`LabelTask` from command-line strings (``3`` or ``v3``; ``0s`` / ``Xs``, any case)."""
-    text = version.strip().lower().removeprefix("v")
-    if not text.isdigit():
-        raise UserError(f"--version {version!r} is not a version; valid versions: {', '.join(map(str, VERSIONS))}")
-    canonical = {s.lower(): s for s in SETTINGS}.get(setting.strip().lower(), setting)
-    return label_task(int(text), canonical)
 
 
 def summarise(

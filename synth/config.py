@@ -1,7 +1,7 @@
 """What defines a GAN run (:class:`TrainingConfig`) and what its checkpoints record about it (:class:`SavedRun`).
 
 A run's record - ``config.json`` and ``run.config`` in every checkpoint - is a
-plain dict: ``network`` (:meth:`synth.networks.NetworkConfig.to_dict`),
+plain dict: ``network`` (:meth:`synth.network_config.NetworkConfig.to_dict`),
 ``training`` (:meth:`TrainingConfig.to_dict`), ``condition_columns``,
 ``augment`` (the ADA pipeline's settings), ``command`` (the command that
 started the run) and, once resumed, ``resumed_with`` (the resume commands).
@@ -18,8 +18,8 @@ from typing import Any
 from datasets.label_tasks import LabelTask, parse_label_task
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
+from synth.network_config import NetworkConfig
 
-from .networks import NetworkConfig
 from .schedule import ProgressiveSchedule
 
 

@@ -26,9 +26,10 @@ from datasets.registry import REGISTRY
 from plumbing.errors import UserError
 from plumbing.files import atomic_path, sha256_file
 from plumbing.training import load_checkpoint
+from synth.generator import Generator
+from synth.network_config import NetworkConfig
 
 from .config import TrainingConfig, saved_run
-from .networks import Generator, NetworkConfig
 
 DEMO_GENERATOR = Path(__file__).resolve().parent / "assets" / "phantom-demo-64.safetensors"
 

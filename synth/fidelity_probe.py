@@ -27,9 +27,9 @@ from datasets.findings import FindingSchema
 from datasets.label_tasks import VERSIONS, LabelTask, label_task, parse_label_task
 from models.model_file import load_classifier
 from plumbing.errors import UserError
+from synth.generator import Generator
 
 from .conditions import ConditionSampler
-from .networks import Generator
 from .rendering import sample_latents, sample_seeds
 
 PROBE_SPLIT = "fidelity-probe"

@@ -26,9 +26,10 @@ Resampling
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -381,3 +382,30 @@ class ModulatedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, up={self.up}, "
             f"demodulate={self.demodulate}"
         )
+
+
+def block_precision(x: Tensor, fp32: bool) -> tuple[Tensor, contextlib.AbstractContextManager[Any]]:
+    """``(x, ctx)``: for fp32 blocks ``x`` is cast to float32 and ``ctx`` turns autocast off."""
+    if fp32:
+        return x.float(), autocast_off(x.device.type)
+    return x, contextlib.nullcontext()
+
+
+def check_resolution(res: int, max_res: int) -> None:
+    """Raise ``ValueError`` unless ``res`` is a power of two in ``[4, max_res]``."""
+    if res < 4 or res > max_res or res & (res - 1):
+        raise ValueError(f"resolution must be a power of two in [4, {max_res}], got {res}")
+
+
+def check_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless the fade-in weight ``alpha`` lies in ``[0, 1]``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+
+
+def fade_images(images: Tensor, alpha: float) -> Tensor:
+    """``lerp(upsample2d(downsample2d(x)), x, alpha)``: real images matched to a fading generator."""
+    check_alpha(alpha)
+    if alpha >= 1.0:
+        return images
+    return torch.lerp(upsample2d(downsample2d(images)), images, alpha)

@@ -37,11 +37,11 @@ from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
 from plumbing.training import restore
+from synth.network_config import PRESETS, RESOLUTIONS
 
 from .conditions import condition_vectors
 from .config import SavedRun, TrainingConfig, saved_run
 from .fidelity_probe import FidelityProbe
-from .networks import PRESETS, RESOLUTIONS
 from .trainer import GanTrainer, iterations, network_config, train, training_dataset, training_spec
 
 PROG = "python -m synth.train"

@@ -31,7 +31,7 @@ drawn class-balanced over a label task with ``balance_task``, see :func:`trainin
 Progressive growing (``start_resolution`` below ``resolution``) follows
 :class:`synth.schedule.ProgressiveSchedule`; the real images are
 area-downsampled to the active resolution and, during a fade, blended as the
-generator's output is (:func:`synth.networks.fade_images`). Every random draw of
+generator's output is (:func:`synth.layers.fade_images`). Every random draw of
 step ``t`` comes from a generator seeded by ``(seed, t)``, so on the CPU ``k``
 steps, a resume and ``k`` more steps equal ``2k`` uninterrupted steps exactly.
 
@@ -84,6 +84,11 @@ from plumbing.files import atomic_path
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed, generator
 from plumbing.training import TrainingDiverged, attach_training_handlers
+from synth.discriminator import Discriminator
+from synth.generator import Generator
+from synth.layers import fade_images
+from synth.network_config import NetworkConfig
+from synth.networks import build_networks
 
 from .augment import AdaController, AugmentPipe
 from .balance import BalancedBatchSampler
@@ -99,7 +104,6 @@ from .losses import (
     path_length_penalty,
     r1_penalty,
 )
-from .networks import Discriminator, Generator, NetworkConfig, build_networks, fade_images
 
 GRID_FINDINGS = (
     "Cardiomegaly", "Pneumothorax", "Pneumonia", "Pleural Effusion", "Effusion", "Edema", "Support Devices",
@@ -197,7 +201,7 @@ def batch_sampler(cfg: TrainingConfig, dataset: Dataset, start: int) -> Sampler[
 def network_config(
     preset: str, resolution: int, c_dim: int, channels: int, channel_base: int | None, channel_max: int | None
 ) -> NetworkConfig:
-    """The networks of a new run: a preset (:data:`synth.networks.PRESETS`) with the given overrides."""
+    """The networks of a new run: a preset (:data:`synth.network_config.PRESETS`) with the given overrides."""
     overrides: dict[str, Any] = {"resolution": resolution, "c_dim": c_dim, "img_channels": channels}
     if channel_base is not None:
         overrides["channel_base"] = channel_base

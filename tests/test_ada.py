@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from plumbing.errors import UserError
 from synth.augment import AdaController, AugmentPipe, AugmentSpec, grid_resample
 from synth.losses import r1_penalty
-from synth.networks import NetworkConfig, build_networks
+from synth.network_config import NetworkConfig
+from synth.networks import build_networks
 
 ONLY = dict.fromkeys(("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac", "brightness",
                       "contrast", "lumaflip"), 0.0)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from datasets.label_tables import read_nih_table
-from datasets.label_tasks import class_counts, label_task
-from datasets.summary import main, parse_task, parse_views
+from datasets.label_tasks import class_counts, label_task, parse_task
+from datasets.summary import main, parse_views
 from plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.conditions import condition_vectors
 from synth.fidelity_probe import FidelityProbe, probe_task
-from synth.networks import Generator, NetworkConfig
+from synth.generator import Generator
+from synth.network_config import NetworkConfig
 from synth.train import main
 
 

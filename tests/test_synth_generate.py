@@ -24,7 +24,8 @@ from plumbing.errors import UserError
 from synth.conditions import ConditionSampler
 from synth.export import export_generator, load_generator
 from synth.generate import main
-from synth.networks import Generator, NetworkConfig
+from synth.generator import Generator
+from synth.network_config import NetworkConfig
 from synth.rendering import render, sample_latents, write_contact_sheet
 from tests.test_synthetic_store import fill_disk_at
 

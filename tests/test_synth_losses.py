@@ -16,7 +16,8 @@ from synth.losses import (
     path_length_penalty,
     r1_penalty,
 )
-from synth.networks import NetworkConfig, build_networks
+from synth.network_config import NetworkConfig
+from synth.networks import build_networks
 
 
 def softplus(t: float) -> float:

@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from plumbing.errors import UserError
-from synth.layers import EqualConv2d, EqualLinear, downsample2d, modulated_conv2d, upsample2d
-from synth.networks import (
-    RESOLUTIONS,
-    NetworkConfig,
-    SynthesisNetwork,
-    build_networks,
-    fade_images,
-    minibatch_stddev,
-)
+from synth.discriminator import minibatch_stddev
+from synth.generator import SynthesisNetwork
+from synth.layers import EqualConv2d, EqualLinear, downsample2d, fade_images, modulated_conv2d, upsample2d
+from synth.network_config import RESOLUTIONS, NetworkConfig
+from synth.networks import build_networks
 
 TINY = {"channel_base": 512, "channel_max": 32, "z_dim": 16, "w_dim": 16, "mapping_layers": 2, "d_mapping_layers": 1}
 

@@ -16,7 +16,7 @@ from plumbing.errors import UserError
 from plumbing.training import latest_checkpoint, load_checkpoint
 from synth.config import TrainingConfig
 from synth.export import load_generator
-from synth.networks import NetworkConfig
+from synth.network_config import NetworkConfig
 from synth.train import main
 from synth.trainer import GanTrainer
 from tests import real_layouts as rl
