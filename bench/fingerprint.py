@@ -5,12 +5,11 @@ Runs, on a 2-core CPU in about two minutes, a small ``synth.generate`` store, a 
 on phantoms, then prints one SHA-256 per output: every array chunk and metadata file of the
 store and its contact sheet, every exported ``.safetensors`` file, and each ``results.json``
 with the fields that legitimately differ between runs (wall-clock times, absolute paths,
-command lines, creation dates) left out. Exported weights record the folder they were written to, so
-compare two checkouts through the same ``--out``; when they print the same lines they wrote the same
-results::
+command lines, creation dates, file hashes) left out; a ``.safetensors`` file counts by its tensors and its metadata
+without those fields. Two checkouts that print the same lines wrote the same results::
 
-    python -m bench.fingerprint --out /tmp/fp > before.txt
-    python -m bench.fingerprint --out /tmp/fp > after.txt && diff before.txt after.txt
+    python -m bench.fingerprint --out /tmp/before > before.txt
+    python -m bench.fingerprint --out /tmp/after > after.txt && diff before.txt after.txt
 """
 
 from __future__ import annotations
@@ -24,8 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+
 VOLATILE = ("time", "seconds", "duration", "command", "path", "root", "store", "file", "dir", "host", "date", "started",
-            "finished", "created", "version_info", "python", "torch")
+            "finished", "created", "sha256", "version_info", "python", "torch")
 
 
 def _run(*args: str) -> None:
@@ -45,6 +47,31 @@ def _stable(value: object) -> object:
     if isinstance(value, list):
         return [_stable(item) for item in value]
     return value
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _stable_text(value: object, out: Path) -> str:
+    """``value`` as canonical JSON, without volatile fields, with the scratch folder written ``<out>``."""
+    return json.dumps(_stable(value), sort_keys=True).replace(str(out), "<out>")
+
+
+def _weights_digest(path: Path, out: Path) -> str:
+    """Digest of a safetensors file's tensors (name, dtype, shape, bytes) and its stable metadata."""
+    digest = hashlib.sha256()
+    with safe_open(path, framework="pt") as file:
+        meta = {key: _json_or_text(value) for key, value in (file.metadata() or {}).items()}
+        digest.update(_stable_text(meta, out).encode())
+        for name in sorted(file.keys()):
+            tensor = file.get_tensor(name).contiguous().reshape(-1)
+            digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 def fingerprint(out: Path) -> list[str]:
@@ -70,9 +97,10 @@ def fingerprint(out: Path) -> list[str]:
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         name = path.relative_to(out).as_posix()
         if path.name in ("results.json", "zarr.json"):
-            stable = json.dumps(_stable(json.loads(path.read_text())), sort_keys=True)
-            lines.append(f"{name} {_digest(stable.encode())}")
-        elif store in path.parents or path.suffix in (".safetensors", ".png") and "tb" not in path.parts:
+            lines.append(f"{name} {_digest(_stable_text(json.loads(path.read_text()), out).encode())}")
+        elif path.suffix == ".safetensors":
+            lines.append(f"{name} {_weights_digest(path, out)}")
+        elif store in path.parents or path.suffix == ".png" and "tb" not in path.parts:
             lines.append(f"{name} {_digest(path.read_bytes())}")
     return lines
 
