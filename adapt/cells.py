@@ -1,11 +1,12 @@
 """Grids of adaptation runs: one run folder per (alignment, seed) cell, skipped when finished, resumed when not.
 
-A cell's folder is ``<runs-dir>/<prefix>-<label>-seed<seed>`` (``label`` is
-the alignment preset, with ``+div<W>`` for a diversity weight). Running the
-same grid command again skips every cell that holds ``results.json``,
-resumes every cell that holds a checkpoint from its newest one, and starts
-the others; a cell whose recorded configuration differs from the one asked
-for is refused in one line (give another ``--name``).
+A cell (:class:`plumbing.grid.Cell`) has the folder
+``<runs-dir>/<prefix>-<label>-seed<seed>`` (``label`` is the alignment
+preset, with ``+div<W>`` for a diversity weight). Running the same grid
+command again skips every cell that holds ``results.json``, resumes every
+cell that holds a checkpoint from its newest one, and starts the others; a
+cell whose recorded configuration differs from the one asked for is refused
+in one line (give another ``--name``): :mod:`plumbing.grid`.
 
 A finished cell holds ``config.json`` (configuration, command, resume
 commands), ``checkpoint_<step>.pt``, ``tb/``, ``results.json``
@@ -15,17 +16,15 @@ evaluation form, readable by ``evaluate.attention``).
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.model_file import CLASSIFIER_FILE
 from plumbing.distributed import is_main_process
-from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.run_folders import CONFIG_FILE, RunFolder, check_run_name, open_run
+from plumbing.grid import Cell
+from plumbing.run_folders import check_run_name
 
 from .config import AdaptConfig
 from .data import AdaptData, choices
@@ -37,49 +36,16 @@ RESULTS_FILE = "results.json"
 TRAINED_BY = "python -m adapt.train"
 
 
-@dataclass(frozen=True)
-class Cell:
-    cfg: AdaptConfig
-    name: str
-
-    def folder(self, runs_dir: Path) -> Path:
-        return runs_dir / self.name
-
-
 def cell_name(prefix: str, cfg: AdaptConfig) -> str:
     return check_run_name(f"{prefix}-{cfg.label}-seed{cfg.seed}")
 
 
-def cell_status(cell: Cell, runs_dir: Path) -> str:
-    """``finished`` (results written), ``started`` (a checkpoint) or ``new``."""
-    folder = cell.folder(runs_dir)
-    if (folder / RESULTS_FILE).is_file():
-        return "finished"
-    return "started" if any(folder.glob("checkpoint_*.pt")) else "new"
-
-
-def check_settings(cell: Cell, saved: dict[str, Any], path: Path) -> None:
-    """A cell found on disk must have the settings asked for (one :class:`UserError` line otherwise)."""
-    differ = sorted(k for k, v in cell.cfg.to_dict().items() if saved.get(k) != v)
-    if differ:
-        raise UserError(f"run {path} was started with other settings ({', '.join(differ)}); run it with "
-                        "its own settings or choose another --name")
-
-
-def recorded_settings(cell: Cell, runs_dir: Path) -> dict[str, Any]:
-    """The ``adapt`` configuration a cell's ``config.json`` records (empty when unreadable)."""
-    try:
-        return json.loads((cell.folder(runs_dir) / CONFIG_FILE).read_text()).get("adapt", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def open_cell(cell: Cell, runs_dir: Path) -> RunFolder:
-    """The cell's run folder to start or resume; a checkpoint of other settings is one :class:`UserError`."""
-    run = open_run(runs_dir, cell.name, resume=cell_status(cell, runs_dir) == "started")
-    if run.checkpoint is not None:
-        check_settings(cell, run.checkpoint["run"]["config"].get("adapt", {}), run.path)
-    return run
+def adapt_cell(prefix: str, cfg: AdaptConfig, runs_dir: Path) -> Cell[AdaptConfig]:
+    """The grid cell of ``cfg``: its folder ``runs_dir/<prefix>-<label>-seed<seed>``, finished by ``results.json``,
+    its settings the ``adapt`` record of ``config.json``."""
+    name = cell_name(prefix, cfg)
+    return Cell(name=name, folder=runs_dir / name, section="adapt", settings=cfg.to_dict(), work=cfg,
+                finished_files=(RESULTS_FILE,))
 
 
 def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:

@@ -25,18 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from adapt.cells import (
-    Cell,
-    cell_name,
-    cell_status,
-    check_settings,
-    evaluation_record,
-    open_cell,
-    recorded_settings,
-    say,
-    summary_line,
-    write_results,
-)
+from adapt.cells import adapt_cell, evaluation_record, say, summary_line, write_results
 from datasets.registry import names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from models.backbones import BACKBONES
@@ -44,9 +33,10 @@ from models.initialisation import imagenet_weights_file
 from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
 from plumbing.distributed import distributed, local_batch_size, process_device, processes
 from plumbing.errors import UserError
+from plumbing.grid import Cell, Status, check_cells, run_here
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, record_config
-from plumbing.training import TrainingDiverged
+from plumbing.run_folders import command_line, open_run, record_config
+from plumbing.training import checkpoints
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
@@ -181,7 +171,7 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
     )
 
 
-def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
+def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell[AdaptConfig]]:
     """Every (alignment, seed) cell, with the weights given on the command line over the presets'."""
     prefix = args.name or f"adapt-{base.source}-{base.target}"
     overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
@@ -189,7 +179,7 @@ def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
     for alignment in _alignments(args.alignment):
         for seed in _int_list(args.seeds, "--seeds"):
             cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides)
-            cells.append(Cell(cfg, cell_name(prefix, cfg)))
+            cells.append(adapt_cell(prefix, cfg, args.runs_dir))
     return cells
 
 
@@ -202,18 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args, argv, cells, process_device(device))
 
 
-def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell], device: torch.device) -> int:
-    first = cells[0].cfg
+def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell[AdaptConfig]],
+           device: torch.device) -> int:
+    first = cells[0].work
     # Every check before any folder exists: data roots and classes, the batch split, --init, cells on disk.
-    data = {seed: adapt_data(replace(first, seed=seed)) for seed in dict.fromkeys(c.cfg.seed for c in cells)}
+    data = {seed: adapt_data(replace(first, seed=seed)) for seed in dict.fromkeys(c.work.seed for c in cells)}
     local_batch_size(first.batch_size)
     build_model(first, data[first.seed].channels, len(data[first.seed].classes), args.runs_dir)
-    for cell in cells:
-        status = cell_status(cell, args.runs_dir)
-        if status == "started":
-            open_cell(cell, args.runs_dir)
-        elif status == "finished":
-            check_settings(cell, recorded_settings(cell, args.runs_dir), cell.folder(args.runs_dir))
+    cells = check_cells(cells)
     if args.init == "auto":
         say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
             f"at {imagenet_weights_file(first.backbone)})")
@@ -223,34 +209,25 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
     say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
         f"{len(cells)} cell(s); {device} {processes()}".rstrip())
-    diverged: list[str] = []
-    for cell in cells:
-        if cell_status(cell, args.runs_dir) == "finished":
-            say(f"{cell.name}: finished; skipped")
-            continue
-        run = open_cell(cell, args.runs_dir)
-        cell_data = data[cell.cfg.seed]
+
+    def train_cell(cell: Cell[AdaptConfig], status: Status) -> None:
+        """Start a new cell, resume a started one from its newest checkpoint; results and classifier at the end."""
+        cfg, cell_data = cell.work, data[cell.work.seed]
+        run = open_run(args.runs_dir, cell.name, resume=status == "started" and bool(checkpoints(cell.folder)))
         ctx = Context(cell_data, device, amp, workers, not args.no_progress, args.runs_dir)
         cell_sizes = ", ".join(f"{k} {v}" for k, v in cell_data.sizes().items())
-        record = ({"adapt": cell.cfg.to_dict(), "evaluation_data": evaluation_record(cell.cfg),
-                   "data_description": f"{cell.cfg.source} -> {cell.cfg.target} ({cell_sizes})"}
+        record = ({"adapt": cfg.to_dict(), "evaluation_data": evaluation_record(cfg),
+                   "data_description": f"{cfg.source} -> {cfg.target} ({cell_sizes})"}
                   if run.checkpoint is None else run.checkpoint["run"]["config"])
         record = {k: v for k, v in record.items() if k != "init_provenance"}
         run.create()
-        say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
-        with run.discarded_on_failure(f"{cell.name}: "):
+        say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cfg.steps} steps -> {run.path}")
+        with run.discarded_on_failure():  # a diverged cell is retried by the next call from its last checkpoint
             record = record_config(run, record, command)
-            try:
-                trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
-            except TrainingDiverged as exc:  # the other cells still run; this one is retried by the next call
-                run.discard()
-                diverged.append(cell.name)
-                say(f"{cell.name}: {exc}; going on with the other cells")
-                continue
-        say(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
-    if diverged:
-        raise UserError(f"{len(diverged)} of {len(cells)} cell(s) diverged ({', '.join(diverged)}); the others "
-                        "finished; the same command resumes the diverged ones from their last good checkpoint")
+            trainer = fit(cfg, ctx, run.path, record, run.checkpoint)
+        say(summary_line(write_results(run.path, cfg, trainer, cell_data)))
+
+    run_here(cells, train_cell).raise_if_failed()
     return 0
 
 

@@ -13,7 +13,7 @@ A trainer's command calls, in this order:
 4. training inside :meth:`RunFolder.discarded_on_failure`: if it fails before
    its first checkpoint, :meth:`RunFolder.discard` removes the folder a fresh
    start made, so nothing is left for a later ``--resume`` to trip over, and a
-   diverged loss becomes one :class:`UserError` line.
+   diverged loss becomes one :class:`RunDiverged` line (a :class:`UserError`).
 
 :func:`given_options` and :func:`refuse_changed_options` let a resumed run
 refuse options that contradict its checkpoint.
@@ -53,6 +53,11 @@ def check_run_name(name: str) -> str:
     return name
 
 
+class RunDiverged(UserError):
+    """A run whose loss diverged: one line as every :class:`UserError`, told apart by a grid
+    (:mod:`plumbing.grid`) that names its diverged cells."""
+
+
 @dataclass
 class RunFolder:
     """A run folder about to be started or resumed (:func:`open_run`)."""
@@ -84,13 +89,13 @@ class RunFolder:
 
     @contextlib.contextmanager
     def discarded_on_failure(self, what: str = "") -> Iterator[None]:
-        """Discard the folder (:meth:`discard`) when the block fails; a diverged loss is a :class:`UserError`
+        """Discard the folder (:meth:`discard`) when the block fails; a diverged loss is a :class:`RunDiverged`
         whose message starts with ``what``."""
         try:
             yield
         except TrainingDiverged as exc:
             self.discard()
-            raise UserError(f"{what}{exc}") from None
+            raise RunDiverged(f"{what}{exc}") from None
         except BaseException:
             self.discard()
             raise

@@ -44,10 +44,11 @@ from plumbing.cli import (
 )
 from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device
 from plumbing.errors import UserError
+from plumbing.grid import check_cells, run_here
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line
-from ssl.curriculum_run import Machine, run_curriculum, run_name
+from ssl.curriculum_run import CurriculumRunner, Machine, curriculum_cells, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -295,16 +296,18 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
         )
         _check_start_and_downstream(first, channels)
+        cells = check_cells(curriculum_cells(configs, images, machine))
         if is_main_process():
             print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}", file=sys.stderr)
-        for name, cfg in configs:
-            run_curriculum(cfg, name, images, channels, machine, command)
-        if curriculum:  # run_curriculum ends at a barrier: every process reads the singles' results
+        runner = CurriculumRunner(images, channels, machine, command)
+        report = run_here(cells, runner, runner.skipped)
+        if curriculum:  # a run ends at a barrier: every process reads the singles' results
             done = {name for name, _ in configs}
-            for name, cfg in _configs(args, _wanted(args)):
-                if name not in done:
-                    run_curriculum(cfg, name, images, channels, machine, command)
+            later = [(name, cfg) for name, cfg in _configs(args, _wanted(args)) if name not in done]
+            report = report.add(run_here(check_cells(curriculum_cells(later, images, machine)), runner,
+                                         runner.skipped))
+    report.raise_if_failed()
     return 0
 
 

@@ -9,10 +9,11 @@ baseline; ``adapt.train --init ssl:RUN`` reads it), ``downstream/`` (an
 with every trial, ``classifier.safetensors``, ``results.json`` and, where the
 evaluation images have lung masks, ``attention.json`` / ``attention.png``)
 and, once finished, ``results.json``: the ordering, every step's key,
-learning rate and losses, and the downstream figures. Running the same
-command again skips a finished run and continues an interrupted one: finished
-steps are reused, an interrupted step or downstream training resumes from its
-last checkpoint.
+learning rate and losses, and the downstream figures. The runs and their
+steps are the cells of one grid (:func:`curriculum_cells`,
+:mod:`plumbing.grid`): running the same command again skips a finished run
+and continues an interrupted one: finished steps are reused, an interrupted
+step or downstream training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,11 @@ from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, s
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
+from plumbing.grid import Cell, Status, cell_status
 from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
-from ssl.step_store import TRAINED_BY, step_folder, train_or_reuse
+from ssl.step_store import TRAINED_BY, finished_step, step_cell, step_folder, train_step
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
@@ -93,24 +96,6 @@ def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -
     return steps
 
 
-def read_results(folder: Path) -> dict[str, Any] | None:
-    path = folder / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def check_settings(folder: Path, cfg: CurriculumConfig) -> None:
-    """Refuse a run folder that holds a run of other settings (one line naming the differences)."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text()).get("curriculum", {})
-    wanted = cfg.to_dict()
-    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
-    if differ:
-        raise UserError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
-                        "choose another --prefix or remove the folder")
-
-
 def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict]) -> None:
     """``backbone.safetensors`` of the run: the last step's, or the baseline's initialisation (rank 0)."""
     if not is_main_process():
@@ -153,17 +138,59 @@ def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: 
     return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
 
 
-def run_curriculum(
-    cfg: CurriculumConfig, name: str, images: Any, channels: int, machine: Machine, command: str
-) -> dict[str, Any]:
-    """Train or reuse every step of ``cfg``, then the downstream protocol; returns ``results.json``."""
-    folder = machine.runs_dir / name
-    check_settings(folder, cfg)
-    done = read_results(folder)
-    if done is not None:
-        if is_main_process():
-            print(f"{name}: finished; skipped", file=sys.stderr)
-        return done
+def curriculum_cells(
+    configs: Sequence[tuple[str, CurriculumConfig]], images: Any, machine: Machine
+) -> list[Cell[CurriculumConfig | StepConfig]]:
+    """The grid of the runs ``configs`` (name, configuration) on ``images``, in their order: each run that is
+    not finished after the cells of its steps (:func:`ssl.step_store.step_cell`; a step two runs share is one
+    cell, listed before the first of them), each step needing the one before it and each run its steps."""
+    store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
+    cells: list[Cell[CurriculumConfig | StepConfig]] = []
+    listed: set[str] = set()
+    for name, cfg in configs:
+        run: Cell[CurriculumConfig | StepConfig] = Cell(
+            name=name, folder=machine.runs_dir / name, section="curriculum", settings=cfg.to_dict(), work=cfg,
+            finished_files=(RESULTS_FILE,), hint="choose another --prefix or remove the folder")
+        if cell_status(run) != "finished":
+            steps = [step_cell(s, machine.runs_dir) for s in step_configs(cfg, machine.amp, store_workers)]
+            cells += [s for s in steps if s.name not in listed]
+            listed.update(s.name for s in steps)
+            run = replace(run, needs=tuple(s.name for s in steps))
+        cells.append(run)
+    return cells
+
+
+@dataclass
+class CurriculumRunner:
+    """Runs the cells of :func:`curriculum_cells` here: a step trains on ``images``; a run, its steps finished,
+    exports its backbone and trains the downstream protocol."""
+
+    images: Any
+    channels: int
+    machine: Machine
+    command: str
+
+    def __call__(self, cell: Cell[CurriculumConfig | StepConfig], status: Status) -> None:
+        m = self.machine
+        if isinstance(cell.work, StepConfig):
+            ctx = StepContext(self.images, self.channels, None, m.device, m.amp, m.workers, m.progress)
+            train_step(cell.work, ctx, m.runs_dir, self.command)
+        else:
+            finish_run(cell.work, cell.folder, cell.needs, self.channels, m, self.command)
+
+    @staticmethod
+    def skipped(cell: Cell[CurriculumConfig | StepConfig]) -> str:
+        """The line of a finished cell: a step is reused, a run skipped."""
+        if isinstance(cell.work, StepConfig):
+            return f"{cell.work.task}: reusing the finished step {cell.name}"
+        return f"{cell.name}: finished; skipped"
+
+
+def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], channels: int, machine: Machine,
+               command: str) -> None:
+    """Record the run (``config.json``: its command, or a resume command when the run started before), export
+    its start backbone from its finished steps ``step_keys``, train the downstream protocol and write
+    ``results.json``."""
     if is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
@@ -172,10 +199,11 @@ def run_curriculum(
         record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
         write_json_atomic(config, record)
     steps = []
-    store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
-    for step in step_configs(cfg, machine.amp, store_workers):
-        ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
-        steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
+    for key in step_keys:
+        step = finished_step(machine.runs_dir, key)
+        if step is None:
+            raise UserError(f"the step {key} of {folder.name} is not finished; run the same command again")
+        steps.append(step)
     _export_start(cfg, channels, folder, machine.runs_dir, steps)
     idist.barrier()
     downstream = _downstream(cfg, folder, machine, command)
@@ -189,8 +217,7 @@ def run_curriculum(
         write_json_atomic(folder / RESULTS_FILE, results)
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)
-        print(f"{name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
+        print(f"{folder.name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
               + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
               + f" -> {folder / RESULTS_FILE}", file=sys.stderr)
     idist.barrier()
-    return results

@@ -6,10 +6,11 @@ settings, the schedule, the learning-rate choice, the seed and the key of the
 step before it): ``config.json`` (the step's configuration and the command),
 its checkpoints and ``tb/``, and once finished (the checkpoints removed)
 ``backbone.safetensors`` (the shared model-file format) and ``step.json`` (the chosen learning rate with
-every trial's score, the mean loss of every epoch). :func:`train_or_reuse`
-returns a finished step as it is, resumes an interrupted one from its last
-checkpoint (its learning-rate trials are not run again) and trains a new one:
-curricula with a common prefix train it once.
+every trial's score, the mean loss of every epoch). A step is a cell of the
+curricula's grid (:func:`step_cell`, :mod:`plumbing.grid`): a finished step
+is reused as it is, an interrupted one resumes from its last checkpoint (its
+learning-rate trials are not run again; :func:`train_step`) and a new one
+trains: curricula with a common prefix train it once.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from models.backbones import build_backbone
 from models.initialisation import initialise
 from models.model_file import BACKBONE_FILE, save_model
 from plumbing.distributed import is_main_process
-from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
+from plumbing.grid import Cell
 from plumbing.lr_selection import LrChoice
-from plumbing.run_folders import CONFIG_FILE, open_run, record_config
+from plumbing.run_folders import open_run, record_config
 from plumbing.training import checkpoints
 
 from .config import StepConfig
@@ -64,27 +65,25 @@ def start_weights(cfg: StepConfig, channels: int, runs_dir: Path) -> tuple[dict 
     return backbone.state_dict(), provenance
 
 
-def _check_same(folder: Path, cfg: StepConfig) -> None:
-    config = folder / CONFIG_FILE
-    if config.is_file() and json.loads(config.read_text()).get("step") != cfg.to_dict():
-        raise UserError(f"{folder} holds a step of other settings under the same key; remove it and run again")
+def step_cell(cfg: StepConfig, runs_dir: Path) -> Cell[StepConfig]:
+    """The grid cell of a step: named by its key, finished by ``step.json`` and its backbone file, its settings
+    the ``step`` record of ``config.json``, needing the step it starts from."""
+    key = cfg.key()
+    needs = (cfg.start.removeprefix("step:"),) if cfg.start.startswith("step:") else ()
+    return Cell(name=key, folder=step_folder(runs_dir, key), section="step", settings=cfg.to_dict(), work=cfg,
+                finished_files=(STEP_FILE, BACKBONE_FILE), needs=needs,
+                hint="remove it and run again")
 
 
-def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: str) -> dict[str, Any]:
-    """The finished step of ``cfg`` (module docstring): reused, resumed or trained; returns its ``step.json``.
+def train_step(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: str) -> None:
+    """Train the step of ``cfg`` into its folder (module docstring), resuming it from its last checkpoint.
 
     The start weights (``ctx.start`` is replaced by them) are loaded only
     when the step trains, and their provenance goes into its backbone file.
+    A finished step is reused as it is: its grid cell (:func:`step_cell`) is skipped.
     """
     key = cfg.key()
     folder = step_folder(runs_dir, key)
-    done = finished_step(runs_dir, key)
-    if done is not None:
-        _check_same(folder, cfg)
-        if is_main_process():
-            print(f"{cfg.task}: reusing the finished step {key}", file=sys.stderr)
-        return done
-    _check_same(folder, cfg)
     start, provenance = start_weights(cfg, ctx.channels, runs_dir)
     ctx = replace(ctx, start=start)
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
@@ -96,7 +95,7 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
     else:
         choice = choose_step_lr(cfg, ctx)
     run.create()
-    with run.discarded_on_failure(f"{cfg.task} step {key}: "):
+    with run.discarded_on_failure():
         record = record_config(run, {"step": cfg.to_dict(), "key": key}, command)
         if is_main_process():
             print(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}", file=sys.stderr)
@@ -114,4 +113,3 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
         for path in checkpoints(folder):  # finished: the backbone file is what later steps read
             path.unlink(missing_ok=True)
     idist.barrier()
-    return result

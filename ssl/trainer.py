@@ -58,7 +58,7 @@ class StepState(CheckpointedState):
 class StepContext:
     """What a step needs besides its configuration: the images, the start backbone's weights, the machine.
 
-    ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.step_store.train_or_reuse`.
+    ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.step_store.train_step`.
     """
 
     images: Dataset

@@ -19,6 +19,8 @@ from datasets.synthetic import SyntheticDataset
 from models.model_file import BACKBONE_FILE, read_model_info
 from plumbing.cli import run_cli
 from plumbing.files import sha256_file
+from plumbing.training import TrainingDiverged
+from ssl import step_store
 from ssl import trainer as ssl_trainer
 from ssl.config import StepConfig
 from ssl.curriculum import main
@@ -132,6 +134,32 @@ def test_a_shared_prefix_is_reused_and_a_changed_setting_is_not(
     assert "ssl-phantom-v3-0s-rotation-seed0: finished; skipped" in capsys.readouterr().err  # relloc's --set is not its
     record = json.loads((tmp_path / "ssl-phantom-v3-0s-rotation-relloc-seed0" / "results.json").read_text())
     assert record["settings"]["overrides"] == {"relloc": {"hidden_dim": 64}}
+
+
+def test_a_diverged_step_stops_only_the_runs_that_need_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_fit_step = step_store.fit_step
+
+    def fit_step_diverging_for_relloc(cfg: StepConfig, *args: Any, **kwargs: Any) -> Any:
+        if cfg.task == "relloc":
+            raise TrainingDiverged("loss loss became nan at iteration 1; training stopped, no checkpoint")
+        return real_fit_step(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(step_store, "fit_step", fit_step_diverging_for_relloc)
+    args = [*COMMON, "--tasks", "relloc,rotation", "--set", "relloc.hidden_dim=64"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["run", *args, "--runs-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert _steps(tmp_path) == [p.name for p in (tmp_path / STEPS_DIR).glob("rotation-*")]  # relloc: nothing left
+    assert "1 of 6 cell(s) diverged (relloc-" in last and "3 more not run as they need them" in last
+    assert "ssl-phantom-v3-0s-relloc-seed0" in last and "ssl-phantom-v3-0s-relloc-rotation-seed0" in last
+    assert (tmp_path / "ssl-phantom-v3-0s-rotation-seed0" / "results.json").is_file()  # the run after it ran
+    assert not (tmp_path / "ssl-phantom-v3-0s-relloc-seed0").exists()
+    err = _error(tmp_path, capsys, "run", *args, "--downstream-epochs", "2")  # checked before anything trains
+    assert "ssl-phantom-v3-0s-rotation-seed0 was started with other settings (downstream)" in err
 
 
 def _interrupted_then_resumed(runs: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int,
