@@ -16,20 +16,22 @@ latents seeded by the condition) or the global average, and are mapped from
 floating-point rounding (at most one grey level).
 
 The store is written block by block through
-:class:`datasets.synthetic_store.SyntheticStoreWriter`; a run killed at any
+:class:`datasets.synthetic_store.writer.SyntheticStoreWriter`; a run killed at any
 moment (or stopped by a full disk) and started again with the same arguments
 writes only the missing blocks and ends identical to an uninterrupted run. A
 resumed store keeps its block size (another ``--block-size`` is refused). Run
 again on a complete store, it refuses, unless the store's cheap integrity
-check (:mod:`datasets.synthetic_store`) finds damaged blocks: those are marked
+check (:mod:`datasets.synthetic_store.integrity`) finds damaged blocks: those are marked
 pending, so running it once more rewrites them.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +41,13 @@ from tqdm.auto import tqdm
 from datasets.findings import SCHEMAS
 from datasets.label_tasks import SETTINGS, VERSIONS, label_task
 from datasets.synthetic import DEFAULT_STORE
-from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs, StoreLayout
+from datasets.synthetic_store.writer import BlockRows, SyntheticStoreWriter, write_pending_blocks
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 
 from .conditions import DEVICE_POLICIES, ConditionSampler, condition_vectors
-from .export import DEMO_GENERATOR, load_generator
+from .export import DEMO_GENERATOR, LoadedGenerator, load_generator
 from .rendering import ConditionCenters, render, sample_latents, sample_seeds, write_contact_sheet
 
 SPLITS = ("train", "val")
@@ -122,26 +125,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_class = {"train": args.train_per_class, "val": args.val_per_class}
     split_sizes = {s: per_class[s] * sampler.num_classes for s in SPLITS}
     resolution = loaded.generator.img_resolution
-    attrs = {
-        "version": task.version,
-        "setting": task.setting,
-        "classes": list(task.classes),
-        "counts": {s: {c: per_class[s] for c in task.classes} for s in SPLITS},
-        "resolution": resolution,
-        "c_dim": len(schema.columns),
-        "condition_columns": list(schema.columns),
-        "generator": {"sha256": loaded.sha256, "config": loaded.network, "training": loaded.training,
-                      "trained_on_phantoms": loaded.trained_on_phantoms},
-        "condition_source": {
+    attrs = StoreAttrs(
+        version=task.version,
+        setting=task.setting,
+        classes=task.classes,
+        counts={s: {c: per_class[s] for c in task.classes} for s in SPLITS},
+        resolution=resolution,
+        c_dim=len(schema.columns),
+        condition_columns=tuple(schema.columns),
+        generator=GeneratorRecord(sha256=loaded.sha256, config=loaded.network, training=loaded.training,
+                                  trained_on_phantoms=loaded.trained_on_phantoms),
+        condition_source={
             "file": str(args.labels_csv) if args.labels_csv else f"torchxrayvision bundled {schema.name} labels",
             "sha256": hashlib.sha256(np.ascontiguousarray(vectors).tobytes()).hexdigest(),
         },
-        "truncation_center": args.truncation_center,
-        "seed": args.seed,
-        "truncation": args.truncation,
-    }
-    if devices is not None:
-        attrs["condition_policy"] = devices
+        truncation_center=args.truncation_center,
+        seed=args.seed,
+        truncation=args.truncation,
+        condition_policy=devices,
+    )
     layout = None  # the writer's default for a new store, the store's own for a resumed one
     if args.block_size is not None:
         if args.block_size < 1 or args.block_size & (args.block_size - 1):
@@ -149,33 +151,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk = min(StoreLayout.for_resolution(resolution).chunk_images, args.block_size)
         layout = StoreLayout(chunk_images=chunk, block_size=args.block_size)
     try:
-        writer = SyntheticStoreWriter.open(
-            out, attrs=attrs, split_sizes=split_sizes, resolution=resolution, c_dim=len(schema.columns),
-            overwrite=args.overwrite, layout=layout,
-        )
+        writer = SyntheticStoreWriter.open(out, attrs=attrs, overwrite=args.overwrite, layout=layout)
     except (OSError, ValueError, ImportError) as exc:  # fsspec: unknown protocol (ValueError), missing backend
         raise UserError(f"cannot write the store {out}: {getattr(exc, 'strerror', None) or exc}") from exc
-    z_dim = loaded.generator.z_dim
     centers = ConditionCenters(loaded, args.seed, device) if args.truncation_center == "condition" else None
     for split in SPLITS:
-        size, block = split_sizes[split], writer.block_size(split)
-        pending = writer.pending_blocks(split)
-        todo = sum(min((b + 1) * block, size) - b * block for b in pending)
-        bar = tqdm(total=size, initial=size - todo, desc=split, unit="img", disable=not pending)
-        for b in pending:
-            idx = np.arange(b * block, min((b + 1) * block, size))
-            conditions = sampler.conditions(args.seed, split, idx)
-            seeds = sample_seeds(args.seed, split, idx)
-            z = sample_latents(seeds, z_dim)
-            images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device, centers)
-            writer.write_block(split, b, images, sampler.labels(idx), conditions, seeds)
-            bar.update(len(idx))
-        bar.close()
+        rows = partial(_block_rows, loaded, sampler, args, split, device, centers)
+        size, todo = split_sizes[split], writer.pending_images(split)
+        with tqdm(total=size, initial=size - todo, desc=split, unit="img", disable=not todo) as bar:
+            write_pending_blocks(writer, split, rows, progress=bar.update)
     writer.finish()
     sheet = write_contact_sheet(out)
     print(f"wrote {out}: {split_sizes['train']} training and {split_sizes['val']} validation images of "
           f"{', '.join(task.classes)}; contact sheet {sheet}")
     return 0
+
+
+def _block_rows(
+    loaded: LoadedGenerator,
+    sampler: ConditionSampler,
+    args: argparse.Namespace,
+    split: str,
+    device: torch.device,
+    centers: ConditionCenters | None,
+    start: int,
+    stop: int,
+) -> BlockRows:
+    """Rows ``[start, stop)`` of ``split``: images rendered from the rows' seeds and conditions, labels, conditions,
+    seeds."""
+    idx = np.arange(start, stop)
+    conditions = sampler.conditions(args.seed, split, idx)
+    seeds = sample_seeds(args.seed, split, idx)
+    z = sample_latents(seeds, loaded.generator.z_dim)
+    images = render(loaded, z, torch.from_numpy(conditions), args.truncation, args.batch_size, device, centers)
+    return images, sampler.labels(idx), conditions, seeds
 
 
 if __name__ == "__main__":
