@@ -25,6 +25,7 @@ from plumbing.errors import UserError
 from synth.conditions import ConditionSampler
 from synth.export import export_generator, load_generator
 from synth.generate import main
+from synth.generation import GenerationSettings, generate_store
 from synth.networks import Generator, NetworkConfig
 from synth.rendering import render, sample_latents, write_contact_sheet
 from tests.test_synthetic_store import fill_disk_at
@@ -241,6 +242,20 @@ def reference(gen_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "ref.zarr"
     main(_args(gen_file, out))
     return out
+
+
+def test_a_store_generated_from_python_equals_the_commands(gen_file: Path, reference: Path, tmp_path: Path) -> None:
+    """synth.generation without argparse: the same settings write the same arrays and content attributes."""
+    out = tmp_path / "py.zarr"
+    settings = GenerationSettings(train_per_class=6, val_per_class=2)
+    cpu = torch.device("cpu")
+    store = generate_store(load_generator(gen_file, cpu), out, settings, cpu, block_size=4, progress=False)
+    assert store.url == str(out) and store.split_sizes == {"train": 24, "val": 8}
+    assert store.classes == ("No Finding", "Pneumothorax", "Pneumonia", "Cardiomegaly")
+    assert Path(store.contact_sheet).read_bytes() == reference.with_name("ref-contact.png").read_bytes()
+    _same_store(reference, out)
+    written, expected = (dict(zarr.open_group(str(p), mode="r").attrs) for p in (out, reference))
+    assert content_attrs(written) == content_attrs(expected) and written["generator"] == expected["generator"]
 
 
 def test_damaged_complete_store_is_reported_and_rerun_rewrites_it(
