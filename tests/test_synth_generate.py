@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +257,9 @@ def test_a_store_generated_from_python_equals_the_commands(gen_file: Path, refer
     _same_store(reference, out)
     written, expected = (dict(zarr.open_group(str(p), mode="r").attrs) for p in (out, reference))
     assert content_attrs(written) == content_attrs(expected) and written["generator"] == expected["generator"]
+    with pytest.raises(ValueError, match="setting Xs takes the device policy None"):  # Xs takes no device policy
+        generate_store(load_generator(gen_file, cpu), tmp_path / "xs.zarr", replace(settings, devices="clear"), cpu)
+    assert not (tmp_path / "xs.zarr").exists()
 
 
 def test_damaged_complete_store_is_reported_and_rerun_rewrites_it(
