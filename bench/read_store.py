@@ -47,7 +47,9 @@ from datasets.block_loader import BlockLoader
 from datasets.findings import CHEXPERT
 from datasets.sample import to_uint8
 from datasets.synthetic import SyntheticDataset, images_to_float
-from datasets.synthetic_store import SyntheticStoreWriter, open_synthetic
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs
+from datasets.synthetic_store.reader import open_synthetic
+from datasets.synthetic_store.writer import SyntheticStoreWriter, write_pending_blocks
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 
@@ -75,18 +77,17 @@ def write_store(url: str, images: np.ndarray) -> float:
     """Write ``images`` as the train split of a store; returns images/s."""
     n, _, r, _ = images.shape
     t0 = time.perf_counter()
-    writer = SyntheticStoreWriter.open(
-        url,
-        attrs={"version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
-               "counts": {"train": {"No Finding": n, "Pneumothorax": 0}},
-               "condition_columns": list(CHEXPERT.columns), "seed": 0, "truncation": 1.0,
-               "generator": {"sha256": "benchmark", "config": {}, "training": {}, "trained_on_phantoms": False}},
-        split_sizes={"train": n}, resolution=r, c_dim=len(CHEXPERT.columns), overwrite=True,
+    attrs = StoreAttrs(
+        version=1, setting="0s", classes=("No Finding", "Pneumothorax"),
+        counts={"train": {"No Finding": n, "Pneumothorax": 0}}, resolution=r, c_dim=len(CHEXPERT.columns),
+        condition_columns=CHEXPERT.columns, seed=0, truncation=1.0,
+        generator=GeneratorRecord(sha256="benchmark", config={}, training={}, trained_on_phantoms=False),
     )
+    writer = SyntheticStoreWriter.open(url, attrs=attrs, overwrite=True)
     conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
-    for k in writer.pending_blocks("train"):
-        s, e = writer.block_range("train", k)
-        writer.write_block("train", k, images[s:e], np.zeros(e - s, np.int64), conditions[s:e], np.arange(s, e))
+    write_pending_blocks(
+        writer, "train", lambda s, e: (images[s:e], np.zeros(e - s, np.int64), conditions[s:e], np.arange(s, e))
+    )
     writer.finish()
     return n / (time.perf_counter() - t0)
 

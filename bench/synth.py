@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from datasets.findings import CHEXPERT
-from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs, StoreLayout
+from datasets.synthetic_store.writer import BlockRows, SyntheticStoreWriter, write_pending_blocks
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import use_bf16_autocast
@@ -77,25 +78,23 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
     tmp = tempfile.mkdtemp()
     try:
         layout = StoreLayout.for_resolution(resolution)
-        attrs = {
-            "version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
-            "counts": {"train": {"No Finding": n, "Pneumothorax": 0}}, "condition_columns": list(CHEXPERT.columns),
-            "generator": {"sha256": "0" * 64}, "seed": 0, "truncation": 1.0,
-        }
-        writer = SyntheticStoreWriter.open(
-            f"{tmp}/bench.zarr", attrs=attrs, split_sizes={"train": n}, resolution=resolution,
-            c_dim=len(CHEXPERT.columns), overwrite=False, layout=layout,
+        attrs = StoreAttrs(
+            version=1, setting="0s", classes=("No Finding", "Pneumothorax"),
+            counts={"train": {"No Finding": n, "Pneumothorax": 0}}, resolution=resolution, c_dim=len(CHEXPERT.columns),
+            condition_columns=CHEXPERT.columns, generator=GeneratorRecord(sha256="0" * 64), seed=0, truncation=1.0,
         )
+        writer = SyntheticStoreWriter.open(f"{tmp}/bench.zarr", attrs=attrs, overwrite=False, layout=layout)
         cond = torch.zeros(n, len(CHEXPERT.columns))
         render(loaded, sample_latents(np.arange(batch), network.z_dim), cond[:batch], 1.0, batch, device)
         _sync(device)
-        start = time.perf_counter()
-        for k in writer.pending_blocks("train"):
-            s, e = writer.block_range("train", k)
+
+        def rows(s: int, e: int) -> BlockRows:
             idx = np.arange(s, e)
             images = render(loaded, sample_latents(idx, network.z_dim), cond[s:e], 1.0, batch, device)
-            labels = np.zeros(e - s, np.int64)
-            writer.write_block("train", k, images, labels, cond[s:e].numpy(), idx.astype(np.int64))
+            return images, np.zeros(e - s, np.int64), cond[s:e].numpy(), idx.astype(np.int64)
+
+        start = time.perf_counter()
+        write_pending_blocks(writer, "train", rows)
         _sync(device)
         return n / (time.perf_counter() - start)
     finally:

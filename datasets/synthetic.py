@@ -29,7 +29,7 @@ from .findings import CHEXPERT, NO_FINDING, FindingSchema
 from .label_tasks import LabelTask
 from .sample import FINDINGS, ID, IMAGE, INDEX, LABEL, Sample
 from .spec import DataSetSpec
-from .synthetic_store import SyntheticStore, open_synthetic
+from .synthetic_store.reader import SyntheticStore, open_synthetic
 
 ENV_VAR = "CXR_SYNTHETIC_ROOT"
 DEFAULT_STORE = "synthetic-v{version}-{setting}.zarr"

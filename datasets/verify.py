@@ -2,7 +2,7 @@
 
 Opens the store (the cheap check: arrays present, small arrays decoded, every
 expected object listed) and then re-reads every block and compares it with
-its checksum (:func:`datasets.synthetic_store.verify_store`). Prints one
+its checksum (:func:`datasets.synthetic_store.reader.verify_store`). Prints one
 ``ok`` line and exits 0 when every block matches; otherwise one error line
 naming the first damaged blocks, exit code 2.
 """
@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
 
-from .synthetic_store import damage_message, open_synthetic, verify_store
+from .synthetic_store.integrity import damage_message
+from .synthetic_store.reader import open_synthetic, verify_store
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from datasets.registry import names
-from datasets.synthetic_store import open_synthetic
+from datasets.synthetic_store.reader import open_synthetic
 from evaluate.quality.features import XRV_CHOICE
 from evaluate.quality.measurement import Environment, QualityConfig, measure
 from evaluate.quality.report import write_report

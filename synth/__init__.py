@@ -4,8 +4,9 @@
 progressive growing, ADA, lazy R1 and an EMA generator; optionally an
 auxiliary classifier of the conditions, AC-GAN, and class-balanced batches
 of a label task, :mod:`synth.balance`);
-``python -m synth.generate`` writes versioned Zarr stores through
-:mod:`datasets.synthetic_store`. The trainer is :mod:`synth.trainer` (its
-configuration :mod:`synth.config`), the image rendering :mod:`synth.rendering`;
-the two commands only parse options and call them.
+``python -m synth.generate`` writes versioned Zarr stores
+(:mod:`datasets.synthetic_store`). The trainer is :mod:`synth.trainer` (its
+configuration :mod:`synth.config`), the generation of a store
+:mod:`synth.generation` (callable from Python), the image rendering
+:mod:`synth.rendering`; the two commands only parse options and call them.
 """

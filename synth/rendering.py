@@ -19,7 +19,7 @@ import torch
 from torchvision.utils import save_image
 
 from datasets.sample import to_uint8
-from datasets.synthetic_store import open_synthetic
+from datasets.synthetic_store.reader import open_synthetic
 from plumbing.errors import UserError
 from plumbing.seeding import derive_seed, generator
 

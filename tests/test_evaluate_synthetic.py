@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,8 @@ from datasets.findings import CHEXPERT
 from datasets.label_tasks import label_task
 from datasets.phantoms.dataset import PhantomDataset
 from datasets.sample import IMAGE, LABEL, to_uint8
-from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs, StoreLayout
+from datasets.synthetic_store.writer import BlockRows, SyntheticStoreWriter, write_pending_blocks
 from evaluate.quality import features as features_module
 from evaluate.quality.features import FeatureCache, FeatureExtractor
 from evaluate.quality.image_sets import ImageSet, balanced_rows
@@ -42,19 +44,23 @@ def generator_training_images() -> ImageSet:
     return phantom_images("train", TRAINING_LENGTH, task=False)
 
 
+def _block_rows(images: np.ndarray, labels: np.ndarray, conditions: np.ndarray, start: int, stop: int) -> BlockRows:
+    """Rows ``[start, stop)`` of a store's split; the seeds are the row numbers."""
+    return images[start:stop], labels[start:stop], conditions[start:stop], np.arange(start, stop)
+
+
 def write_phantom_store(url: Path, *, plant: bool, complete: bool = True) -> None:
     """A v1-0s store of fresh phantoms (the test stream, classes alternating); ``plant`` copies a training image."""
     sizes = {"train": 48, "val": 8}
-    attrs = {
-        "version": 1, "setting": "0s", "classes": list(TASK.classes),
-        "counts": {s: {c: n // 2 for c in TASK.classes} for s, n in sizes.items()},
-        "condition_columns": list(CHEXPERT.columns),
-        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "trained_on_phantoms": True,
-                      "training": {"data": "phantom", "data_length": TRAINING_LENGTH}},
-        "seed": 0, "truncation": 1.0,
-    }
-    writer = SyntheticStoreWriter.open(url, attrs=attrs, split_sizes=sizes, resolution=RES,
-                                       c_dim=len(CHEXPERT.columns), overwrite=False,
+    attrs = StoreAttrs(
+        version=1, setting="0s", classes=TASK.classes,
+        counts={s: {c: n // 2 for c in TASK.classes} for s, n in sizes.items()},
+        resolution=RES, c_dim=len(CHEXPERT.columns), condition_columns=CHEXPERT.columns,
+        generator=GeneratorRecord(sha256="0" * 64, config={"resolution": RES}, trained_on_phantoms=True,
+                                  training={"data": "phantom", "data_length": TRAINING_LENGTH}),
+        seed=0, truncation=1.0,
+    )
+    writer = SyntheticStoreWriter.open(url, attrs=attrs, overwrite=False,
                                        layout=StoreLayout(chunk_images=8, block_size=16))
     for split, n in sizes.items():
         pool = phantom_images("test" if split == "train" else "valid", 2 * n)
@@ -65,9 +71,7 @@ def write_phantom_store(url: Path, *, plant: bool, complete: bool = True) -> Non
             images[PLANTED_ROW] = generator_training_images().images[PLANTED_FROM].numpy()
         conditions = np.zeros((n, len(CHEXPERT.columns)), np.float32)
         conditions[labels == 1, PTX] = 1.0
-        for block in writer.pending_blocks(split):
-            s, e = writer.block_range(split, block)
-            writer.write_block(split, block, images[s:e], labels[s:e], conditions[s:e], np.arange(s, e))
+        write_pending_blocks(writer, split, partial(_block_rows, images, labels, conditions))
     if complete:
         writer.finish()
 
@@ -119,12 +123,13 @@ def test_memorisation_flags_a_planted_copy_and_nothing_in_fresh_phantoms() -> No
 def test_training_source_follows_the_generators_provenance_and_balance_task() -> None:
     """A generator trained class-balanced over a task saw that task's members only; memorisation compares with them."""
     training = {"data": "phantom", "data_length": 300, "balance_task": "v3-Xs"}
-    store = SimpleNamespace(attrs={"generator": {"training": training}})
+    store = SimpleNamespace(attrs=SimpleNamespace(generator=GeneratorRecord(sha256="0" * 64, training=training)))
     name, options = training_source(store, QualityConfig())
     assert name == "phantom" and options == {"length": 300, "task": label_task(3, "Xs")}
     name, options = training_source(store, QualityConfig(training_data="phantom-nih"))
     assert name == "phantom-nih" and options == {}  # another data set: none of the provenance's options
-    assert training_source(SimpleNamespace(attrs={}), QualityConfig()) is None
+    no_training = SimpleNamespace(attrs=SimpleNamespace(generator=GeneratorRecord(sha256="0" * 64)))
+    assert training_source(no_training, QualityConfig()) is None
 
 
 def test_feature_cache_computes_each_image_set_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

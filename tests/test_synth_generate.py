@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ import zarr
 
 from datasets.findings import CHEXPERT
 from datasets.label_tables import read_chexpert_table
-from datasets.synthetic_store import content_attrs, open_synthetic
+from datasets.synthetic_store.format import content_attrs
+from datasets.synthetic_store.reader import open_synthetic
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from synth.conditions import ConditionSampler
 from synth.export import export_generator, load_generator
 from synth.generate import main
+from synth.generation import GenerationSettings, generate_store
 from synth.generator import Generator
 from synth.network_config import NetworkConfig
 from synth.rendering import render, sample_latents, write_contact_sheet
@@ -73,7 +76,7 @@ def test_0s_conditions_with_devices_cleared_are_the_class_findings_only(gen_file
     out = tmp_path / "v1.zarr"
     _generate(gen_file, out, "--version", "1", "--setting", "0s", "--devices", "clear")
     store = open_synthetic(out)
-    assert store.attrs["condition_policy"] == "clear"
+    assert store.attrs.condition_policy == "clear"
     split = store.split("train")
     ptx = CHEXPERT.index("Pneumothorax")
     expected = np.zeros(14, np.float32)
@@ -87,7 +90,7 @@ def test_0s_conditions_carry_devices_by_default(gen_file: Path, tmp_path: Path) 
     main(["--generator", str(gen_file), "--out", str(out), "--train-per-class", "40", "--val-per-class", "2",
           "--device", "cpu", "--version", "1", "--setting", "0s"])
     store = open_synthetic(out)
-    assert store.attrs["condition_policy"] == "empirical"
+    assert store.attrs.condition_policy == "empirical"
     split = store.split("train")
     sampler = ConditionSampler(store.task, CHEXPERT, read_chexpert_table().vectors, devices="empirical")
     assert np.array_equal(split.conditions, sampler.conditions(0, "train", np.arange(len(split))))
@@ -95,7 +98,8 @@ def test_0s_conditions_carry_devices_by_default(gen_file: Path, tmp_path: Path) 
     for c in (0, 1):  # about half of the real No Finding and Pneumothorax members carry devices
         assert 0 < devices[split.labels == c].mean() < 1
     _generate(gen_file, tmp_path / "xs.zarr", "--version", "1", "--setting", "Xs")
-    assert "condition_policy" not in open_synthetic(tmp_path / "xs.zarr").attrs  # Xs takes no policy
+    assert open_synthetic(tmp_path / "xs.zarr").attrs.condition_policy is None  # Xs takes no policy
+    assert "condition_policy" not in zarr.open_group(str(tmp_path / "xs.zarr"), mode="r").attrs  # nor records one
 
 
 def test_a_0s_store_without_a_condition_policy_reads_as_cleared() -> None:
@@ -240,6 +244,23 @@ def reference(gen_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "ref.zarr"
     main(_args(gen_file, out))
     return out
+
+
+def test_a_store_generated_from_python_equals_the_commands(gen_file: Path, reference: Path, tmp_path: Path) -> None:
+    """synth.generation without argparse: the same settings write the same arrays and content attributes."""
+    out = tmp_path / "py.zarr"
+    settings = GenerationSettings(train_per_class=6, val_per_class=2)
+    cpu = torch.device("cpu")
+    store = generate_store(load_generator(gen_file, cpu), out, settings, cpu, block_size=4, progress=False)
+    assert store.url == str(out) and store.split_sizes == {"train": 24, "val": 8}
+    assert store.classes == ("No Finding", "Pneumothorax", "Pneumonia", "Cardiomegaly")
+    assert Path(store.contact_sheet).read_bytes() == reference.with_name("ref-contact.png").read_bytes()
+    _same_store(reference, out)
+    written, expected = (dict(zarr.open_group(str(p), mode="r").attrs) for p in (out, reference))
+    assert content_attrs(written) == content_attrs(expected) and written["generator"] == expected["generator"]
+    with pytest.raises(ValueError, match="setting Xs takes the device policy None"):  # Xs takes no device policy
+        generate_store(load_generator(gen_file, cpu), tmp_path / "xs.zarr", replace(settings, devices="clear"), cpu)
+    assert not (tmp_path / "xs.zarr").exists()
 
 
 def test_damaged_complete_store_is_reported_and_rerun_rewrites_it(

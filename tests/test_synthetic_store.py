@@ -7,12 +7,16 @@ Integrity faults (damaged or missing objects, full disks, root metadata) are in
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +30,9 @@ from datasets.findings import CHEXPERT
 from datasets.label_tasks import assign_classes, label_task
 from datasets.registry import build_dataset
 from datasets.synthetic import SyntheticDataset
-from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter, open_synthetic
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs, StoreLayout
+from datasets.synthetic_store.reader import open_synthetic
+from datasets.synthetic_store.writer import BlockRows, SyntheticStoreWriter, write_pending_blocks
 from plumbing.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +42,19 @@ LAYOUT = StoreLayout(chunk_images=4, block_size=16)  # train: blocks of 16, 16, 
 PTX = CHEXPERT.index("Pneumothorax")
 
 
-def make_attrs(seed: int = 7) -> dict:
-    return {
-        "version": 1,
-        "setting": "0s",
-        "classes": ["No Finding", "Pneumothorax"],
-        "counts": {"train": {"No Finding": 20, "Pneumothorax": 20}, "val": {"No Finding": 5, "Pneumothorax": 5}},
-        "condition_columns": list(CHEXPERT.columns),
-        "generator": {"sha256": "0" * 64, "config": {"resolution": RES}, "training": {}, "trained_on_phantoms": True},
-        "seed": seed,
-        "truncation": 1.0,
-    }
+def make_attrs(seed: int = 7) -> StoreAttrs:
+    return StoreAttrs(
+        version=1,
+        setting="0s",
+        classes=("No Finding", "Pneumothorax"),
+        counts={"train": {"No Finding": 20, "Pneumothorax": 20}, "val": {"No Finding": 5, "Pneumothorax": 5}},
+        resolution=RES,
+        c_dim=len(CHEXPERT.columns),
+        condition_columns=CHEXPERT.columns,
+        generator=GeneratorRecord(sha256="0" * 64, config={"resolution": RES}, training={}, trained_on_phantoms=True),
+        seed=seed,
+        truncation=1.0,
+    )
 
 
 def make_content(seed: int = 7) -> dict[str, tuple[np.ndarray, ...]]:
@@ -68,10 +76,12 @@ CONTENT = make_content()
 def open_writer(
     url: str | Path, *, seed: int = 7, overwrite: bool = False, layout: StoreLayout = LAYOUT
 ) -> SyntheticStoreWriter:
-    return SyntheticStoreWriter.open(
-        url, attrs=make_attrs(seed), split_sizes=SIZES, resolution=RES, c_dim=len(CHEXPERT.columns),
-        overwrite=overwrite, layout=layout,
-    )
+    return SyntheticStoreWriter.open(url, attrs=make_attrs(seed), overwrite=overwrite, layout=layout)
+
+
+def content_rows(split: str) -> Callable[[int, int], BlockRows]:
+    """Rows ``[start, stop)`` of :data:`CONTENT`'s ``split``, as :func:`write_pending_blocks` asks for them."""
+    return lambda start, stop: tuple(part[start:stop] for part in CONTENT[split])
 
 
 def write_blocks(writer: SyntheticStoreWriter, split: str, blocks: list[int]) -> None:
@@ -84,7 +94,7 @@ def write_blocks(writer: SyntheticStoreWriter, split: str, blocks: list[int]) ->
 def write_store(url: str | Path, layout: StoreLayout = LAYOUT) -> None:
     writer = open_writer(url, layout=layout)
     for split in SIZES:
-        write_blocks(writer, split, writer.pending_blocks(split))
+        write_pending_blocks(writer, split, content_rows(split))
     writer.finish()
 
 
@@ -125,7 +135,7 @@ def resume_and_finish(url: Path, pending_train: list[int]) -> None:
     resumed = open_writer(url)
     assert resumed.pending_blocks("train") == pending_train
     for split in SIZES:
-        write_blocks(resumed, split, resumed.pending_blocks(split))
+        write_pending_blocks(resumed, split, content_rows(split))
     resumed.finish()
     assert_store_matches(url)
 
@@ -143,6 +153,57 @@ def test_round_trip_and_plain_zarr(store_path: Path) -> None:
     assert (codec.cname.value, codec.shuffle.value) == ("lz4", "bitshuffle")
     assert group["val/conditions"].shape == (10, 14) and group["val/conditions"].dtype == np.float32
     assert group["train/labels"].dtype == np.int64 and group["train/seeds"].dtype == np.int64
+
+
+def test_root_attributes_are_a_strict_record_written_as_read(store_path: Path) -> None:
+    """The root attributes read back as the record written; optional keys left at None are not written."""
+    raw = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    attrs = open_synthetic(store_path).attrs
+    assert attrs == StoreAttrs.from_dict(raw) and list(attrs.to_dict().items()) == list(raw.items())
+    assert attrs.generator == make_attrs().generator and attrs.classes == ("No Finding", "Pneumothorax")
+    assert attrs.complete is True and attrs.format_version == 1 and attrs.split_sizes == SIZES
+    assert not {"condition_policy", "condition_source", "truncation_center"} & set(raw)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, r"unknown root attribute record keys \['colour'\]"),
+        ({"seed": None}, r"root attribute record lacks the keys \['seed'\]"),
+        ({"generator": {"sha256": "0" * 64, "weights": 1}}, r"unknown generator record keys \['weights'\]"),
+    ],
+)
+def test_root_attributes_outside_the_record_are_refused(
+    store_path: Path, tmp_path: Path, change: dict, message: str
+) -> None:
+    url = tmp_path / "s.zarr"
+    shutil.copytree(store_path, url)
+    root = json.loads((url / "zarr.json").read_text())
+    attrs = {**root["attributes"], **change}
+    root["attributes"] = {key: value for key, value in attrs.items() if value is not None}
+    (url / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(UserError, match=f"cannot open the synthetic store {re.escape(str(url))}: .*{message}") as exc:
+        open_synthetic(url)
+    assert "\n" not in str(exc.value)
+
+
+def test_write_pending_blocks_writes_each_pending_block_once(tmp_path: Path) -> None:
+    url = tmp_path / "s.zarr"
+    writer = open_writer(url)
+    write_blocks(writer, "train", [1])
+    asked, progress = [], []
+
+    def rows(start: int, stop: int) -> BlockRows:
+        asked.append((start, stop))
+        return content_rows("train")(start, stop)
+
+    assert writer.pending_images("train") == 24
+    assert write_pending_blocks(writer, "train", rows, progress.append) == 24
+    assert asked == [(0, 16), (32, 40)] and progress == [16, 8] and writer.pending_blocks("train") == []
+    assert write_pending_blocks(writer, "train", rows) == 0 and len(asked) == 2  # nothing left
+    write_pending_blocks(writer, "val", content_rows("val"))
+    writer.finish()
+    assert_store_matches(url)
 
 
 def test_default_layout_by_resolution() -> None:
@@ -232,7 +293,7 @@ def test_refusals_and_overwrite(tmp_path: Path) -> None:
     fresh = open_writer(url, seed=8, overwrite=True)
     assert fresh.pending_blocks("train") == [0, 1, 2]
     for split in SIZES:
-        write_blocks(fresh, split, fresh.pending_blocks(split))
+        write_pending_blocks(fresh, split, content_rows(split))
     fresh.finish()
     with pytest.raises(UserError, match="already complete; pass --overwrite"):
         open_writer(url, seed=8)
@@ -265,7 +326,7 @@ def test_finish_detects_a_damaged_block(tmp_path: Path) -> None:
     url = tmp_path / "s.zarr"
     writer = open_writer(url)
     for split in SIZES:
-        write_blocks(writer, split, writer.pending_blocks(split))
+        write_pending_blocks(writer, split, content_rows(split))
     shards = url / "train" / "images" / "c"
     (shards / "1" / "0" / "0" / "0").write_bytes((shards / "0" / "0" / "0" / "0").read_bytes())
     with pytest.raises(UserError, match="failed verification"):
@@ -278,11 +339,10 @@ KILL_CHILD = textwrap.dedent(
     """
     import random, sys, time
     sys.path.insert(0, {tests!r})
-    from test_synthetic_store import SMALL_BLOCKS, open_writer, write_blocks
+    from test_synthetic_store import SMALL_BLOCKS, content_rows, open_writer
+    from datasets.synthetic_store.writer import write_pending_blocks
     writer = open_writer({url!r}, layout=SMALL_BLOCKS)
-    for k in writer.pending_blocks("train"):
-        write_blocks(writer, "train", [k])
-        time.sleep(random.uniform(0.0, 0.002))
+    write_pending_blocks(writer, "train", content_rows("train"), lambda n: time.sleep(random.uniform(0.0, 0.002)))
     time.sleep(60)
     """
 )
@@ -308,7 +368,7 @@ def test_sigkill_mid_generation_then_resume(tmp_path: Path) -> None:
     resumed = open_writer(url, layout=SMALL_BLOCKS)
     assert 0 < len(resumed.pending_blocks("train")) + len(resumed.pending_blocks("val")) < 25
     for split in SIZES:
-        write_blocks(resumed, split, resumed.pending_blocks(split))
+        write_pending_blocks(resumed, split, content_rows(split))
     resumed.finish()
     assert_store_matches(url)
     write_store(tmp_path / "reference.zarr", layout=SMALL_BLOCKS)

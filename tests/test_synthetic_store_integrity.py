@@ -16,14 +16,16 @@ import zarr
 from datasets.block_loader import BlockLoader
 from datasets.registry import build_dataset
 from datasets.synthetic import SyntheticDataset
-from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter, open_synthetic, verify_store
+from datasets.synthetic_store.format import GeneratorRecord, StoreAttrs, StoreLayout
+from datasets.synthetic_store.reader import open_synthetic, verify_store
+from datasets.synthetic_store.writer import SyntheticStoreWriter, write_pending_blocks
 from plumbing.errors import UserError
 from tests.test_synthetic_store import (
-    CONTENT,
     LAYOUT,
     RES,
     SIZES,
     assert_store_matches,
+    content_rows,
     fill_disk_at,
     make_attrs,
     open_writer,
@@ -102,13 +104,12 @@ def test_empty_image_shard_is_named_on_open(store: Path) -> None:
 def test_object_left_out_for_fill_values_is_no_fault(tmp_path: Path) -> None:
     """zarr writes no chunk whose values all equal the fill value (labels 0 here): the block's checksum decides."""
     url = tmp_path / "zeros.zarr"
-    writer = SyntheticStoreWriter.open(
-        url,
-        attrs={"version": 1, "setting": "0s", "classes": ["No Finding", "Pneumothorax"],
-               "counts": {"train": {"No Finding": 4, "Pneumothorax": 4}}, "condition_columns": ["Pneumothorax"],
-               "generator": {"sha256": "0" * 64}, "seed": 0, "truncation": 1.0},
-        split_sizes={"train": 8}, resolution=RES, c_dim=1, overwrite=False, layout=StoreLayout(2, 4),
+    attrs = StoreAttrs(
+        version=1, setting="0s", classes=("No Finding", "Pneumothorax"),
+        counts={"train": {"No Finding": 4, "Pneumothorax": 4}}, resolution=RES, c_dim=1,
+        condition_columns=("Pneumothorax",), generator=GeneratorRecord(sha256="0" * 64), seed=0, truncation=1.0,
     )
+    writer = SyntheticStoreWriter.open(url, attrs=attrs, overwrite=False, layout=StoreLayout(2, 4))
     images = np.random.default_rng(0).integers(0, 256, size=(8, 1, RES, RES), dtype=np.uint8)
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     for k in (0, 1):
@@ -213,7 +214,7 @@ def test_overwrite_replaces_a_store_with_unreadable_root_metadata(store: Path, r
     fresh = open_writer(store, overwrite=True)
     assert fresh.pending_blocks("train") == [0, 1, 2]
     for split in SIZES:
-        write_blocks(fresh, split, fresh.pending_blocks(split))
+        write_pending_blocks(fresh, split, content_rows(split))
     fresh.finish()
     assert_store_matches(store)
 
@@ -245,8 +246,5 @@ def test_resuming_with_another_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="blocks of 16 images .*--block-size 16") as exc:
         open_writer(url, layout=StoreLayout(chunk_images=4, block_size=8))
     assert "\n" not in str(exc.value)
-    resumed = SyntheticStoreWriter.open(  # no layout: the store's own
-        url, attrs=make_attrs(), split_sizes=SIZES, resolution=RES,
-        c_dim=CONTENT["train"][2].shape[1], overwrite=False,
-    )
+    resumed = SyntheticStoreWriter.open(url, attrs=make_attrs(), overwrite=False)  # no layout: the store's own
     assert resumed.block_size("train") == LAYOUT.block_size and resumed.pending_blocks("train") == [1, 2]

@@ -43,7 +43,7 @@ import torch
 from datasets.label_tasks import LabelTask, parse_label_task
 from datasets.registry import build_dataset, get_spec
 from datasets.synthetic import SyntheticDataset
-from datasets.synthetic_store import SyntheticStore
+from datasets.synthetic_store.reader import SyntheticStore
 from evaluate.protocol.task_data import (
     EVAL_SPLIT,
     DataChoice,
@@ -178,7 +178,7 @@ def training_source(store: SyntheticStore, cfg: QualityConfig) -> tuple[str, dic
     over a label task (``synth.train --balance-task``), that task: it saw the
     task's members only.
     """
-    training = (store.attrs.get("generator") or {}).get("training") or {}
+    training = store.attrs.generator.training
     name = cfg.training_data or training.get("data")
     if name is None:
         return None
@@ -253,17 +253,17 @@ def trained_classifier(
 
 def provenance(store: SyntheticStore) -> dict[str, Any]:
     """What made the store: generator, its training, seeds, truncation, condition source and library versions."""
-    attrs = store.attrs
-    generator = attrs.get("generator") or {}
-    training = generator.get("training") or {}
+    attrs = store.attrs.to_dict()
+    generator = store.attrs.generator
+    training = generator.training
     keys = ("seed", "truncation", "truncation_center", "condition_source", "condition_policy", "created",
             "library_versions")
     return {
         "store": store.url,
         "task": store.task.name,
         "resolution": store.resolution,
-        "generator_sha256": generator.get("sha256"),
-        "trained_on_phantoms": generator.get("trained_on_phantoms"),
+        "generator_sha256": generator.sha256,
+        "trained_on_phantoms": generator.trained_on_phantoms,
         "generator_training": {k: training.get(k) for k in ("data", "data_length", "kimg_done", "command",
                                                             "resumed_with") if k in training},
     } | {k: attrs[k] for k in keys if k in attrs}
@@ -326,7 +326,7 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         "usefulness": usefulness(real_results, syn_results)
         | {"real_classifier": str(real_dir), "synthetic_classifier": str(syn_dir),
            "test_images": len(reference), "train_images": {"real": len(real_train), "synthetic": len(syn_train)}},
-        "class_balance": {"counts": store.attrs.get("counts"), "evaluated": class_counts(synthetic, classes)},
+        "class_balance": {"counts": store.attrs.counts, "evaluated": class_counts(synthetic, classes)},
         "provenance": provenance(store),
     }
     measured = Measured(figures, synthetic, reference, training)
