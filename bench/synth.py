@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=64,
                         help="image size in px (trained at this size, no growing)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                        help="network widths (synth.networks presets)")
+                        help="network widths (synth.network_config presets)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
