@@ -46,12 +46,13 @@ from plumbing.distributed import distributed, local_batch_size, process_device, 
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, record_config
+from plumbing.runtime import Runtime
 from plumbing.training import TrainingDiverged
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
 from .model import build_model
-from .trainer import Context, fit
+from .trainer import train_adaptation
 
 PROG = "python -m adapt.train"
 DEFAULTS = AdaptConfig()
@@ -217,8 +218,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     if args.init == "auto":
         say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
             f"at {imagenet_weights_file(first.backbone)})")
-    amp = use_bf16_autocast(args.amp, device)
     workers = args.workers if args.workers is not None else default_workers(device)
+    runtime = Runtime(device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     command = command_line(PROG, argv)
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
     say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
@@ -230,7 +231,6 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
             continue
         run = open_cell(cell, args.runs_dir)
         cell_data = data[cell.cfg.seed]
-        ctx = Context(cell_data, device, amp, workers, not args.no_progress, args.runs_dir)
         cell_sizes = ", ".join(f"{k} {v}" for k, v in cell_data.sizes().items())
         record = ({"adapt": cell.cfg.to_dict(), "evaluation_data": evaluation_record(cell.cfg),
                    "data_description": f"{cell.cfg.source} -> {cell.cfg.target} ({cell_sizes})"}
@@ -241,7 +241,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         with run.discarded_on_failure(f"{cell.name}: "):
             record = record_config(run, record, command)
             try:
-                trainer = fit(cell.cfg, ctx, run.path, record, run.checkpoint)
+                trainer = train_adaptation(cell.cfg, cell_data, runtime, run.path, record, run.checkpoint)
             except TrainingDiverged as exc:  # the other cells still run; this one is retried by the next call
                 run.discard()
                 diverged.append(cell.name)

@@ -47,7 +47,8 @@ from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line
-from ssl.curriculum_run import Machine, run_curriculum, run_name
+from plumbing.runtime import Runtime
+from ssl.curriculum_run import run_curriculum, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -289,7 +290,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
         here = process_device(device)
         workers = args.workers if args.workers is not None else default_workers(here)
-        machine = Machine(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
+        runtime = Runtime(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
         first = configs[0][1]
         images, channels = unlabelled_images(
             tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
@@ -299,12 +300,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}", file=sys.stderr)
         for name, cfg in configs:
-            run_curriculum(cfg, name, images, channels, machine, command)
+            run_curriculum(cfg, name, images, channels, runtime, command)
         if curriculum:  # run_curriculum ends at a barrier: every process reads the singles' results
             done = {name for name, _ in configs}
             for name, cfg in _configs(args, _wanted(args)):
                 if name not in done:
-                    run_curriculum(cfg, name, images, channels, machine, command)
+                    run_curriculum(cfg, name, images, channels, runtime, command)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
 from evaluate.protocol.task_data import task_data
-from evaluate.protocol.training import FitContext, run_protocol
+from evaluate.protocol.training import run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
 from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
@@ -39,29 +38,19 @@ from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
 from ssl.step_store import TRAINED_BY, step_folder, train_or_reuse
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
-from .trainer import StepContext
+from .trainer import PretextData
 
 RESULTS_FILE = "results.json"
 DOWNSTREAM_DIR = "downstream"
 AIL_IMAGES = 256
 """Evaluation images whose class activation maps give the run's AIL."""
-
-
-@dataclass
-class Machine:
-    """Where and how the steps run."""
-
-    device: torch.device
-    amp: bool
-    workers: int
-    progress: bool
-    runs_dir: Path
 
 
 def downstream_label(cfg: CurriculumConfig) -> str:
@@ -125,21 +114,21 @@ def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: 
                training={"trained_by": TRAINED_BY, "baseline": cfg.init, "init": provenance})
 
 
-def _attention(folder: Path, data: Any, dataset_name: str, machine: Machine) -> float | None:
+def _attention(folder: Path, data: Any, dataset_name: str, runtime: Runtime) -> float | None:
     """Mean AIL of the downstream classifier on the evaluation images, when they have lung masks (rank 0)."""
     if "mask" not in data.evaluation[0]:
         return None
-    model, info = load_classifier(folder / CLASSIFIER_FILE, machine.device)
+    model, info = load_classifier(folder / CLASSIFIER_FILE, runtime.device)
     masks = MaskSource(data.evaluation, dataset_name, None, info.image_size)
     result = measure_attention(model, data.evaluation, masks, method="gradcam", class_of="predicted",
-                               max_images=AIL_IMAGES, batch_size=64, keep=16, device=machine.device,
-                               progress=machine.progress)
+                               max_images=AIL_IMAGES, batch_size=64, keep=16, device=runtime.device,
+                               progress=runtime.progress)
     about = {"method": "gradcam", "class_of": "predicted", "layer": model.cam_layer,
              "data": f"{dataset_name} evaluation images", "classifier": str(folder / CLASSIFIER_FILE)}
     return float(write_attention(folder, result, tuple(info.classes or ()), about)["ail"]["mean"])
 
 
-def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: str) -> dict[str, Any]:
+def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: str) -> dict[str, Any]:
     d = cfg.downstream
     data = task_data(*d.data_choices(), d.image_size, d.seed)
     target = folder / DOWNSTREAM_DIR
@@ -147,17 +136,16 @@ def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: 
     run.create()
     with run.discarded_on_failure("downstream: "):
         record = record_config(run, {"finetune": d.to_dict(), "data_description": f"{d.data} train split"}, command)
-        ctx = FitContext(data, machine.device, machine.amp, machine.workers, machine.progress, machine.runs_dir)
-        results = run_protocol(d, ctx, run, record)
-    ail = _attention(target, data, d.eval_data or d.data, machine) if is_main_process() else None
+        results = run_protocol(d, data, runtime, run, record)
+    ail = _attention(target, data, d.eval_data or d.data, runtime) if is_main_process() else None
     return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
 
 
 def run_curriculum(
-    cfg: CurriculumConfig, name: str, images: Any, channels: int, machine: Machine, command: str
+    cfg: CurriculumConfig, name: str, images: Any, channels: int, runtime: Runtime, command: str
 ) -> dict[str, Any]:
     """Train or reuse every step of ``cfg``, then the downstream protocol; returns ``results.json``."""
-    folder = machine.runs_dir / name
+    folder = runtime.runs_dir / name
     check_settings(folder, cfg)
     done = read_results(folder)
     if done is not None:
@@ -172,13 +160,12 @@ def run_curriculum(
         record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
         write_json_atomic(config, record)
     steps = []
-    store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
-    for step in step_configs(cfg, machine.amp, store_workers):
-        ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
-        steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
-    _export_start(cfg, channels, folder, machine.runs_dir, steps)
+    store_workers = runtime.workers if isinstance(images, SyntheticDataset) else None
+    for step in step_configs(cfg, runtime.bf16, store_workers):
+        steps.append(train_or_reuse(step, PretextData(images, channels), runtime, command))
+    _export_start(cfg, channels, folder, runtime.runs_dir, steps)
     idist.barrier()
-    downstream = _downstream(cfg, folder, machine, command)
+    downstream = _downstream(cfg, folder, runtime, command)
     results = {
         "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
         "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,
