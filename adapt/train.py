@@ -36,12 +36,13 @@ from plumbing.errors import UserError
 from plumbing.grid import Cell, Status, check_cells, run_here
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, open_run, record_config
+from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
 from .model import build_model
-from .trainer import Context, fit
+from .trainer import train_adaptation
 
 PROG = "python -m adapt.train"
 DEFAULTS = AdaptConfig()
@@ -203,8 +204,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     if args.init == "auto":
         say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
             f"at {imagenet_weights_file(first.backbone)})")
-    amp = use_bf16_autocast(args.amp, device)
     workers = args.workers if args.workers is not None else default_workers(device)
+    runtime = Runtime(device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     command = command_line(PROG, argv)
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
     say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
@@ -214,7 +215,6 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         """Start a new cell, resume a started one from its newest checkpoint; results and classifier at the end."""
         cfg, cell_data = cell.work, data[cell.work.seed]
         run = open_run(args.runs_dir, cell.name, resume=status == "started" and bool(checkpoints(cell.folder)))
-        ctx = Context(cell_data, device, amp, workers, not args.no_progress, args.runs_dir)
         cell_sizes = ", ".join(f"{k} {v}" for k, v in cell_data.sizes().items())
         record = ({"adapt": cfg.to_dict(), "evaluation_data": evaluation_record(cfg),
                    "data_description": f"{cfg.source} -> {cfg.target} ({cell_sizes})"}
@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cfg.steps} steps -> {run.path}")
         with run.discarded_on_failure():  # a diverged cell is retried by the next call from its last checkpoint
             record = record_config(run, record, command)
-            trainer = fit(cfg, ctx, run.path, record, run.checkpoint)
+            trainer = train_adaptation(cfg, cell_data, runtime, run.path, record, run.checkpoint)
         say(summary_line(write_results(run.path, cfg, trainer, cell_data)))
 
     run_here(cells, train_cell).raise_if_failed()

@@ -5,14 +5,16 @@ official learning-rate multipliers and schedule ``lr * (1 + gamma * p) **
 -power`` (``p`` the progress in [0, 1]), and :meth:`DcanTrainer.step`: one
 step on a source batch and a target batch, concatenated as ``[source;
 target]`` so the attention modules route each half through its own branch,
-with the loss of :mod:`adapt.losses`. Under several processes each rank
+with the loss of :mod:`adapt.losses`; the random draws of the correction
+regulariser at step ``t`` (counted from 1) are seeded by ``(seed, t)``. Under several processes each rank
 takes its share of both batches and gradients are averaged over ranks
 (:func:`plumbing.distributed.average_gradients`; the MMD, entropy and
 diversity terms are computed on each rank's share, the linear-time MMD
 estimator's pairs lying within a rank).
 
-:func:`fit` runs the steps in an Ignite engine with the shared handlers
-(NaN guard, checkpoints at every evaluation, progress bar, TensorBoard);
+:func:`train_adaptation` runs the steps with the shared skeleton
+(:class:`plumbing.engine.StepRunner`: NaN guard, checkpoints at every
+evaluation, progress bar, TensorBoard);
 each evaluation scores the target evaluation set (metrics of
 :mod:`evaluate.metrics`), the label-free score of :mod:`adapt.selection` on
 a fixed slice of the unlabelled target training images, and the source
@@ -34,16 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
 
 from datasets.batches import checkpoint_position, evaluation_batches
 from evaluate.metrics import metrics_report
 from evaluate.protocol.training import predict, score
 from models.backbones import Classifier
 from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
-from plumbing.precision import bf16_autocast
+from plumbing.engine import StepRunner
+from plumbing.precision import bf16_autocast, memory_layout
+from plumbing.runtime import Runtime
 from plumbing.seeding import generator
-from plumbing.training import CheckpointedState, attach_training_handlers, restore
+from plumbing.training import Progress, restore
 
 from .config import AdaptConfig
 from .data import AdaptData, source_batches, target_batches
@@ -60,24 +63,10 @@ from .selection import COLLAPSE_SHARE, PredictionSpread, collapsed_class
 
 
 @dataclass
-class RunState(CheckpointedState):
+class RunState(Progress):
     """The checkpointed progress: the run's record, its step and every evaluation so far."""
 
-    config: dict[str, Any] = field(default_factory=dict)
-    iteration: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Context:
-    """What a run needs besides its configuration."""
-
-    data: AdaptData
-    device: torch.device
-    amp: bool
-    workers: int
-    progress: bool
-    runs_dir: Path
 
 
 class DcanTrainer:
@@ -85,7 +74,7 @@ class DcanTrainer:
 
     def __init__(self, model: Classifier, cfg: AdaptConfig, device: torch.device, amp: bool) -> None:
         self.cfg, self.device, self.amp = cfg, device, amp
-        self.layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.layout = memory_layout(device)
         self.model = model.to(device, memory_format=self.layout)
         self.optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
@@ -130,10 +119,12 @@ class DcanTrainer:
             terms["diversity"] = prediction_diversity(gt_hat)
         return terms
 
-    def step(self, source: dict[str, Any], target: dict[str, Any] | None, step: int) -> dict[str, float]:
-        """One SGD step; returns the loss, every term and the backbone's learning rate (averaged over ranks)."""
+    def step(self, batch: tuple[dict[str, Any], dict[str, Any] | None]) -> dict[str, float]:
+        """One SGD step on a ``(source, target)`` pair of batches (``target`` ``None`` without alignment), step
+        ``state.iteration + 1``; returns the loss, every term and the backbone's learning rate (averaged over ranks)."""
+        source, target = batch
         train_mode(self.model, self.cfg.frozen_batchnorm)
-        terms = self.terms(source, target, step)
+        terms = self.terms(source, target, self.state.iteration + 1)
         loss = total_loss(terms, self.cfg.weights(), self.cfg.alpha)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -176,40 +167,27 @@ def _paired(source: Iterable[dict[str, Any]], target: Iterable[dict[str, Any]] |
     return zip(source, target if target is not None else itertools.repeat(None), strict=False)
 
 
-def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
-        checkpoint: dict[str, Any] | None) -> DcanTrainer:
+def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_dir: Path, record: dict[str, Any],
+                     checkpoint: dict[str, Any] | None) -> DcanTrainer:
     """Train (or resume) the run in ``run_dir`` to ``cfg.steps``, evaluating every ``cfg.eval_every`` steps."""
-    data = ctx.data
-    model, provenance = build_model(cfg, data.channels, len(data.classes), ctx.runs_dir)
-    trainer = DcanTrainer(model, cfg, ctx.device, ctx.amp)
-    start = 0
+    model, provenance = build_model(cfg, data.channels, len(data.classes), runtime.runs_dir)
+    trainer = DcanTrainer(model, cfg, runtime.device, runtime.bf16)
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
         provenance = trainer.state.config["init_provenance"]
-        start = trainer.state.iteration
+    start = trainer.state.iteration
     trainer.state.config = dict(record) | {"init_provenance": provenance}
-    sources = source_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+    sources = source_batches(data, cfg.batch_size, cfg.seed, start, runtime.workers, runtime.device)
     targets = None
     if cfg.uses_target:
-        targets = target_batches(data, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+        targets = target_batches(data, cfg.batch_size, cfg.seed, start, runtime.workers, runtime.device)
     to_save = trainer.objects()
     checkpoint_position(sources, to_save, checkpoint)
     if start >= cfg.steps:
         return trainer
 
-    def process(engine: Engine, batch: tuple) -> dict[str, float]:
-        out = trainer.step(batch[0], batch[1], engine.state.iteration)
-        trainer.state.iteration = engine.state.iteration
-        return out
-
-    engine = Engine(process)
-    evaluated_at = [-1]
-
-    def _evaluate(eng: Engine) -> None:  # registered before the checkpoint of the same iteration
-        if evaluated_at[0] == eng.state.iteration:
-            return
-        evaluated_at[0] = eng.state.iteration
-        entry = trainer.evaluate(data, cfg.batch_size, ctx.workers, eng.state.iteration)
+    def evaluate(iteration: int) -> None:  # registered before the checkpoint of the same iteration
+        entry = trainer.evaluate(data, cfg.batch_size, runtime.workers, iteration)
         trainer.state.history.append(entry)
         if is_main_process():
             note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
@@ -217,10 +195,8 @@ def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
             print(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
                   f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}", file=sys.stderr)
 
-    engine.add_event_handler(Events.ITERATION_COMPLETED(every=cfg.eval_every) | Events.COMPLETED, _evaluate)
-    attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=cfg.eval_every,
-                             progress=ctx.progress)
-    if start:
-        engine.load_state_dict({"iteration": start, "epoch_length": cfg.steps, "max_epochs": 1})
-    engine.run(_paired(sources, targets), max_epochs=1, epoch_length=cfg.steps)
+    runner = StepRunner(trainer.step, trainer.state, total=cfg.steps, epoch_length=cfg.steps)
+    runner.every(cfg.eval_every, evaluate, at_end=True)
+    runner.train(_paired(sources, targets), run_dir=run_dir, to_save=to_save, checkpoint_every=cfg.eval_every,
+                 progress=runtime.progress)
     return trainer

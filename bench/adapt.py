@@ -35,7 +35,7 @@ from adapt.trainer import DcanTrainer
 from models.backbones import BACKBONES, Classifier, build_backbone
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
-from plumbing.precision import add_amp_arg, bf16_autocast, use_bf16_autocast
+from plumbing.precision import add_amp_arg, bf16_autocast, memory_layout, use_bf16_autocast
 
 from .rows import Row, add_rows_out_arg, append_rows, device_name
 
@@ -58,7 +58,7 @@ def _rate(step: Callable[[], object], steps: int, images: int, device: torch.dev
 
 def _plain_step(cfg: AdaptConfig, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                 amp: bool) -> Callable[[], float]:
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    layout = memory_layout(device)
     model = Classifier(build_backbone(cfg.backbone, 1), CLASSES).to(device, memory_format=layout).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)
@@ -90,7 +90,7 @@ def bench_adapt(device: torch.device, backbone: str, image_size: int, batch_size
     target = {"image": images[batch_size:], "label": labels[batch_size:]}
 
     def dcan() -> dict[str, float]:
-        return trainer.step(source, target, 0)
+        return trainer.step((source, target))
 
     plain = _plain_step(cfg, images, labels, device, amp)
     _rate(dcan, warmup, 2 * batch_size, device)

@@ -33,11 +33,12 @@ from evaluate.ail.cam import overlay_grid
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention
 from evaluate.protocol.task_data import TaskData, labels_of
-from evaluate.protocol.training import FinetuneConfig, FitContext, fit, score
+from evaluate.protocol.training import FinetuneConfig, score, train_classifier
 from models.backbones import backbone_names
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
+from plumbing.runtime import Runtime
 
 from .rows import device_name
 
@@ -100,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = FinetuneConfig(backbone=args.backbone, image_size=res, epochs=args.epochs, batch_size=args.batch_size,
                                  lr=args.lr, seed=seed)
             with tempfile.TemporaryDirectory() as tmp:
-                ctx = FitContext(data, device, amp, 0, False, Path(tmp))
-                model = fit(cfg, ctx, args.lr, args.epochs).model
+                runtime = Runtime(device, amp, 0, False, Path(tmp))
+                model = train_classifier(cfg, data, runtime, args.lr, args.epochs).model
             scores = {
                 "test BA, no mark": score(model, test_plain, TASK.classes, batch_size=64, workers=0, device=device,
                                           amp=amp)["balanced_accuracy"],

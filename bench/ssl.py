@@ -37,7 +37,7 @@ from plumbing.precision import add_amp_arg, use_bf16_autocast
 from ssl.config import StepConfig
 from ssl.data import parse_data, unlabelled_images
 from ssl.tasks import task_names
-from ssl.trainer import PretextTrainer, StepContext, build_task
+from ssl.trainer import PretextData, PretextTrainer, build_task
 
 from .read_store import test_images, write_store
 from .rows import Row, add_rows_out_arg, append_rows, device_name
@@ -64,8 +64,7 @@ def bench_task(
                      image_size=image_size, epochs=1, batch_size=batch_size, lr=LR, lr_grid=(LR,), lr_trial_epochs=1,
                      weight_decay=1e-4, momentum=0.9, seed=0, start="scratch", bf16=amp, processes=1,
                      store_workers=workers)
-    ctx = StepContext(images, channels, None, device, amp, workers, False)
-    trainer = PretextTrainer(build_task(cfg, ctx), cfg, LR, 10**6, device, amp)
+    trainer = PretextTrainer(build_task(cfg, PretextData(images, channels)), cfg, LR, 10**6, device, amp)
     trainer.task.start_epoch(1)  # past SwAV's first epoch, whose prototypes stay frozen
     stream = iter(training_batches(images, batch_size, 0, 0, workers, device))
     first = next(stream)

@@ -26,7 +26,7 @@ import torch
 
 from datasets.registry import get_spec, names
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
-from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
+from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, build_classifier, run_protocol
 from models.backbones import backbone_names
 from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
 from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device, processes
@@ -34,6 +34,7 @@ from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
+from plumbing.runtime import Runtime
 
 PROG = "python -m evaluate.finetune"
 DEFAULTS = FinetuneConfig()
@@ -145,7 +146,7 @@ def _finetune(
     local_batch_size(cfg.batch_size)  # a global batch the processes cannot share stops here
     build_classifier(cfg, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
     workers = args.workers if args.workers is not None else default_workers(device)
-    ctx = FitContext(data, device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
+    runtime = Runtime(device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     run.create()  # every check has passed
     with run.discarded_on_failure():  # a fresh start that wrote no checkpoint leaves no folder
         record = record_config(run, record, command_line(PROG, argv))
@@ -153,7 +154,7 @@ def _finetune(
             sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
             print(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
                   f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip(), file=sys.stderr)
-        results = run_protocol(cfg, ctx, run, record)
+        results = run_protocol(cfg, data, runtime, run, record)
     if is_main_process():
         summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
         print(json.dumps(summary), file=sys.stderr)

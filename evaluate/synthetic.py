@@ -21,7 +21,7 @@ from pathlib import Path
 from datasets.registry import names
 from datasets.synthetic_store.reader import open_synthetic
 from evaluate.quality.features import XRV_CHOICE
-from evaluate.quality.measurement import Environment, QualityConfig, measure
+from evaluate.quality.measurement import QualityConfig, measure
 from evaluate.quality.report import write_report
 from models.backbones import backbone_names
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
@@ -29,6 +29,7 @@ from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line
+from plumbing.runtime import Runtime
 
 PROG = "python -m evaluate.synthetic"
 DEFAULTS = QualityConfig()
@@ -131,9 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     store = open_synthetic(args.store)
     out = _out_folder(args.store, args.out)
-    env = Environment(device, use_bf16_autocast(args.amp, device), not args.no_progress, args.runs_dir,
-                      command_line(PROG, argv))
-    measured = measure(store, cfg, env)
+    runtime = Runtime(device, use_bf16_autocast(args.amp, device), 0, not args.no_progress, args.runs_dir)
+    measured = measure(store, cfg, runtime, command_line(PROG, argv))
     files = write_report(out, measured)
     figures = measured.figures
     headline = {

@@ -10,15 +10,22 @@ diverged) counts as the worst; when every trial diverged there is no choice,
 which is a :class:`UserError`. Ties go to the earlier learning rate of the
 grid. A grid of one learning rate has nothing to compare: it is chosen
 without a trial.
+
+:func:`choose_lr` is the one path every trainer takes to its full run's rate:
+the rate the user gave, or :func:`select_lr` over the grid with each trial
+reported; :func:`resumed_choice` reads the choice back from a checkpoint, so a
+resumed run keeps its rate without repeating the trials.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .distributed import is_main_process
 from .errors import UserError
 
 
@@ -89,3 +96,35 @@ def select_lr(
         raise UserError(f"every learning rate of the grid ({tried}) diverged; try smaller ones")
     best = max(finite, key=lambda t: t.score) if maximise else min(finite, key=lambda t: t.score)
     return LrChoice(best.lr, tuple(trials), criterion, maximise)
+
+
+def choose_lr(
+    given: float | None,
+    grid: Sequence[float],
+    trial: Callable[[float], float],
+    *,
+    criterion: str,
+    maximise: bool,
+    trial_epochs: int,
+    label: str = "",
+) -> LrChoice:
+    """``given`` (recorded as ``"given"``), or the best of ``grid``'s trials (:func:`select_lr`).
+
+    Each finished trial is one stderr line on the main process:
+    ``"{label}lr 0.001: {criterion} 0.8123 after 1 epoch(s)"`` (``label``
+    names what is trained, such as ``"rotation "``).
+    """
+    if given is not None:
+        return LrChoice(given, (), "given", maximise)
+
+    def report(done: Trial) -> None:
+        if is_main_process():
+            print(f"{label}lr {done.lr:g}: {criterion} {done.score:.4f} after {trial_epochs} epoch(s)",
+                  file=sys.stderr)
+
+    return select_lr(grid, trial, criterion=criterion, maximise=maximise, on_trial=report)
+
+
+def resumed_choice(saved: Mapping[str, Any], maximise: bool) -> LrChoice:
+    """The choice recorded in a checkpoint (:meth:`LrChoice.to_dict`): its rate and criterion, without the trials."""
+    return LrChoice(float(saved["lr"]), (), saved["criterion"], maximise)

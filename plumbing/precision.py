@@ -1,9 +1,13 @@
-"""Mixed precision: which autocast dtype a run uses (``--amp auto|on|off``).
+"""How tensors are computed on a device: bf16 autocast (``--amp auto|on|off``) and the memory layout.
 
 bf16 autocast needs no loss scaling, so it is the only mode: ``auto`` turns it
 on for CUDA devices that support bf16 (compute capability 8.0 and later:
 A100, H100, H200, RTX 30xx/40xx) and leaves older GPUs (V100, T4) and CPUs in
 fp32; ``on`` demands it and refuses a device without bf16 support.
+
+Images and networks are ``channels_last`` on CUDA (the layout tensor cores
+read without transposes) and keep the default NCHW layout on CPUs
+(:func:`memory_layout`); every trainer asks this module, none decides itself.
 """
 
 from __future__ import annotations
@@ -56,3 +60,8 @@ def use_bf16_autocast(choice: str, device: torch.device) -> bool:
 def bf16_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on ``device`` when ``amp`` (the resolved :func:`use_bf16_autocast`), else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def memory_layout(device: torch.device) -> torch.memory_format:
+    """``torch.channels_last`` on a CUDA device, ``torch.contiguous_format`` (NCHW) elsewhere."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format

@@ -18,8 +18,9 @@ writes TensorBoard.
 
 :func:`attach_trial_handlers` sets up the bare engine of a learning-rate
 trial instead: no checkpoints, quiet, a progress bar, and a stop at the first
-non-finite loss. :class:`CheckpointedState` gives a trainer's dataclass of
-progress the ``state_dict`` / ``load_state_dict`` that checkpoints need.
+non-finite loss. :class:`Progress` is the checkpointed position and record of
+a run that every trainer keeps (or extends). The skeleton that runs a
+trainer's steps with these handlers is :mod:`plumbing.engine`.
 
 Checkpoints hold only tensors and plain Python values, so
 :func:`load_checkpoint` reads them with ``torch.load(weights_only=True)``:
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,27 @@ from .errors import UserError
 CHECKPOINT_PREFIX = "checkpoint"
 
 
-class CheckpointedState:
-    """``state_dict`` / ``load_state_dict`` of a dataclass's fields, for Ignite's checkpoints (a mixin)."""
+@dataclass
+class Progress:
+    """The checkpointed progress of a run: its record (configuration, command, resume commands) and the
+    number of finished iterations, which is where a resumed run starts.
+
+    Every trainer's progress is this record or a dataclass that extends it
+    with what its method must carry across a resume (the chosen learning
+    rate, the best epoch, an evaluation history, a regulariser's running
+    mean). ``state_dict`` / ``load_state_dict`` read and write the fields by
+    name, as Ignite's checkpoints need; a checkpoint without one of them is a
+    ``KeyError`` that :func:`restore` turns into one :class:`UserError`.
+    """
+
+    config: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in asdict(self):  # type: ignore[call-overload]
+        for key in asdict(self):
             setattr(self, key, state[key])
 
 

@@ -48,7 +48,8 @@ from plumbing.grid import check_cells, run_here
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line
-from ssl.curriculum_run import CurriculumRunner, Machine, curriculum_cells, run_name
+from plumbing.runtime import Runtime
+from ssl.curriculum_run import CurriculumRunner, curriculum_cells, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -290,22 +291,22 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
         here = process_device(device)
         workers = args.workers if args.workers is not None else default_workers(here)
-        machine = Machine(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
+        runtime = Runtime(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
         first = configs[0][1]
         images, channels = unlabelled_images(
             tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
         )
         _check_start_and_downstream(first, channels)
-        cells = check_cells(curriculum_cells(configs, images, machine))
+        cells = check_cells(curriculum_cells(configs, images, runtime))
         if is_main_process():
             print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}", file=sys.stderr)
-        runner = CurriculumRunner(images, channels, machine, command)
+        runner = CurriculumRunner(images, channels, runtime, command)
         report = run_here(cells, runner, runner.skipped)
         if curriculum:  # a run ends at a barrier: every process reads the singles' results
             done = {name for name, _ in configs}
             later = [(name, cfg) for name, cfg in _configs(args, _wanted(args)) if name not in done]
-            report = report.add(run_here(check_cells(curriculum_cells(later, images, machine)), runner,
+            report = report.add(run_here(check_cells(curriculum_cells(later, images, runtime)), runner,
                                          runner.skipped))
     report.raise_if_failed()
     return 0

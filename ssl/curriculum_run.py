@@ -33,7 +33,7 @@ from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
 from evaluate.protocol.task_data import task_data
-from evaluate.protocol.training import FitContext, run_protocol
+from evaluate.protocol.training import run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
 from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
@@ -42,29 +42,19 @@ from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell, Status, cell_status
 from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
 from ssl.step_store import TRAINED_BY, finished_step, step_cell, step_folder, train_step
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
-from .trainer import StepContext
+from .trainer import PretextData
 
 RESULTS_FILE = "results.json"
 DOWNSTREAM_DIR = "downstream"
 AIL_IMAGES = 256
 """Evaluation images whose class activation maps give the run's AIL."""
-
-
-@dataclass
-class Machine:
-    """Where and how the steps run."""
-
-    device: torch.device
-    amp: bool
-    workers: int
-    progress: bool
-    runs_dir: Path
 
 
 def downstream_label(cfg: CurriculumConfig) -> str:
@@ -110,21 +100,21 @@ def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: 
                training={"trained_by": TRAINED_BY, "baseline": cfg.init, "init": provenance})
 
 
-def _attention(folder: Path, data: Any, dataset_name: str, machine: Machine) -> float | None:
+def _attention(folder: Path, data: Any, dataset_name: str, runtime: Runtime) -> float | None:
     """Mean AIL of the downstream classifier on the evaluation images, when they have lung masks (rank 0)."""
     if "mask" not in data.evaluation[0]:
         return None
-    model, info = load_classifier(folder / CLASSIFIER_FILE, machine.device)
+    model, info = load_classifier(folder / CLASSIFIER_FILE, runtime.device)
     masks = MaskSource(data.evaluation, dataset_name, None, info.image_size)
     result = measure_attention(model, data.evaluation, masks, method="gradcam", class_of="predicted",
-                               max_images=AIL_IMAGES, batch_size=64, keep=16, device=machine.device,
-                               progress=machine.progress)
+                               max_images=AIL_IMAGES, batch_size=64, keep=16, device=runtime.device,
+                               progress=runtime.progress)
     about = {"method": "gradcam", "class_of": "predicted", "layer": model.cam_layer,
              "data": f"{dataset_name} evaluation images", "classifier": str(folder / CLASSIFIER_FILE)}
     return float(write_attention(folder, result, tuple(info.classes or ()), about)["ail"]["mean"])
 
 
-def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: str) -> dict[str, Any]:
+def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: str) -> dict[str, Any]:
     d = cfg.downstream
     data = task_data(*d.data_choices(), d.image_size, d.seed)
     target = folder / DOWNSTREAM_DIR
@@ -132,27 +122,26 @@ def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: 
     run.create()
     with run.discarded_on_failure("downstream: "):
         record = record_config(run, {"finetune": d.to_dict(), "data_description": f"{d.data} train split"}, command)
-        ctx = FitContext(data, machine.device, machine.amp, machine.workers, machine.progress, machine.runs_dir)
-        results = run_protocol(d, ctx, run, record)
-    ail = _attention(target, data, d.eval_data or d.data, machine) if is_main_process() else None
+        results = run_protocol(d, data, runtime, run, record)
+    ail = _attention(target, data, d.eval_data or d.data, runtime) if is_main_process() else None
     return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
 
 
 def curriculum_cells(
-    configs: Sequence[tuple[str, CurriculumConfig]], images: Any, machine: Machine
+    configs: Sequence[tuple[str, CurriculumConfig]], images: Any, runtime: Runtime
 ) -> list[Cell[CurriculumConfig | StepConfig]]:
     """The grid of the runs ``configs`` (name, configuration) on ``images``, in their order: each run that is
     not finished after the cells of its steps (:func:`ssl.step_store.step_cell`; a step two runs share is one
     cell, listed before the first of them), each step needing the one before it and each run its steps."""
-    store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
+    store_workers = runtime.workers if isinstance(images, SyntheticDataset) else None
     cells: list[Cell[CurriculumConfig | StepConfig]] = []
     listed: set[str] = set()
     for name, cfg in configs:
         run: Cell[CurriculumConfig | StepConfig] = Cell(
-            name=name, folder=machine.runs_dir / name, section="curriculum", settings=cfg.to_dict(), work=cfg,
+            name=name, folder=runtime.runs_dir / name, section="curriculum", settings=cfg.to_dict(), work=cfg,
             finished_files=(RESULTS_FILE,), hint="choose another --prefix or remove the folder")
         if cell_status(run) != "finished":
-            steps = [step_cell(s, machine.runs_dir) for s in step_configs(cfg, machine.amp, store_workers)]
+            steps = [step_cell(s, runtime.runs_dir) for s in step_configs(cfg, runtime.bf16, store_workers)]
             cells += [s for s in steps if s.name not in listed]
             listed.update(s.name for s in steps)
             run = replace(run, needs=tuple(s.name for s in steps))
@@ -167,16 +156,14 @@ class CurriculumRunner:
 
     images: Any
     channels: int
-    machine: Machine
+    runtime: Runtime
     command: str
 
     def __call__(self, cell: Cell[CurriculumConfig | StepConfig], status: Status) -> None:
-        m = self.machine
         if isinstance(cell.work, StepConfig):
-            ctx = StepContext(self.images, self.channels, None, m.device, m.amp, m.workers, m.progress)
-            train_step(cell.work, ctx, m.runs_dir, self.command)
+            train_step(cell.work, PretextData(self.images, self.channels), self.runtime, self.command)
         else:
-            finish_run(cell.work, cell.folder, cell.needs, self.channels, m, self.command)
+            finish_run(cell.work, cell.folder, cell.needs, self.channels, self.runtime, self.command)
 
     @staticmethod
     def skipped(cell: Cell[CurriculumConfig | StepConfig]) -> str:
@@ -186,7 +173,7 @@ class CurriculumRunner:
         return f"{cell.name}: finished; skipped"
 
 
-def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], channels: int, machine: Machine,
+def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], channels: int, runtime: Runtime,
                command: str) -> None:
     """Record the run (``config.json``: its command, or a resume command when the run started before), export
     its start backbone from its finished steps ``step_keys``, train the downstream protocol and write
@@ -200,13 +187,13 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         write_json_atomic(config, record)
     steps = []
     for key in step_keys:
-        step = finished_step(machine.runs_dir, key)
+        step = finished_step(runtime.runs_dir, key)
         if step is None:
             raise UserError(f"the step {key} of {folder.name} is not finished; run the same command again")
         steps.append(step)
-    _export_start(cfg, channels, folder, machine.runs_dir, steps)
+    _export_start(cfg, channels, folder, runtime.runs_dir, steps)
     idist.barrier()
-    downstream = _downstream(cfg, folder, machine, command)
+    downstream = _downstream(cfg, folder, runtime, command)
     results = {
         "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
         "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,

@@ -29,12 +29,13 @@ from models.model_file import BACKBONE_FILE, save_model
 from plumbing.distributed import is_main_process
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell
-from plumbing.lr_selection import LrChoice
+from plumbing.lr_selection import resumed_choice
 from plumbing.run_folders import open_run, record_config
+from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
 from .config import StepConfig
-from .trainer import StepContext, choose_step_lr, fit_step
+from .trainer import PretextData, choose_step_lr, fit_step
 
 STEPS_DIR = "ssl-steps"
 STEP_FILE = "step.json"
@@ -75,35 +76,36 @@ def step_cell(cfg: StepConfig, runs_dir: Path) -> Cell[StepConfig]:
                 hint="remove it and run again")
 
 
-def train_step(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: str) -> None:
-    """Train the step of ``cfg`` into its folder (module docstring), resuming it from its last checkpoint.
+def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: str) -> None:
+    """Train the step of ``cfg`` into its folder under ``runtime.runs_dir`` (module docstring), resuming it from
+    its last checkpoint.
 
-    The start weights (``ctx.start`` is replaced by them) are loaded only
+    The start weights (``data.start`` is replaced by them) are loaded only
     when the step trains, and their provenance goes into its backbone file.
     A finished step is reused as it is: its grid cell (:func:`step_cell`) is skipped.
     """
+    runs_dir = runtime.runs_dir
     key = cfg.key()
     folder = step_folder(runs_dir, key)
-    start, provenance = start_weights(cfg, ctx.channels, runs_dir)
-    ctx = replace(ctx, start=start)
+    start, provenance = start_weights(cfg, data.channels, runs_dir)
+    data = replace(data, start=start)
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
     if run.checkpoint is not None:
-        saved = run.checkpoint["run"]["lr_choice"]
-        choice = LrChoice(float(saved["lr"]), (), saved["criterion"], False)
+        choice = resumed_choice(run.checkpoint["run"]["lr_choice"], maximise=False)
         if is_main_process():
             print(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}", file=sys.stderr)
     else:
-        choice = choose_step_lr(cfg, ctx)
+        choice = choose_step_lr(cfg, data, runtime)
     run.create()
     with run.discarded_on_failure():
         record = record_config(run, {"step": cfg.to_dict(), "key": key}, command)
         if is_main_process():
             print(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}", file=sys.stderr)
-        trainer = fit_step(cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
+        trainer = fit_step(cfg, data, runtime, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
                            checkpoint=run.checkpoint)
     result = {
         "key": key, "task": cfg.task, "start": cfg.start, "lr": trainer.state.lr_choice,
-        "epoch_losses": trainer.state.epoch_losses, "images": len(ctx.images),
+        "epoch_losses": trainer.state.epoch_losses, "images": len(data.images),
     }
     if is_main_process():
         training = {"trained_by": TRAINED_BY, "step": cfg.to_dict(), "key": key, "command": command,

@@ -1,4 +1,4 @@
-"""One pretext step: the task on a backbone, SGD with a cosine schedule, an Ignite engine, and its LR choice.
+"""One pretext step: the task on a backbone, SGD with a cosine schedule, its steps and its LR choice.
 
 :class:`PretextTrainer` holds a task (:mod:`ssl.tasks`, the backbone inside
 it), SGD with momentum and weight decay and a per-iteration cosine decay of
@@ -9,34 +9,35 @@ own update (:meth:`ssl.tasks.PretextTask.after_step`). The views of
 iteration ``i`` on rank ``r`` come from a generator seeded by ``(seed, i,
 r)``, so a resumed step draws what the uninterrupted one would have.
 
-:func:`fit_step` trains for a number of epochs in an Ignite engine: the
-shared handlers (NaN guard, checkpoints every epoch, progress bar,
-TensorBoard) for the full step, a bare engine that stops at a non-finite
-loss for an LR trial. Its score is the mean loss of its last epoch.
-:func:`choose_step_lr` runs the trials of the grid and keeps the lowest
-(:func:`plumbing.lr_selection.select_lr`).
+:func:`fit_step` trains for a number of epochs with the shared skeleton
+(:class:`plumbing.engine.StepRunner`): the shared handlers (NaN guard,
+checkpoints every epoch, progress bar, TensorBoard) for the full step, a
+bare engine that stops at a non-finite loss for an LR trial. Its score is
+the mean loss of its last epoch. :func:`choose_step_lr` runs the trials of
+the grid and keeps the lowest (:func:`plumbing.lr_selection.choose_lr`).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
 from torch.utils.data import Dataset
 
 from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
 from models.backbones import Backbone, build_backbone
-from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks, rank
-from plumbing.lr_selection import LrChoice, Trial, select_lr
-from plumbing.precision import bf16_autocast
+from plumbing.distributed import average_gradients, mean_values_over_ranks, rank
+from plumbing.engine import StepRunner
+from plumbing.lr_schedules import cosine_decay
+from plumbing.lr_selection import LrChoice, choose_lr
+from plumbing.precision import bf16_autocast, memory_layout
+from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed, generator
-from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
+from plumbing.training import Progress, restore
 
 from .config import StepConfig
 from .tasks import PretextTask, TaskContext, get_task, task_settings
@@ -45,38 +46,32 @@ CRITERION = "mean loss of the last epoch"
 
 
 @dataclass
-class StepState(CheckpointedState):
+class StepState(Progress):
     """The checkpointed progress of a step: its record, iteration, LR choice and per-epoch mean losses."""
 
-    config: dict[str, Any] = field(default_factory=dict)
-    iteration: int = 0
     lr_choice: dict[str, Any] = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
 
 
-@dataclass
-class StepContext:
-    """What a step needs besides its configuration: the images, the start backbone's weights, the machine.
+@dataclass(frozen=True)
+class PretextData:
+    """What a step trains on besides its configuration: the unlabelled images and the start backbone's weights.
 
     ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.step_store.train_step`.
     """
 
     images: Dataset
     channels: int
-    start: dict[str, torch.Tensor] | None
-    device: torch.device
-    amp: bool
-    workers: int
-    progress: bool
+    start: dict[str, torch.Tensor] | None = None
 
 
-def build_task(cfg: StepConfig, ctx: StepContext) -> PretextTask:
+def build_task(cfg: StepConfig, data: PretextData) -> PretextTask:
     """The step's task on a backbone seeded by the step's seed and loaded with the start weights."""
     torch.manual_seed(derive_seed(cfg.seed, "pretext", cfg.task))
-    backbone = build_backbone(cfg.backbone, ctx.channels)
-    if ctx.start is not None:
-        backbone.load_state_dict(ctx.start)
-    context = TaskContext(cfg.image_size, len(ctx.images), cfg.batch_size, cfg.seed)
+    backbone = build_backbone(cfg.backbone, data.channels)
+    if data.start is not None:
+        backbone.load_state_dict(data.start)
+    context = TaskContext(cfg.image_size, len(data.images), cfg.batch_size, cfg.seed)
     return get_task(cfg.task).task(backbone, task_settings(cfg.task, cfg.settings), context)
 
 
@@ -86,15 +81,15 @@ class PretextTrainer:
     def __init__(self, task: PretextTask, cfg: StepConfig, lr: float, total_steps: int, device: torch.device,
                  amp: bool) -> None:
         self.cfg, self.device, self.amp = cfg, device, amp
-        self.layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.layout = memory_layout(device)
         self.task = task.to(device, memory_format=self.layout)
         self.parameters = [p for p in task.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.parameters, lr=lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
+        self.schedule = cosine_decay(self.optimizer, total_steps)
         self.state = StepState()
+        self.epoch_losses: list[float] = []
+        """The losses of the current epoch so far (their mean becomes ``state.epoch_losses``' entry)."""
 
     @property
     def backbone(self) -> Backbone:
@@ -103,7 +98,18 @@ class PretextTrainer:
     def objects(self) -> dict[str, Any]:
         return {"task": self.task, "optimizer": self.optimizer, "schedule": self.schedule, "run": self.state}
 
+    def start_epoch(self, epoch: int) -> None:
+        """A new epoch (counted from 0): its losses start empty and the task reacts (SwAV's frozen prototypes)."""
+        self.epoch_losses.clear()
+        self.task.start_epoch(epoch)
+
+    def end_epoch(self) -> None:
+        """Record the mean loss of the epoch that just ended (NaN when it had no step)."""
+        losses = self.epoch_losses
+        self.state.epoch_losses.append(sum(losses) / len(losses) if losses else math.nan)
+
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One SGD step of the task's loss (module docstring); the views are seeded by ``state.iteration``."""
         self.task.train()
         images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         indices = torch.as_tensor(batch["index"]).to(self.device, non_blocking=True)
@@ -116,80 +122,54 @@ class PretextTrainer:
         self.optimizer.step()
         self.schedule.step()
         self.task.after_step()
-        self.state.iteration += 1
-        return mean_values_over_ranks(logs | {"lr": self.schedule.get_last_lr()[0]})
+        out = mean_values_over_ranks(logs | {"lr": self.schedule.get_last_lr()[0]})
+        self.epoch_losses.append(out["loss"])
+        return out
 
 
-def _all_images(ctx: StepContext, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for batch in evaluation_batches(ctx.images, batch_size, 0, ctx.device):
-        yield batch["image"].to(ctx.device), torch.as_tensor(batch["index"]).to(ctx.device)
+def _all_images(
+    data: PretextData, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in evaluation_batches(data.images, batch_size, 0, device):
+        yield batch["image"].to(device), torch.as_tensor(batch["index"]).to(device)
 
 
 def fit_step(
-    cfg: StepConfig, ctx: StepContext, lr: float, epochs: int, *, run_dir: Path | None = None,
+    cfg: StepConfig, data: PretextData, runtime: Runtime, lr: float, epochs: int, *, run_dir: Path | None = None,
     record: dict[str, Any] | None = None, lr_choice: LrChoice | None = None,
     checkpoint: dict[str, Any] | None = None,
 ) -> PretextTrainer:
     """Train ``epochs`` at ``lr``: the full step into ``run_dir`` (resumed from ``checkpoint``) or a trial."""
-    task = build_task(cfg, ctx)
-    steps = steps_per_epoch(ctx.images, cfg.batch_size, ctx.workers)
-    trainer = PretextTrainer(task, cfg, lr, steps * epochs, ctx.device, ctx.amp)
+    task = build_task(cfg, data)
+    steps = steps_per_epoch(data.images, cfg.batch_size, runtime.workers)
+    trainer = PretextTrainer(task, cfg, lr, steps * epochs, runtime.device, runtime.bf16)
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
     else:
-        task.initialise(_all_images(ctx, cfg.batch_size))
+        task.initialise(_all_images(data, cfg.batch_size, runtime.device))
         trainer.state.lr_choice = lr_choice.to_dict() if lr_choice is not None else {}
     trainer.state.config = dict(record or {})
-    start = trainer.state.iteration
-    batches: Iterable[dict[str, Any]] = training_batches(ctx.images, cfg.batch_size, cfg.seed, start, ctx.workers,
-                                                         ctx.device)
+    batches: Iterable[dict[str, Any]] = training_batches(data.images, cfg.batch_size, cfg.seed,
+                                                         trainer.state.iteration, runtime.workers, runtime.device)
     to_save = trainer.objects()
     checkpoint_position(batches, to_save, checkpoint)
-    losses: list[float] = []
-
-    def process(_: Engine, batch: dict[str, Any]) -> dict[str, float]:
-        out = trainer.step(batch)
-        losses.append(out["loss"])
-        return out
-
-    engine = Engine(process)
-
-    @engine.on(Events.STARTED)
-    def _resume_position(eng: Engine) -> None:
-        eng.state.iteration, eng.state.epoch = start, start // steps
-
-    @engine.on(Events.EPOCH_STARTED)
-    def _epoch(eng: Engine) -> None:
-        losses.clear()
-        task.start_epoch(eng.state.epoch - 1)
-
-    @engine.on(Events.ITERATION_COMPLETED(every=steps))
-    def _epoch_loss(_: Engine) -> None:  # registered before the checkpoint of the same iteration
-        trainer.state.epoch_losses.append(sum(losses) / len(losses) if losses else math.nan)
-
+    runner = StepRunner(trainer.step, trainer.state, total=steps * epochs, epoch_length=steps)
+    runner.at_epoch_start(trainer.start_epoch)
+    runner.every(steps, lambda _: trainer.end_epoch())  # before the checkpoint of the same iteration
     if run_dir is not None:
-        attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=steps,
-                                 progress=ctx.progress)
+        runner.train(batches, run_dir=run_dir, to_save=to_save, checkpoint_every=steps, progress=runtime.progress)
     else:
-        attach_trial_handlers(engine, progress=ctx.progress, desc=f"{cfg.task} lr {lr:g}",
-                              on_diverged=lambda: trainer.state.epoch_losses.append(math.inf))
-
-    engine.run(batches, max_epochs=epochs, epoch_length=steps)
+        runner.trial(batches, progress=runtime.progress, desc=f"{cfg.task} lr {lr:g}",
+                     on_diverged=lambda: trainer.state.epoch_losses.append(math.inf))
     return trainer
 
 
-def choose_step_lr(cfg: StepConfig, ctx: StepContext) -> LrChoice:
+def choose_step_lr(cfg: StepConfig, data: PretextData, runtime: Runtime) -> LrChoice:
     """The step's learning rate: ``cfg.lr``, or the grid's trial with the lowest last-epoch mean loss."""
-    if cfg.lr is not None:
-        return LrChoice(cfg.lr, (), "given", False)
 
     def trial(lr: float) -> float:
-        losses = fit_step(cfg, ctx, lr, cfg.lr_trial_epochs).state.epoch_losses
+        losses = fit_step(cfg, data, runtime, lr, cfg.lr_trial_epochs).state.epoch_losses
         return losses[-1] if losses else math.inf
 
-    def report(done: Trial) -> None:
-        if is_main_process():
-            print(f"{cfg.task} lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)",
-                  file=sys.stderr)
-
-    return select_lr(cfg.lr_grid, trial, criterion=CRITERION, maximise=False, on_trial=report)
+    return choose_lr(cfg.lr, cfg.lr_grid, trial, criterion=CRITERION, maximise=False,
+                     trial_epochs=cfg.lr_trial_epochs, label=f"{cfg.task} ")

@@ -1,8 +1,11 @@
-"""StyleGAN2-ADA losses, regularisers and the generator EMA, as pure functions.
+"""StyleGAN2-ADA losses, regularisers, the two objectives the GAN trainer minimises and the EMA decay.
 
 Notation: ``D(.)`` are discriminator logits, ``softplus(t) = log(1 + e^t)``.
-Every loss is a mean over the batch; the caller weights and sums them. Logits
-are promoted to fp32 before the softplus.
+Every loss is a mean over the batch; :func:`generator_objective` and
+:func:`discriminator_objective` weight and sum them as one training step
+does. Logits are promoted to fp32 before the softplus. The EMA update
+itself is :func:`plumbing.ema.ema_update`; :func:`ema_beta` is the GAN's
+decay.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
@@ -54,6 +57,35 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor, gamma: float) -> Tensor
     """
     (grads,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
     return 0.5 * gamma * grads.float().square().sum(dim=tuple(range(1, grads.ndim))).mean()
+
+
+def generator_objective(fake_logits: Tensor, ac_fake: Tensor, ac_weight: float) -> Tensor:
+    """The generator's loss of one step, before the path-length penalty (applied in its own backward pass)::
+
+        L_G = E[softplus(-D(A(G(z, c)), c))] + w * L_ac(D_aux(A(G(z, c))), c)
+
+    with ``fake_logits`` = ``D(A(G(z, c)), c)``, ``ac_fake`` = the
+    auxiliary-classifier loss of the fakes (:func:`ac_loss`; a zero tensor
+    without a classifier) and ``w`` = ``ac_weight`` (0: plain conditional
+    GAN; the term is still added, as zero).
+    """
+    return g_nonsaturating_loss(fake_logits) + ac_weight * ac_fake
+
+
+def discriminator_objective(
+    real_logits: Tensor, fake_logits: Tensor, ac_real: Tensor, ac_weight: float, lazy_r1: Tensor | None = None
+) -> Tensor:
+    """The discriminator's loss of one step::
+
+        L_D = E[softplus(D(A(G(z, c)), c))] + E[softplus(-D(A(x), c))] + w * L_ac(D_aux(A(x)), c) [+ k * R1]
+
+    ``ac_real`` is the auxiliary-classifier loss of the reals (zero without a
+    classifier), ``w`` = ``ac_weight``; ``lazy_r1`` is ``k * R1`` on the
+    steps that compute the penalty (:func:`r1_penalty` times the interval
+    ``k``), ``None`` on the others. The terms are added in this order.
+    """
+    loss = d_logistic_loss(real_logits, fake_logits) + ac_weight * ac_real
+    return loss if lazy_r1 is None else loss + lazy_r1
 
 
 class PathLength(NamedTuple):
@@ -116,23 +148,3 @@ def ema_beta(batch_size: int, ema_kimg: float, *, cur_nimg: int | None = None, r
             raise ValueError("ema_beta with rampup needs cur_nimg")
         ema_nimg = min(ema_nimg, cur_nimg * rampup)
     return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-
-
-@torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, beta: float) -> None:
-    """``p_ema <- beta * p_ema + (1 - beta) * p`` for every parameter; buffers are copied.
-
-    The two models must have the same parameter and buffer names (same architecture).
-    """
-    ema_params = dict(ema_model.named_parameters())
-    params = dict(model.named_parameters())
-    if ema_params.keys() != params.keys() or any(ema_params[n].shape != p.shape for n, p in params.items()):
-        raise ValueError("ema_update: the models have different parameters")
-    names = list(params)
-    torch._foreach_lerp_([ema_params[n] for n in names], [params[n].detach() for n in names], 1.0 - beta)
-    ema_buffers = dict(ema_model.named_buffers())
-    buffers = dict(model.named_buffers())
-    if ema_buffers.keys() != buffers.keys() or any(ema_buffers[n].shape != b.shape for n, b in buffers.items()):
-        raise ValueError("ema_update: the models have different buffers")
-    for name, buf in buffers.items():
-        ema_buffers[name].copy_(buf)

@@ -2,12 +2,14 @@
 
 The configuration it trains with is :class:`synth.config.TrainingConfig`;
 :func:`training_dataset` and :func:`network_config` build what a run needs
-and :func:`train` runs it with the shared engine set-up of :mod:`plumbing.training`.
+and :func:`train` runs its steps with the shared skeleton (:class:`plumbing.engine.StepRunner`).
 
 One iteration (:meth:`GanTrainer.step`) is one generator step and one
 discriminator step on a minibatch of ``B`` real images with their condition
 vectors (the data set's finding vectors through :meth:`FindingSchema.condition`;
-drawn class-balanced over a label task with ``balance_task``, see :func:`training_dataset`):
+drawn class-balanced over a label task with ``balance_task``, see :func:`training_dataset`);
+the two objectives are :func:`synth.losses.generator_objective` and
+:func:`synth.losses.discriminator_objective`:
 
 * G: ``L_G = softplus(-D(A(G(z, c)), c))`` (non-saturating logistic), plus
   the path-length penalty every 4 steps when ``pl_weight`` > 0;
@@ -26,7 +28,8 @@ drawn class-balanced over a label task with ``balance_task``, see :func:`trainin
   more;
 * ``A`` is the ADA pipeline; its probability moves toward
   ``E[sign D(A(x))] = ada_target`` every 4 steps;
-* the EMA generator follows ``G`` with a half-life of ``ema_kimg``.
+* the EMA generator follows ``G`` with a half-life of ``ema_kimg``
+  (:func:`plumbing.ema.ema_update`, decay :func:`synth.losses.ema_beta`).
 
 Progressive growing (``start_resolution`` below ``resolution``) follows
 :class:`synth.schedule.ProgressiveSchedule`; the real images are
@@ -56,13 +59,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
@@ -79,11 +82,14 @@ from plumbing.distributed import (
     rank,
     world_size,
 )
+from plumbing.ema import ema_update
+from plumbing.engine import StepRunner
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
+from plumbing.precision import bf16_autocast, memory_layout
 from plumbing.sampling import ResumableBatchSampler
 from plumbing.seeding import derive_seed, generator
-from plumbing.training import TrainingDiverged, attach_training_handlers
+from plumbing.training import Progress, TrainingDiverged
 from synth.discriminator import Discriminator
 from synth.generator import Generator
 from synth.layers import fade_images
@@ -97,10 +103,9 @@ from .export import export_generator, training_metadata
 from .fidelity_probe import FidelityProbe, caption_grid
 from .losses import (
     ac_loss,
-    d_logistic_loss,
+    discriminator_objective,
     ema_beta,
-    ema_update,
-    g_nonsaturating_loss,
+    generator_objective,
     path_length_penalty,
     r1_penalty,
 )
@@ -113,26 +118,13 @@ GRID_FINDINGS = (
 PL_INTERVAL = 4
 
 
-class RunState:
-    """The record of a run (configuration, command, resume commands) and the regulariser state, checkpointed."""
+@dataclass
+class RunState(Progress):
+    """The checkpointed progress (record and position) and the path-length regulariser's running mean, kept
+    for the resolution it was measured at."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.iteration = 0
-        self.pl_mean = torch.zeros(())
-        self.pl_resolution = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config, "iteration": self.iteration, "pl_mean": self.pl_mean,
-            "pl_resolution": self.pl_resolution,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.config = state["config"]
-        self.iteration = int(state["iteration"])
-        self.pl_mean = state["pl_mean"]
-        self.pl_resolution = int(state["pl_resolution"])
+    pl_mean: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    pl_resolution: int = 0
 
 
 def grid_conditions(schema: FindingSchema) -> torch.Tensor:
@@ -223,8 +215,7 @@ class GanTrainer:
         self.cfg, self.network, self.schema, self.device, self.amp = cfg, network, schema, device, amp
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         G, D = build_networks(network, classifier=cfg.ac_weight > 0)
-        # channels_last feeds the GPU's tensor cores without layout transposes; CPUs keep NCHW
-        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        layout = memory_layout(device)
         self.G: Generator = G.to(device, memory_format=layout)
         self.D: Discriminator = D.to(device, memory_format=layout)
         self.G_ema: Generator = Generator(network).to(device, memory_format=layout).eval().requires_grad_(False)
@@ -236,7 +227,7 @@ class GanTrainer:
             self.augment, batch_size=cfg.batch_size, target=cfg.ada_target, ada_kimg=cfg.ada_kimg
         )
         self.schedule = cfg.schedule()
-        self.state = RunState({})
+        self.state = RunState()
         self.probe: FidelityProbe | None = None
         """Label fidelity at every snapshot (:mod:`synth.fidelity_probe`), set by the command when asked."""
 
@@ -251,15 +242,15 @@ class GanTrainer:
         return objs
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.device, self.amp)
 
     def conditions(self, findings: torch.Tensor) -> torch.Tensor:
         """Condition vectors of a batch of finding vectors (:meth:`FindingSchema.condition`)."""
         return torch.from_numpy(self.schema.condition(findings.cpu().numpy())).to(self.device)
 
-    def _judge(self, images: torch.Tensor, c: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logits_and_class_loss(
+        self, images: torch.Tensor, c: torch.Tensor, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits of ``images`` and, with ``ac_weight`` > 0, ``L_ac`` of its class logits against ``c`` (else 0)."""
         if self.cfg.ac_weight > 0:
             logits, classes = self.D.with_classes(images, c, alpha=alpha)
@@ -286,8 +277,8 @@ class GanTrainer:
         self.D.requires_grad_(False)
         with self._autocast():
             fake = self.G(z, c, resolution=res, alpha=alpha, mixing_prob=cfg.mixing, generator=gen)
-            fake_logits, ac_fake = self._judge(self.augment(fake), c, alpha)
-            loss_g = g_nonsaturating_loss(fake_logits) + cfg.ac_weight * ac_fake
+            fake_logits, ac_fake = self._logits_and_class_loss(self.augment(fake), c, alpha)
+            loss_g = generator_objective(fake_logits, ac_fake, cfg.ac_weight)
         self.opt_G.zero_grad(set_to_none=True)
         loss_g.backward()
         pl = torch.zeros(())
@@ -309,21 +300,23 @@ class GanTrainer:
         self.D.requires_grad_(True)
         with self._autocast():
             fake_logits = self.D(self.augment(fake.detach()), c, alpha=alpha)
-            real_logits, ac_real = self._judge(self.augment(real), c, alpha)
-            loss_d = d_logistic_loss(real_logits, fake_logits) + cfg.ac_weight * ac_real
+            real_logits, ac_real = self._logits_and_class_loss(self.augment(real), c, alpha)
         if self.ada is not None:
             self.ada.observe(real_logits)
         r1 = torch.zeros((), device=self.device)
+        lazy_r1 = None
         if cfg.r1_interval > 0 and iteration % cfg.r1_interval == 0:
             real_r1 = real.detach().requires_grad_(True)
             r1 = r1_penalty(self.D(self.augment(real_r1), c, alpha=alpha), real_r1, cfg.gamma)
-            loss_d = loss_d + r1 * cfg.r1_interval
+            lazy_r1 = r1 * cfg.r1_interval
+        loss_d = discriminator_objective(real_logits, fake_logits, ac_real, cfg.ac_weight, lazy_r1)
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
         average_gradients(self.D.parameters())
         self.opt_D.step()
 
-        ema_update(self.G_ema, self.G, ema_beta(B, cfg.ema_kimg, cur_nimg=(iteration + 1) * B, rampup=0.05))
+        decay = ema_beta(B, cfg.ema_kimg, cur_nimg=(iteration + 1) * B, rampup=0.05)
+        ema_update(self.G_ema, self.G, decay, buffers="copy")
         if self.ada is not None:
             self.ada.step()
         return mean_values_over_ranks({
@@ -390,47 +383,30 @@ def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int,
 
     Each snapshot is an atomic checkpoint of :meth:`GanTrainer.objects`, a
     sample grid and ``generator.safetensors`` (:meth:`GanTrainer.write_snapshot`),
-    through the shared handlers of :func:`plumbing.training.attach_training_handlers`.
+    through the shared skeleton (:meth:`plumbing.engine.StepRunner.train`).
     The minibatch order comes from :func:`batch_sampler` started at the
     current iteration, so a resumed run continues exactly.
     A non-finite loss is a :class:`UserError` naming the last good checkpoint.
     Under several processes each rank loads its part of every global batch and
     starts from rank 0's networks; rank 0 writes the snapshots.
     """
-    cfg, start = trainer.cfg, trainer.state.iteration
+    cfg = trainer.cfg
     total, snapshot = iterations(cfg)
     local_batch_size(cfg.batch_size)  # refuses a global batch the processes cannot share
     for module in (trainer.G, trainer.D, trainer.G_ema):
         broadcast_module(module)
     loader = DataLoader(
         dataset,
-        batch_sampler=batch_sampler(cfg, dataset, start),
+        batch_sampler=batch_sampler(cfg, dataset, trainer.state.iteration),
         num_workers=workers,
         pin_memory=trainer.device.type == "cuda",
         persistent_workers=workers > 0,
     )
-
-    def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
-        out = trainer.step(engine.state.iteration - 1, batch)
-        trainer.state.iteration = engine.state.iteration
-        return out
-
-    engine = Engine(process)
-
-    @engine.on(Events.STARTED)
-    def _resume_position(eng: Engine) -> None:
-        eng.state.iteration = start
-        eng.state.epoch = start // snapshot
-
-    attach_training_handlers(
-        engine,
-        run_dir=run_dir,
-        to_save=trainer.objects(),
-        checkpoint_every=snapshot,
-        progress=progress,
-        on_checkpoint=lambda eng: trainer.write_snapshot(run_dir, eng.state.iteration),
-    )
+    # GanTrainer.step takes the iteration explicitly (it seeds the step's draws); it is the number of steps before
+    runner = StepRunner(lambda batch: trainer.step(trainer.state.iteration, batch), trainer.state, total=total,
+                        epoch_length=snapshot)
     try:
-        engine.run(loader, max_iters=total, epoch_length=snapshot)
+        runner.train(loader, run_dir=run_dir, to_save=trainer.objects(), checkpoint_every=snapshot,
+                     progress=progress, on_checkpoint=lambda iteration: trainer.write_snapshot(run_dir, iteration))
     except TrainingDiverged as exc:
         raise UserError(str(exc)) from None

@@ -11,9 +11,9 @@ import torch
 from ignite.engine import Events
 
 from adapt import train as adapt_train
-from adapt import trainer as adapt_trainer
 from adapt.train import main
 from models.model_file import load_classifier
+from plumbing import engine
 from plumbing.cli import run_cli
 from plumbing.training import TrainingDiverged, latest_checkpoint, load_checkpoint
 from tests.launch import torchrun
@@ -78,14 +78,14 @@ def test_grid_runs_every_cell_and_skips_finished_ones(tmp_path: Path, capsys: py
 def test_a_diverged_cell_does_not_stop_the_grid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_fit = adapt_train.fit
+    real_train = adapt_train.train_adaptation
 
-    def fit_diverging_for_none(cfg: Any, *args: Any) -> Any:
+    def train_diverging_for_none(cfg: Any, *args: Any) -> Any:
         if cfg.label == "none":
             raise TrainingDiverged("loss total became nan at iteration 1; training stopped, no checkpoint")
-        return real_fit(cfg, *args)
+        return real_train(cfg, *args)
 
-    monkeypatch.setattr(adapt_train, "fit", fit_diverging_for_none)
+    monkeypatch.setattr(adapt_train, "train_adaptation", train_diverging_for_none)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, [*PHANTOMS, "--alignment", "none,dcan", "--steps", "2", "--name", "d", "--runs-dir",
@@ -102,14 +102,14 @@ def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
 ) -> None:
     args = [*PHANTOMS, "--alignment", "dcan", "--steps", "6", "--eval-every", "2"]
     _train(tmp_path / "full", *args)
-    attach = adapt_trainer.attach_training_handlers
+    attach = engine.attach_training_handlers
 
     def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
         attach(engine, **kwargs)
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=4), lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
 
     with monkeypatch.context() as patch:
-        patch.setattr(adapt_trainer, "attach_training_handlers", attach_then_interrupt)
+        patch.setattr(engine, "attach_training_handlers", attach_then_interrupt)
         with pytest.raises(SystemExit) as exit_info:
             run_cli(main, [*args, "--runs-dir", str(tmp_path / "split")])
         assert exit_info.value.code == 130  # interrupted

@@ -10,9 +10,9 @@ import pytest
 import torch
 from ignite.engine import Events
 
-import evaluate.protocol.training as classifier_training
 from evaluate.finetune import main
 from models.model_file import CLASSIFIER_FILE, load_classifier
+from plumbing import engine
 from plumbing.cli import run_cli
 from plumbing.training import latest_checkpoint, load_checkpoint
 from tests.launch import torchrun
@@ -80,7 +80,7 @@ def _final_state(run: Path) -> dict[str, Any]:
 
 def _interrupted_then_resumed(runs: Path, name: str, args: list[str], at: int, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Start a run, stop it (KeyboardInterrupt) right after the checkpoint of iteration ``at``, then ``--resume``."""
-    attach = classifier_training.attach_training_handlers
+    attach = engine.attach_training_handlers
 
     def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
         attach(engine, **kwargs)
@@ -90,7 +90,7 @@ def _interrupted_then_resumed(runs: Path, name: str, args: list[str], at: int, m
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(classifier_training, "attach_training_handlers", attach_then_interrupt)
+        patch.setattr(engine, "attach_training_handlers", attach_then_interrupt)
         with pytest.raises(KeyboardInterrupt):
             _finetune(runs, name, *args)
     run = runs / name

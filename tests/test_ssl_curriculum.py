@@ -17,18 +17,19 @@ from adapt.train import main as adapt_main
 from datasets.batches import training_batches
 from datasets.synthetic import SyntheticDataset
 from models.model_file import BACKBONE_FILE, read_model_info
+from plumbing import engine
 from plumbing.cli import run_cli
 from plumbing.files import sha256_file
+from plumbing.runtime import Runtime
 from plumbing.training import TrainingDiverged
 from ssl import step_store
-from ssl import trainer as ssl_trainer
 from ssl.config import StepConfig
 from ssl.curriculum import main
 from ssl.data import parse_data, unlabelled_images
 from ssl.step_store import STEPS_DIR
 from ssl.table import curriculum_label, plan, render, table
 from ssl.tasks import task_names
-from ssl.trainer import PretextTrainer, StepContext, build_task, fit_step
+from ssl.trainer import PretextData, PretextTrainer, build_task, fit_step
 from tests.launch import torchrun
 from tests.test_synthetic_store import write_store
 
@@ -67,9 +68,12 @@ def _step(task: str, epochs: int = 1, lr: float = 0.05, start: str = "scratch") 
                       store_workers=None)
 
 
-def _context() -> StepContext:
+def _data() -> PretextData:
     images, channels = unlabelled_images(parse_data("phantom"), 32, 64, 0)
-    return StepContext(images, channels, None, torch.device("cpu"), False, 0, False)
+    return PretextData(images, channels)
+
+
+CPU = Runtime(torch.device("cpu"), False, 0, False, Path("runs"))
 
 
 def _steps(runs: Path) -> list[str]:
@@ -78,12 +82,12 @@ def _steps(runs: Path) -> list[str]:
 
 @pytest.mark.parametrize("task", task_names())
 def test_every_registered_task_runs_one_step(task: str) -> None:
-    ctx = _context()
-    trainer = PretextTrainer(build_task(_step(task), ctx), _step(task), 0.05, 4, ctx.device, False)
+    data = _data()
+    trainer = PretextTrainer(build_task(_step(task), data), _step(task), 0.05, 4, CPU.device, False)
     if task == "odc":
         trainer.task.initialise((b["image"], torch.as_tensor(b["index"])) for b in
-                                torch.utils.data.DataLoader(ctx.images, batch_size=16))
-    batch = next(iter(torch.utils.data.DataLoader(ctx.images, batch_size=16)))
+                                torch.utils.data.DataLoader(data.images, batch_size=16))
+    batch = next(iter(torch.utils.data.DataLoader(data.images, batch_size=16)))
     before = [p.detach().clone() for p in trainer.backbone.parameters()]
     out = trainer.step(batch)
     assert math.isfinite(out["loss"]) and out["lr"] > 0
@@ -91,7 +95,7 @@ def test_every_registered_task_runs_one_step(task: str) -> None:
 
 
 def test_a_short_rotation_step_on_phantoms_lowers_its_loss() -> None:
-    losses = fit_step(_step("rotation", epochs=6, lr=0.1), _context(), 0.1, 6).state.epoch_losses
+    losses = fit_step(_step("rotation", epochs=6, lr=0.1), _data(), CPU, 0.1, 6).state.epoch_losses
     assert len(losses) == 6 and losses[-1] < 0.8 * losses[0]
 
 
@@ -165,7 +169,7 @@ def test_a_diverged_step_stops_only_the_runs_that_need_it(
 def _interrupted_then_resumed(runs: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], step: int,
                               iteration: int) -> None:
     """Run ``args`` into ``runs``, stopped (Ctrl-C) at ``iteration`` of pretext step ``step``, then run it again."""
-    attach = ssl_trainer.attach_training_handlers
+    attach = engine.attach_training_handlers
     calls = []
 
     def attach_then_interrupt(engine: Any, **kwargs: Any) -> None:
@@ -176,7 +180,7 @@ def _interrupted_then_resumed(runs: Path, monkeypatch: pytest.MonkeyPatch, args:
                                      lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
 
     with monkeypatch.context() as patch:
-        patch.setattr(ssl_trainer, "attach_training_handlers", attach_then_interrupt)
+        patch.setattr(engine, "attach_training_handlers", attach_then_interrupt)
         with pytest.raises(SystemExit) as exit_info:
             run_cli(main, ["run", *args, "--runs-dir", str(runs)])
         assert exit_info.value.code == 130

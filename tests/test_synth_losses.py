@@ -1,4 +1,4 @@
-"""GAN losses, R1, path-length regularisation and the EMA on known inputs."""
+"""GAN losses, the two objectives, R1, path-length regularisation and the EMA decay on known inputs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from synth.losses import (
     ac_loss,
     d_logistic_loss,
+    discriminator_objective,
     ema_beta,
-    ema_update,
     g_nonsaturating_loss,
+    generator_objective,
     path_length_penalty,
     r1_penalty,
 )
@@ -108,17 +109,21 @@ def test_ema_beta_formula() -> None:
         ema_beta(32, 10, rampup=0.05)
 
 
-def test_ema_update_lerps_parameters_and_copies_buffers() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.BatchNorm1d(3)
-    ema = torch.nn.BatchNorm1d(3)
-    model.weight.data.fill_(2.0)
-    ema.weight.data.fill_(1.0)
-    model.running_mean.fill_(7.0)
-    ema_update(ema, model, beta=0.75)
-    torch.testing.assert_close(ema.weight, torch.full((3,), 0.75 * 1.0 + 0.25 * 2.0))
-    torch.testing.assert_close(ema.running_mean, torch.full((3,), 7.0))
-    ema_update(ema, model, beta=0.0)
-    torch.testing.assert_close(ema.weight, model.weight)
-    with pytest.raises(ValueError):
-        ema_update(torch.nn.Linear(2, 2), model, 0.5)
+def test_generator_objective_is_the_nonsaturating_loss_plus_the_weighted_class_loss() -> None:
+    logits = torch.tensor([2.0, -1.0])
+    plain = (softplus(-2.0) + softplus(1.0)) / 2
+    assert generator_objective(logits, torch.tensor(0.7), 0.0).item() == pytest.approx(plain)
+    assert generator_objective(logits, torch.tensor(0.7), 0.5).item() == pytest.approx(plain + 0.35)
+
+
+def test_discriminator_objective_adds_the_class_loss_and_the_lazy_r1_term() -> None:
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, -2.0])
+    logistic = (softplus(0.0) + softplus(-2.0)) / 2 + (softplus(-1.0) + softplus(-3.0)) / 2
+    ac_real = torch.tensor(0.4)
+    assert discriminator_objective(real, fake, ac_real, 0.0).item() == pytest.approx(logistic)
+    assert discriminator_objective(real, fake, ac_real, 2.0).item() == pytest.approx(logistic + 0.8)
+    lazy = torch.tensor(0.25) * 16
+    assert discriminator_objective(real, fake, ac_real, 2.0, lazy).item() == pytest.approx(logistic + 0.8 + 4.0)
+    # zero logits: log 2 from each of the two softplus means
+    zeros = discriminator_objective(torch.zeros(3), torch.zeros(3), torch.zeros(()), 1.0)
+    assert zeros.item() == pytest.approx(2 * math.log(2))

@@ -7,8 +7,9 @@ one process or under ``torchrun`` (:mod:`plumbing.distributed`):
    each rate of ``lr_grid`` trains ``lr_trial_epochs`` from the same
    initialisation; its score is the best validation balanced accuracy of its
    epochs; the highest wins (skipped when ``lr`` is given);
-2. **the full run** with that rate for ``epochs`` (:func:`fit`): AdamW,
-   cosine decay per iteration, class-balanced cross-entropy
+2. **the full run** with that rate for ``epochs`` (:func:`train_classifier`,
+   the steps run by :class:`plumbing.engine.StepRunner`): AdamW, cosine decay
+   per iteration (:func:`plumbing.lr_schedules.cosine_decay`), class-balanced cross-entropy
    (:mod:`evaluate.protocol.losses`) unless ``balance`` is ``none``; after every epoch
    the validation set is scored and the best epoch so far is written as
    ``best.pt`` (weights) and ``classifier.safetensors`` (the exported
@@ -38,7 +39,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Metric
 from torch import nn
 
@@ -51,12 +52,15 @@ from models.initialisation import initialise
 from models.model_file import CLASSIFIER_FILE, save_model
 from plumbing.config import dataclass_from_dict
 from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
+from plumbing.engine import StepRunner
 from plumbing.files import atomic_path, write_json_atomic
-from plumbing.lr_selection import LrChoice, Trial, select_lr
-from plumbing.precision import bf16_autocast
+from plumbing.lr_schedules import cosine_decay
+from plumbing.lr_selection import LrChoice, choose_lr, resumed_choice
+from plumbing.precision import bf16_autocast, memory_layout
 from plumbing.run_folders import RunFolder
+from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
-from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
+from plumbing.training import Progress, restore
 
 MODES = ("finetune", "linear")
 BALANCE = ("loss", "none")
@@ -109,11 +113,9 @@ class FinetuneConfig:
 
 
 @dataclass
-class RunState(CheckpointedState):
-    """The checkpointed progress of the full run: the record, the chosen rate and the best epoch."""
+class RunState(Progress):
+    """The checkpointed progress of the full run: the record and position, the chosen rate and the best epoch."""
 
-    config: dict[str, Any] = field(default_factory=dict)
-    iteration: int = 0
     lr_choice: dict[str, Any] = field(default_factory=dict)
     best_score: float = -math.inf
     best_epoch: int = 0
@@ -138,14 +140,12 @@ class ClassifierTrainer:
         self.linear = cfg.mode == "linear"
         if self.linear:
             model.backbone.requires_grad_(False)
-        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        self.model = model.to(device, memory_format=layout)
+        self.layout = memory_layout(device)
+        self.model = model.to(device, memory_format=self.layout)
         self.net = data_parallel(self.model, device, sync_bn=device.type == "cuda" and not self.linear)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        )
+        self.schedule = cosine_decay(self.optimizer, total_steps)
         self.state = RunState()
 
     def objects(self) -> dict[str, Any]:
@@ -159,8 +159,7 @@ class ClassifierTrainer:
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One AdamW step on the class-balanced cross-entropy of ``batch`` (this rank's part of a global batch)."""
         self.train_mode()
-        layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=layout)
+        images = batch["image"].to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         labels = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True)
         with bf16_autocast(self.device, self.amp):
             logits = self.net(images)
@@ -179,8 +178,7 @@ def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.d
 
     def process(_: Engine, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
-        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=layout)
+        images = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_layout(device))
         with bf16_autocast(device, amp):
             logits = model(images)
         return logits.float(), torch.as_tensor(batch["label"]).to(device)
@@ -199,20 +197,8 @@ def score(model: nn.Module, dataset: Any, classes: tuple[str, ...], *, batch_siz
     return metrics_report(evaluator.state.metrics, classes)
 
 
-@dataclass
-class FitContext:
-    """What one training (a trial or the full run) needs besides the configuration."""
-
-    data: TaskData
-    device: torch.device
-    amp: bool
-    workers: int
-    progress: bool
-    runs_dir: Path
-
-
-def fit(
-    cfg: FinetuneConfig, ctx: FitContext, lr: float, epochs: int, *, run_dir: Path | None = None,
+def train_classifier(
+    cfg: FinetuneConfig, data: TaskData, runtime: Runtime, lr: float, epochs: int, *, run_dir: Path | None = None,
     record: dict[str, Any] | None = None, lr_choice: LrChoice | None = None,
     checkpoint: dict[str, Any] | None = None, on_best: Callable[[ClassifierTrainer], None] | None = None,
 ) -> ClassifierTrainer:
@@ -224,52 +210,39 @@ def fit(
     score; without it (a trial) a diverging loss ends the trial with a score
     of -inf. ``checkpoint`` resumes the full run.
     """
-    data = ctx.data
-    model, provenance = build_classifier(cfg, data.channels, len(data.classes), ctx.runs_dir)
+    model, provenance = build_classifier(cfg, data.channels, len(data.classes), runtime.runs_dir)
     weights = class_weights(data.train_labels, len(data.classes)) if cfg.balance == "loss" else None
-    steps = steps_per_epoch(data.train, cfg.batch_size, ctx.workers)
-    trainer = ClassifierTrainer(model, cfg, lr, steps * epochs, weights, ctx.device, ctx.amp)
+    steps = steps_per_epoch(data.train, cfg.batch_size, runtime.workers)
+    trainer = ClassifierTrainer(model, cfg, lr, steps * epochs, weights, runtime.device, runtime.bf16)
     trainer.state.lr_choice = lr_choice.to_dict() if lr_choice is not None else {}
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
         provenance = trainer.state.config["init_provenance"]  # the run's, not this process's re-initialisation
     trainer.state.config = dict(record or {}) | {"init_provenance": provenance}  # with this resume's command
-    start = trainer.state.iteration
-    batches = training_batches(data.train, cfg.batch_size, cfg.seed, start, ctx.workers, ctx.device)
+    batches = training_batches(data.train, cfg.batch_size, cfg.seed, trainer.state.iteration, runtime.workers,
+                               runtime.device)
     to_save = trainer.objects()
     checkpoint_position(batches, to_save, checkpoint)
+    runner = StepRunner(trainer.step, trainer.state, total=steps * epochs, epoch_length=steps)
 
-    def process(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
-        out = trainer.step(batch)
-        trainer.state.iteration = engine.state.iteration
-        return out
-
-    engine = Engine(process)
-
-    @engine.on(Events.STARTED)
-    def _resume_position(eng: Engine) -> None:
-        eng.state.iteration, eng.state.epoch = start, start // steps
-
-    @engine.on(Events.ITERATION_COMPLETED(every=steps))
-    def _validate(eng: Engine) -> None:  # before the checkpoint of the same iteration (registered first)
+    def validate(iteration: int) -> None:  # before the checkpoint of the same iteration
         report = score(trainer.model, data.validation, data.classes, batch_size=cfg.batch_size, workers=0,
-                       device=ctx.device, amp=ctx.amp)
+                       device=runtime.device, amp=runtime.bf16)
         value = report["balanced_accuracy"]
         if value > trainer.state.best_score:
-            trainer.state.best_score, trainer.state.best_epoch = value, eng.state.iteration // steps
+            trainer.state.best_score, trainer.state.best_epoch = value, iteration // steps
             if on_best is not None and is_main_process():
                 on_best(trainer)
 
+    runner.every(steps, validate)
     if run_dir is not None:
-        attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=steps,
-                                 progress=ctx.progress)
-        engine.run(batches, max_epochs=epochs, epoch_length=steps)
+        runner.train(batches, run_dir=run_dir, to_save=to_save, checkpoint_every=steps, progress=runtime.progress)
         return trainer
-    def _diverged() -> None:
+
+    def diverged() -> None:
         trainer.state.best_score = -math.inf
 
-    attach_trial_handlers(engine, progress=ctx.progress, desc=f"lr {lr:g}", on_diverged=_diverged)
-    engine.run(batches, max_epochs=epochs, epoch_length=steps)
+    runner.trial(batches, progress=runtime.progress, desc=f"lr {lr:g}", on_diverged=diverged)
     return trainer
 
 
@@ -288,20 +261,14 @@ def save_best(trainer: ClassifierTrainer, run_dir: Path, cfg: FinetuneConfig, cl
                head=trainer.model.head, classes=classes)
 
 
-def choose_lr(cfg: FinetuneConfig, ctx: FitContext) -> LrChoice:
+def choose_classifier_lr(cfg: FinetuneConfig, data: TaskData, runtime: Runtime) -> LrChoice:
     """The learning rate of the full run: ``cfg.lr``, or the best of the grid's trials (each reported on rank 0)."""
-    if cfg.lr is not None:
-        return LrChoice(cfg.lr, (), "given", True)
 
     def trial(lr: float) -> float:
-        return fit(cfg, ctx, lr, cfg.lr_trial_epochs).state.best_score
+        return train_classifier(cfg, data, runtime, lr, cfg.lr_trial_epochs).state.best_score
 
-    def report(done: Trial) -> None:
-        if is_main_process():
-            print(f"lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)",
-                  file=sys.stderr)
-
-    return select_lr(cfg.lr_grid, trial, criterion=CRITERION, maximise=True, on_trial=report)
+    return choose_lr(cfg.lr, cfg.lr_grid, trial, criterion=CRITERION, maximise=True,
+                     trial_epochs=cfg.lr_trial_epochs)
 
 
 def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrainer, data: TaskData) -> dict:
@@ -318,25 +285,26 @@ def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrai
     return results
 
 
-def run_protocol(cfg: FinetuneConfig, ctx: FitContext, run: RunFolder, record: dict[str, Any]) -> dict[str, Any]:
+def run_protocol(
+    cfg: FinetuneConfig, data: TaskData, runtime: Runtime, run: RunFolder, record: dict[str, Any]
+) -> dict[str, Any]:
     """Choose the rate, train the full run into ``run`` (or resume it) and score its best epoch (module docstring)."""
     if run.checkpoint is not None:
-        saved = run.checkpoint["run"]["lr_choice"]
-        choice = LrChoice(float(saved["lr"]), (), saved["criterion"], True)
+        choice = resumed_choice(run.checkpoint["run"]["lr_choice"], maximise=True)
     else:
-        choice = choose_lr(cfg, ctx)
+        choice = choose_classifier_lr(cfg, data, runtime)
     if is_main_process():
         done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
-            ctx.data.train, cfg.batch_size, ctx.workers)
+            data.train, cfg.batch_size, runtime.workers)
         print(f"{run.path}: finished; scoring its best epoch again" if done else
               f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
-    trainer = fit(
-        cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
-        checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, ctx.data.classes),
+    trainer = train_classifier(
+        cfg, data, runtime, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
+        checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, data.classes),
     )
     idist.barrier()  # rank 0 has written best.pt
-    best = torch.load(run.path / BEST_FILE, map_location=ctx.device, weights_only=True)
+    best = torch.load(run.path / BEST_FILE, map_location=runtime.device, weights_only=True)
     trainer.model.load_state_dict(best["model"])
-    report = score(trainer.model, ctx.data.evaluation, ctx.data.classes, batch_size=cfg.batch_size,
-                   workers=ctx.workers, device=ctx.device, amp=ctx.amp)
-    return write_results(run.path, report, trainer, ctx.data)
+    report = score(trainer.model, data.evaluation, data.classes, batch_size=cfg.batch_size,
+                   workers=runtime.workers, device=runtime.device, amp=runtime.bf16)
+    return write_results(run.path, report, trainer, data)

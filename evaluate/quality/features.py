@@ -35,7 +35,7 @@ from models.backbones import build_backbone
 from models.model_file import load_backbone_weights, read_model_info
 from plumbing.errors import UserError
 from plumbing.files import atomic_path, sha256_file
-from plumbing.precision import bf16_autocast
+from plumbing.precision import bf16_autocast, memory_layout
 
 XRV_WEIGHTS = "densenet121-res224-all"
 XRV_CHOICE = "xrv"
@@ -110,7 +110,7 @@ def apply_network(
 ) -> torch.Tensor:
     """``module`` over every image of ``images`` (in [0, 1], resized to ``image_size``), float32 outputs on the CPU."""
     module = module.to(device).eval()
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    layout = memory_layout(device)
     outputs = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc or images.description, unit="batch",
                       disable=not progress, leave=False):

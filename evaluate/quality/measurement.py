@@ -29,11 +29,13 @@ interrupted training resumes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ from evaluate.protocol.task_data import (
     task_classes,
     validation_rows,
 )
-from evaluate.protocol.training import RESULTS_FILE, FinetuneConfig, FitContext, run_protocol
+from evaluate.protocol.training import RESULTS_FILE, FinetuneConfig, run_protocol
 from evaluate.quality.features import (
     XRV_CHOICE,
     FeatureCache,
@@ -76,6 +78,7 @@ from models.backbones import Classifier
 from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
 from plumbing.errors import UserError
 from plumbing.run_folders import open_run, record_config
+from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
 
@@ -105,16 +108,6 @@ class QualityConfig:
 
 
 @dataclass
-class Environment:
-    device: torch.device
-    amp: bool
-    progress: bool
-    runs_dir: Path
-    command: str
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class Measured:
     """The report's figures (``figures``, JSON-ready) and what its pictures show."""
 
@@ -125,8 +118,9 @@ class Measured:
     memorisation: dict[str, Memorisation] = field(default_factory=dict)
 
 
-def _log(env: Environment, text: str) -> None:
-    print(f"[{time.monotonic() - env.started:5.0f} s] {text}", file=sys.stderr)
+def _log(started: float, text: str) -> None:
+    """``text`` on stderr after the seconds since ``started`` (``time.monotonic``)."""
+    print(f"[{time.monotonic() - started:5.0f} s] {text}", file=sys.stderr)
 
 
 def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
@@ -210,11 +204,12 @@ def _extractor(cfg: QualityConfig, reference_classifier: Path) -> FeatureExtract
 
 def trained_classifier(
     kind: str, train: ImageSet, test: ImageSet, classes: tuple[str, ...], cfg: QualityConfig, store: SyntheticStore,
-    env: Environment, size: int,
+    runtime: Runtime, command: str, size: int, log: Callable[[str], None],
 ) -> tuple[Classifier, dict[str, Any], Path]:
     """A classifier trained on ``train`` with the downstream protocol and scored on ``test``, cached by a key.
 
-    Returns the classifier, its ``results.json`` and the run folder.
+    Returns the classifier, its ``results.json`` and the run folder. The run records ``command``; ``log``
+    receives the progress lines.
     """
     data_name = "synthetic" if kind == "synthetic" else cfg.reference
     has_task = get_spec(data_name).schema is not None
@@ -225,12 +220,12 @@ def trained_classifier(
         seed=cfg.seed,
     )
     key = hashlib.sha256(json.dumps([finetune.to_dict(), train.content_key(), test.content_key()]).encode())
-    run_dir = env.runs_dir / f"quality-{kind}-{key.hexdigest()[:16]}"
+    run_dir = runtime.runs_dir / f"quality-{kind}-{key.hexdigest()[:16]}"
     if (run_dir / RESULTS_FILE).is_file() and (run_dir / CLASSIFIER_FILE).is_file():
-        _log(env, f"{kind} classifier: reusing {run_dir}")
-        model, _ = load_classifier(run_dir / CLASSIFIER_FILE, env.device)
+        log(f"{kind} classifier: reusing {run_dir}")
+        model, _ = load_classifier(run_dir / CLASSIFIER_FILE, runtime.device)
         return model, json.loads((run_dir / RESULTS_FILE).read_text()), run_dir
-    run = open_run(env.runs_dir, run_dir.name, resume=bool(checkpoints(run_dir)))
+    run = open_run(runtime.runs_dir, run_dir.name, resume=bool(checkpoints(run_dir)))
     held = validation_rows(train.groups, len(train), cfg.seed)
     data = TaskData(
         classes, 1, InMemoryImages(train.subset(np.flatnonzero(~held), train.description)),
@@ -241,13 +236,12 @@ def trained_classifier(
         record = {k: v for k, v in run.checkpoint["run"]["config"].items() if k != "init_provenance"}
     else:
         record = {"finetune": finetune.to_dict(), "data_description": f"{train.description} ({len(train)} images)"}
-    _log(env, f"{kind} classifier: training {cfg.backbone} on {len(train)} images -> {run_dir}")
+    log(f"{kind} classifier: training {cfg.backbone} on {len(train)} images -> {run_dir}")
     run.create()
     with run.discarded_on_failure(f"the {kind} classifier diverged: "):
-        record = record_config(run, record, env.command)
-        ctx = FitContext(data, env.device, env.amp, 0, env.progress, env.runs_dir)
-        results = run_protocol(finetune, ctx, run, record)
-    model, _ = load_classifier(run_dir / CLASSIFIER_FILE, env.device)
+        record = record_config(run, record, command)
+        results = run_protocol(finetune, data, replace(runtime, workers=0), run, record)
+    model, _ = load_classifier(run_dir / CLASSIFIER_FILE, runtime.device)
     return model, results, run_dir
 
 
@@ -269,8 +263,13 @@ def provenance(store: SyntheticStore) -> dict[str, Any]:
     } | {k: attrs[k] for k in keys if k in attrs}
 
 
-def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Measured:
-    """Every section of the report (module docstring); checks come first, so a bad option writes nothing."""
+def measure(store: SyntheticStore, cfg: QualityConfig, runtime: Runtime, command: str) -> Measured:
+    """Every section of the report (module docstring); checks come first, so a bad option writes nothing.
+
+    ``runtime`` says where the classifiers train and the features are computed; their run folders record
+    ``command``. Progress lines on stderr carry the seconds since the call.
+    """
+    log = functools.partial(_log, time.monotonic())
     choice = check_reference(store, cfg)
     classes = store.classes
     c = len(classes)
@@ -285,33 +284,34 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         get_spec(source[0]).resolve_root(cfg.training_root)  # a real training set without its root stops here
     eval_split = EVAL_SPLIT.get(cfg.reference, "valid")
 
-    _log(env, f"reading the image sets at {size} px")
-    synthetic = _store_set(store, cfg.split, cfg.images, size, cfg.seed, f"synthetic ({cfg.split})", env.progress)
+    log(f"reading the image sets at {size} px")
+    synthetic = _store_set(store, cfg.split, cfg.images, size, cfg.seed, f"synthetic ({cfg.split})", runtime.progress)
     reference = _reference_set(choice, eval_split, 2 * max(1, cfg.images // c), size, cfg.seed,
-                               f"reference {cfg.reference} ({eval_split})", env.progress)
-    syn_train = _store_set(store, "train", cfg.train_images, size, cfg.seed + 1, "synthetic (train)", env.progress)
+                               f"reference {cfg.reference} ({eval_split})", runtime.progress)
+    syn_train = _store_set(store, "train", cfg.train_images, size, cfg.seed + 1, "synthetic (train)", runtime.progress)
     ref_train = _reference_set(choice, "train", max(1, cfg.train_images // c), size, cfg.seed,
-                               f"reference {cfg.reference} (train)", env.progress)
-    training = _training_set(store, cfg, size, env.progress)
+                               f"reference {cfg.reference} (train)", runtime.progress)
+    training = _training_set(store, cfg, size, runtime.progress)
 
     ref_model, ref_results, ref_dir = trained_classifier("reference", ref_train, reference, classes, cfg, store,
-                                                         env, size)
-    _, syn_results, syn_dir = trained_classifier("synthetic", syn_train, reference, classes, cfg, store, env, size)
+                                                         runtime, command, size, log)
+    _, syn_results, syn_dir = trained_classifier("synthetic", syn_train, reference, classes, cfg, store, runtime,
+                                                 command, size, log)
     real_train, real_results, real_dir = ref_train, ref_results, ref_dir
     if len(syn_train) < len(ref_train):  # a small store: train-on-real gets the same budget as train-on-synthetic
         real_train = ref_train.subset(balanced_rows(ref_train.labels, c, len(syn_train) // c, cfg.seed),
                                       f"{ref_train.description}, {len(syn_train)} images")
         _, real_results, real_dir = trained_classifier("reference", real_train, reference, classes, cfg, store,
-                                                       env, size)
+                                                       runtime, command, size, log)
 
-    _log(env, "features")
+    log("features")
     extractor = _extractor(cfg, ref_dir / CLASSIFIER_FILE)
-    cache = FeatureCache(env.runs_dir / "quality-features", env.device, env.amp, env.progress)
+    cache = FeatureCache(runtime.runs_dir / "quality-features", runtime.device, runtime.bf16, runtime.progress)
     syn_f, ref_f = cache.features(extractor, synthetic), cache.features(extractor, reference)
     halves = reference_halves(synthetic.labels, reference.labels, c, cfg.seed)
-    _log(env, "fidelity and coverage")
-    logits = apply_network(ref_model, synthetic, size, device=env.device, amp=env.amp, desc="label fidelity",
-                           progress=env.progress)
+    log("fidelity and coverage")
+    logits = apply_network(ref_model, synthetic, size, device=runtime.device, amp=runtime.bf16, desc="label fidelity",
+                           progress=runtime.progress)
     figures: dict[str, Any] = {
         "store": store.url,
         "reference": {"data": cfg.reference, "root": cfg.reference_root, "split": eval_split,
@@ -334,7 +334,7 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         figures["memorisation"] = {"measured": False, "reason": "the store's provenance names no training data; "
                                    "pass --training-data"}
         return measured
-    _log(env, "memorisation")
+    log("memorisation")
     spaces = {"features": (syn_f, cache.features(extractor, training)),
               "pixels": (pixel_vectors(synthetic.images), pixel_vectors(training.images))}
     figures["memorisation"] = {"measured": True, "training_images": len(training),

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import Backbone
+from plumbing.ema import ema_update
 
 from ..losses import info_nce
 from ..views import gaussian_blur, intensity_jitter, random_grayscale, resized_crops
@@ -93,13 +94,11 @@ class Moco(PretextTask):
         x = random_grayscale(x, s.grayscale_p, generator)
         return gaussian_blur(x, s.blur_p, generator)
 
-    @torch.no_grad()
     def momentum_update(self) -> None:
-        """``theta_k <- m theta_k + (1 - m) theta_q`` for the backbone's and the head's parameters."""
-        m = self.settings.momentum
+        """``theta_k <- m theta_k + (1 - m) theta_q`` for the backbone's and the head's parameters
+        (:func:`plumbing.ema.ema_update`); the key encoder keeps its own batch-norm statistics."""
         for online, key in ((self.backbone, self.key_backbone), (self.head, self.key_head)):
-            for p_q, p_k in zip(online.parameters(), key.parameters(), strict=True):
-                p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+            ema_update(key, online, self.settings.momentum, buffers="keep")
 
     @torch.no_grad()
     def keys(self, views: torch.Tensor) -> torch.Tensor:
