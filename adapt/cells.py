@@ -16,7 +16,6 @@ evaluation form, readable by ``evaluate.attention``).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from models.model_file import CLASSIFIER_FILE
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.run_folders import CONFIG_FILE, RunFolder, check_run_name, open_run
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, check_run_name, open_run
 
 from .config import AdaptConfig
 from .data import AdaptData, choices
@@ -33,7 +32,6 @@ from .model import export_classifier
 from .selection import CRITERIA, select
 from .trainer import DcanTrainer
 
-RESULTS_FILE = "results.json"
 TRAINED_BY = "python -m adapt.train"
 
 
@@ -137,7 +135,3 @@ def summary_line(results: dict[str, Any]) -> str:
     return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
             f"{results['balanced_accuracy']:.4f} (final step){collapsed}")
 
-
-def say(message: str) -> None:
-    if is_main_process():
-        print(message, file=sys.stderr)

@@ -33,7 +33,6 @@ from adapt.cells import (
     evaluation_record,
     open_cell,
     recorded_settings,
-    say,
     summary_line,
     write_results,
 )
@@ -41,8 +40,18 @@ from datasets.registry import names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from models.backbones import BACKBONES
 from models.initialisation import imagenet_weights_file
-from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, local_batch_size, process_device, processes
+from plumbing.cli import (
+    add_device_arg,
+    add_runs_dir_arg,
+    check_options,
+    make_parser,
+    parse_list,
+    parse_seeds,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
+from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, record_config
@@ -114,20 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, not {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise UserError(f"{option} must name at least one value, each once")
-    return values
-
-
 def _alignments(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in ALIGNMENTS]
-    if not values or unknown or len(set(values)) != len(values):
+    values = parse_list(text, "--alignment", what=f"presets ({', '.join(ALIGNMENTS)})")
+    if any(v not in ALIGNMENTS for v in values):
         raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
     return values
 
@@ -155,7 +153,7 @@ def _init(choice: str, backbone: str) -> str:
 
 def base_config(args: argparse.Namespace) -> AdaptConfig:
     """The configuration every cell shares (its alignment and seed are set per cell), checked."""
-    checks = [
+    check_options([
         (args.steps >= 1 and args.eval_every >= 1, "--steps and --eval-every must be at least 1"),
         (args.batch_size >= 2, "--batch-size must be at least 2 (the MMD estimator takes pairs)"),
         (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
@@ -167,10 +165,7 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
         (all(v is None or v >= 1 for v in (args.source_length, args.target_length, args.eval_length)),
          "--source-length, --target-length and --eval-length must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    ])
     return AdaptConfig(
         source=args.source, source_root=_source_root(args), target=args.target, target_root=args.target_root,
         version=args.version, setting=args.setting, source_length=args.source_length,
@@ -187,7 +182,7 @@ def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
     overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
     cells = []
     for alignment in _alignments(args.alignment):
-        for seed in _int_list(args.seeds, "--seeds"):
+        for seed in parse_seeds(args.seeds):
             cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides)
             cells.append(Cell(cfg, cell_name(prefix, cfg)))
     return cells
@@ -198,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     base = base_config(args)
     cells = grid(args, base)
-    with distributed(device):
-        return _train(args, argv, cells, process_device(device))
+    return on_every_process(device, lambda here: _train(args, argv, cells, here))
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell], device: torch.device) -> int:
@@ -215,18 +209,19 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         elif status == "finished":
             check_settings(cell, recorded_settings(cell, args.runs_dir), cell.folder(args.runs_dir))
     if args.init == "auto":
-        say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
-            f"at {imagenet_weights_file(first.backbone)})")
+        found = "found" if first.init == "imagenet" else "not found"
+        print_on_main(f"--init auto: {first.init} (ImageNet weights {found} at "
+                      f"{imagenet_weights_file(first.backbone)})")
     amp = use_bf16_autocast(args.amp, device)
-    workers = args.workers if args.workers is not None else default_workers(device)
+    workers = workers_for(args.workers, device)
     command = command_line(PROG, argv)
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
-    say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
+    print_on_main(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
         f"{len(cells)} cell(s); {device} {processes()}".rstrip())
     diverged: list[str] = []
     for cell in cells:
         if cell_status(cell, args.runs_dir) == "finished":
-            say(f"{cell.name}: finished; skipped")
+            print_on_main(f"{cell.name}: finished; skipped")
             continue
         run = open_cell(cell, args.runs_dir)
         cell_data = data[cell.cfg.seed]
@@ -237,7 +232,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
                   if run.checkpoint is None else run.checkpoint["run"]["config"])
         record = {k: v for k, v in record.items() if k != "init_provenance"}
         run.create()
-        say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
+        print_on_main(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cell.cfg.steps} steps -> {run.path}")
         with run.discarded_on_failure(f"{cell.name}: "):
             record = record_config(run, record, command)
             try:
@@ -245,9 +240,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
             except TrainingDiverged as exc:  # the other cells still run; this one is retried by the next call
                 run.discard()
                 diverged.append(cell.name)
-                say(f"{cell.name}: {exc}; going on with the other cells")
+                print_on_main(f"{cell.name}: {exc}; going on with the other cells")
                 continue
-        say(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
+        print_on_main(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
     if diverged:
         raise UserError(f"{len(diverged)} of {len(cells)} cell(s) diverged ({', '.join(diverged)}); the others "
                         "finished; the same command resumes the diverged ones from their last good checkpoint")

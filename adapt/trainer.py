@@ -27,7 +27,6 @@ evaluation and checkpoint.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from datasets.batches import checkpoint_position, evaluation_batches
 from evaluate.metrics import metrics_report
 from evaluate.protocol.training import predict, score
 from models.backbones import Classifier
-from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
+from plumbing.distributed import average_gradients, mean_values_over_ranks, print_on_main
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import generator
 from plumbing.training import CheckpointedState, attach_training_handlers, restore
@@ -211,11 +210,10 @@ def fit(cfg: AdaptConfig, ctx: Context, run_dir: Path, record: dict[str, Any],
         evaluated_at[0] = eng.state.iteration
         entry = trainer.evaluate(data, cfg.batch_size, ctx.workers, eng.state.iteration)
         trainer.state.history.append(entry)
-        if is_main_process():
-            note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
-                    "predictions (collapse)" if entry["collapsed"] else "")
-            print(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
-                  f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}", file=sys.stderr)
+        note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
+                "predictions (collapse)" if entry["collapsed"] else "")
+        print_on_main(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
+                      f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}")
 
     engine.add_event_handler(Events.ITERATION_COMPLETED(every=cfg.eval_every) | Events.COMPLETED, _evaluate)
     attach_training_handlers(engine, run_dir=run_dir, to_save=to_save, checkpoint_every=cfg.eval_every,

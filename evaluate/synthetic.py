@@ -24,7 +24,14 @@ from evaluate.quality.features import XRV_CHOICE
 from evaluate.quality.measurement import Environment, QualityConfig, measure
 from evaluate.quality.report import write_report
 from models.backbones import backbone_names
-from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.cli import (
+    add_device_arg,
+    add_runs_dir_arg,
+    check_options,
+    make_parser,
+    resolve_device,
+    run_cli,
+)
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -94,9 +101,7 @@ def _config(args: argparse.Namespace) -> QualityConfig:
         (args.bootstrap >= 2, "--bootstrap must be at least 2"),
         (0 < args.copy_factor <= 1, "--copy-factor must lie in (0, 1]"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    check_options(checks)
     if args.reference == "synthetic":
         raise UserError("--reference must be a labelled data set of real (or phantom) images, not a store")
     return QualityConfig(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .cli import parse_list
 from .errors import UserError
 
 
@@ -46,16 +47,12 @@ class LrChoice:
         }
 
 
-def parse_lr_grid(text: str) -> tuple[float, ...]:
-    """``"1e-4,3e-4,1e-3"`` as positive finite floats (an option value; one :class:`UserError` line otherwise)."""
-    try:
-        grid = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--lr-grid {text!r} must be comma-separated numbers such as 1e-4,3e-4,1e-3") from None
-    if not grid or not all(math.isfinite(lr) and lr > 0 for lr in grid):
-        raise UserError(f"--lr-grid {text!r} must hold positive finite learning rates")
-    if len(set(grid)) != len(grid):
-        raise UserError(f"--lr-grid {text!r} names a learning rate twice")
+def parse_lr_grid(text: str, option: str = "--lr-grid") -> tuple[float, ...]:
+    """``"1e-4,3e-4,1e-3"`` as positive finite floats (an option value, :func:`plumbing.cli.parse_list`: no empty
+    item, none twice; one :class:`UserError` line otherwise)."""
+    grid = tuple(parse_list(text, option, float, "numbers such as 1e-4,3e-4,1e-3"))
+    if not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise UserError(f"{option} {text!r} must hold positive finite learning rates")
     return grid
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
 from collections.abc import Sequence
+
+import torch
 
 from datasets.registry import get_spec, names
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
@@ -37,12 +38,15 @@ from plumbing.cli import (
     DefaultsHelpFormatter,
     add_device_arg,
     add_runs_dir_arg,
-    default_workers,
+    check_options,
     make_parser,
+    parse_list,
+    parse_seeds,
     resolve_device,
     run_cli,
+    workers_for,
 )
-from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device
+from plumbing.distributed import local_batch_size, on_every_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -144,16 +148,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"--seeds {text!r} must be comma-separated integers") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r} must name at least one seed, each once")
-    return seeds
-
-
 def _overrides(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str, str]]:
     """``--set moco.queue_length=4096`` as ``{"moco": {"queue_length": "4096"}}``, checked against the tasks."""
     out: dict[str, dict[str, str]] = {}
@@ -171,14 +165,12 @@ def _overrides(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str
 
 
 def _tasks(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    tasks = tuple(parse_list(text, "--tasks", what=f"pretext task names (or {NONE})"))
     if tasks == (NONE,):
         return ()
     for t in tasks:
         if t not in task_names():
             raise UserError(f"--tasks: unknown pretext task {t!r}; known tasks: {', '.join(task_names())}, or {NONE}")
-    if not tasks or len(set(tasks)) != len(tasks):
-        raise UserError(f"--tasks {text!r} must name each task once (or be {NONE})")
     return tasks
 
 
@@ -195,7 +187,7 @@ def orderings(tasks: tuple[str, ...], how: str, max_length: int, singles: bool,
 
 
 def _check_run_options(args: argparse.Namespace) -> None:
-    checks = [
+    check_options([
         (args.epochs >= 1 and args.lr_trial_epochs >= 1, "--epochs and --lr-trial-epochs must be at least 1"),
         (args.downstream_epochs is None or args.downstream_epochs >= 1, "--downstream-epochs must be at least 1"),
         (args.batch_size >= 2, "--batch-size must be at least 2"),
@@ -211,10 +203,7 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.downstream in names(),
          f"--downstream: unknown data set {args.downstream!r}; "
          f"known: {', '.join(names())}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    ])
 
 
 def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[str, ...]]:
@@ -247,7 +236,7 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
                 weight_decay=args.weight_decay, momentum=args.momentum)
     configs = []
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         for order in wanted:
             downstream = FinetuneConfig(
                 data=args.downstream, data_root=args.downstream_root, version=args.version if findings else None,
@@ -257,7 +246,7 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 eval_length=args.eval_length if args.eval_length is not None or not phantom else PHANTOM_LENGTHS[1],
                 backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
-                lr_grid=parse_lr_grid(args.downstream_lr_grid), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
+                lr_grid=parse_lr_grid(args.downstream_lr_grid, "--downstream-lr-grid"), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )
             recorded = {t: overrides_record(t, overrides[t]) for t in order if t in overrides}
             cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded, **base)
@@ -281,30 +270,30 @@ def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
-    curriculum = args.orderings == "curriculum"
-    configs = _configs(args, _wanted(args, singles_only=curriculum))
+    configs = _configs(args, _wanted(args, singles_only=args.orderings == "curriculum"))
     device = resolve_device(args.device)
-    command = command_line(PROG, argv)
-    with distributed(device):
-        local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
-        here = process_device(device)
-        workers = args.workers if args.workers is not None else default_workers(here)
-        machine = Machine(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
-        first = configs[0][1]
-        images, channels = unlabelled_images(
-            tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
-        )
-        _check_start_and_downstream(first, channels)
-        if is_main_process():
-            print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
-                  f"downstream {first.downstream.data}; {here}", file=sys.stderr)
-        for name, cfg in configs:
-            run_curriculum(cfg, name, images, channels, machine, command)
-        if curriculum:  # run_curriculum ends at a barrier: every process reads the singles' results
-            done = {name for name, _ in configs}
-            for name, cfg in _configs(args, _wanted(args)):
-                if name not in done:
-                    run_curriculum(cfg, name, images, channels, machine, command)
+    return on_every_process(device, lambda here: _run_here(args, configs, command_line(PROG, argv), here))
+
+
+def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfig]], command: str,
+              here: torch.device) -> int:
+    """The runs of ``configs`` in this process (every check first); then, for ``--orderings curriculum``, the
+    orderings the singles' results label C."""
+    local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
+    machine = Machine(here, use_bf16_autocast(args.amp, here), workers_for(args.workers, here), not args.no_progress,
+                      args.runs_dir)
+    first = configs[0][1]
+    images, channels = unlabelled_images(tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0)
+    _check_start_and_downstream(first, channels)
+    print_on_main(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
+                  f"downstream {first.downstream.data}; {here}")
+    for name, cfg in configs:
+        run_curriculum(cfg, name, images, channels, machine, command)
+    if args.orderings == "curriculum":  # run_curriculum ends at a barrier: every process reads the singles' results
+        done = {name for name, _ in configs}
+        for name, cfg in _configs(args, _wanted(args)):
+            if name not in done:
+                run_curriculum(cfg, name, images, channels, machine, command)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,10 @@ from evaluate.protocol.training import FitContext, run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
 from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
-from plumbing.distributed import is_main_process
+from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run, record_config
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
 from ssl.step_store import TRAINED_BY, step_folder, train_or_reuse
@@ -47,7 +46,6 @@ from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
 from .trainer import StepContext
 
-RESULTS_FILE = "results.json"
 DOWNSTREAM_DIR = "downstream"
 AIL_IMAGES = 256
 """Evaluation images whose class activation maps give the run's AIL."""
@@ -161,8 +159,7 @@ def run_curriculum(
     check_settings(folder, cfg)
     done = read_results(folder)
     if done is not None:
-        if is_main_process():
-            print(f"{name}: finished; skipped", file=sys.stderr)
+        print_on_main(f"{name}: finished; skipped")
         return done
     if is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
@@ -189,8 +186,8 @@ def run_curriculum(
         write_json_atomic(folder / RESULTS_FILE, results)
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)
-        print(f"{name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
-              + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
-              + f" -> {folder / RESULTS_FILE}", file=sys.stderr)
+        print_on_main(f"{name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
+                      + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
+                      + f" -> {folder / RESULTS_FILE}")
     idist.barrier()
     return results

@@ -15,7 +15,6 @@ curricula with a common prefix train it once.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import ignite.distributed as idist
 from models.backbones import build_backbone
 from models.initialisation import initialise
 from models.model_file import BACKBONE_FILE, save_model
-from plumbing.distributed import is_main_process
+from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.lr_selection import LrChoice
@@ -81,8 +80,7 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
     done = finished_step(runs_dir, key)
     if done is not None:
         _check_same(folder, cfg)
-        if is_main_process():
-            print(f"{cfg.task}: reusing the finished step {key}", file=sys.stderr)
+        print_on_main(f"{cfg.task}: reusing the finished step {key}")
         return done
     _check_same(folder, cfg)
     start, provenance = start_weights(cfg, ctx.channels, runs_dir)
@@ -91,15 +89,13 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
     if run.checkpoint is not None:
         saved = run.checkpoint["run"]["lr_choice"]
         choice = LrChoice(float(saved["lr"]), (), saved["criterion"], False)
-        if is_main_process():
-            print(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}", file=sys.stderr)
+        print_on_main(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}")
     else:
         choice = choose_step_lr(cfg, ctx)
     run.create()
     with run.discarded_on_failure(f"{cfg.task} step {key}: "):
         record = record_config(run, {"step": cfg.to_dict(), "key": key}, command)
-        if is_main_process():
-            print(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}", file=sys.stderr)
+        print_on_main(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}")
         trainer = fit_step(cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
                            checkpoint=run.checkpoint)
     result = {

@@ -20,7 +20,6 @@ loss for an LR trial. Its score is the mean loss of its last epoch.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch.utils.data import Dataset
 
 from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
 from models.backbones import Backbone, build_backbone
-from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks, rank
+from plumbing.distributed import average_gradients, mean_values_over_ranks, print_on_main, rank
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
 from plumbing.seeding import derive_seed, generator
@@ -188,8 +187,6 @@ def choose_step_lr(cfg: StepConfig, ctx: StepContext) -> LrChoice:
         return losses[-1] if losses else math.inf
 
     def report(done: Trial) -> None:
-        if is_main_process():
-            print(f"{cfg.task} lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)",
-                  file=sys.stderr)
+        print_on_main(f"{cfg.task} lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)")
 
     return select_lr(cfg.lr_grid, trial, criterion=CRITERION, maximise=False, on_trial=report)

@@ -30,7 +30,6 @@ per-rank batch-norm statistics on CPUs.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,11 +49,11 @@ from models.backbones import Classifier, build_backbone
 from models.initialisation import initialise
 from models.model_file import CLASSIFIER_FILE, save_model
 from plumbing.config import dataclass_from_dict
-from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
+from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks, print_on_main
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.lr_selection import LrChoice, Trial, select_lr
 from plumbing.precision import bf16_autocast
-from plumbing.run_folders import RunFolder
+from plumbing.run_folders import RESULTS_FILE, RunFolder
 from plumbing.seeding import derive_seed
 from plumbing.training import CheckpointedState, attach_training_handlers, attach_trial_handlers, restore
 
@@ -62,7 +61,6 @@ MODES = ("finetune", "linear")
 BALANCE = ("loss", "none")
 CRITERION = "validation balanced accuracy"
 BEST_FILE = "best.pt"
-RESULTS_FILE = "results.json"
 
 
 @dataclass(frozen=True)
@@ -297,9 +295,7 @@ def choose_lr(cfg: FinetuneConfig, ctx: FitContext) -> LrChoice:
         return fit(cfg, ctx, lr, cfg.lr_trial_epochs).state.best_score
 
     def report(done: Trial) -> None:
-        if is_main_process():
-            print(f"lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)",
-                  file=sys.stderr)
+        print_on_main(f"lr {done.lr:g}: {CRITERION} {done.score:.4f} after {cfg.lr_trial_epochs} epoch(s)")
 
     return select_lr(cfg.lr_grid, trial, criterion=CRITERION, maximise=True, on_trial=report)
 
@@ -325,11 +321,10 @@ def run_protocol(cfg: FinetuneConfig, ctx: FitContext, run: RunFolder, record: d
         choice = LrChoice(float(saved["lr"]), (), saved["criterion"], True)
     else:
         choice = choose_lr(cfg, ctx)
-    if is_main_process():
-        done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
-            ctx.data.train, cfg.batch_size, ctx.workers)
-        print(f"{run.path}: finished; scoring its best epoch again" if done else
-              f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
+    done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
+        ctx.data.train, cfg.batch_size, ctx.workers)
+    print_on_main(f"{run.path}: finished; scoring its best epoch again" if done else
+                  f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}")
     trainer = fit(
         cfg, ctx, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
         checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, ctx.data.classes),

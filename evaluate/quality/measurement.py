@@ -53,7 +53,7 @@ from evaluate.protocol.task_data import (
     task_classes,
     validation_rows,
 )
-from evaluate.protocol.training import RESULTS_FILE, FinetuneConfig, FitContext, run_protocol
+from evaluate.protocol.training import FinetuneConfig, FitContext, run_protocol
 from evaluate.quality.features import (
     XRV_CHOICE,
     FeatureCache,
@@ -75,7 +75,7 @@ from evaluate.quality.sections import (
 from models.backbones import Classifier
 from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
 from plumbing.errors import UserError
-from plumbing.run_folders import open_run, record_config
+from plumbing.run_folders import RESULTS_FILE, open_run, record_config
 from plumbing.training import checkpoints
 
 
