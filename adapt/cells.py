@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evaluate.metrics import MISSING, missing_classes_note
 from models.model_file import CLASSIFIER_FILE
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
@@ -120,7 +121,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "figure_criteria": {name: key or "last step" for name, key in CRITERIA.items()},
         "history": history,
         "images": data.sizes(),
-    }
+    } | ({MISSING: final[MISSING]} if MISSING in final else {})
     if is_main_process():
         training = {"trained_by": TRAINED_BY, "data": record.get("data_description"), "command": record.get("command"),
                     "resumed_with": record.get("resumed_with", []), "init": record.get("init_provenance"),
@@ -131,7 +132,17 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
 
 
 def summary_line(results: dict[str, Any]) -> str:
+    """The cell's closing line: its final balanced accuracy, qualified where the evaluation set lacks a class
+    (:func:`evaluate.metrics.missing_classes_note`), and its collapse."""
     collapsed = f", collapsed onto {results['collapsed']}" if results["collapsed"] else ""
     return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
-            f"{results['balanced_accuracy']:.4f} (final step){collapsed}")
+            f"{results['balanced_accuracy']:.4f}{missing_classes_note(results)} (final step){collapsed}")
+
+
+def missing_classes_warning(results: dict[str, Any]) -> str | None:
+    """A warning line naming the classes the target evaluation set lacks, or ``None`` when it has every class."""
+    if MISSING not in results:
+        return None
+    return (f"warning: the target evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
+            "accuracy is over the classes present (pass a larger --eval-length)")
 

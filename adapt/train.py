@@ -19,6 +19,7 @@ Several processes: ``torchrun --standalone --nproc_per_node N -m adapt.train ...
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,6 +32,7 @@ from adapt.cells import (
     cell_status,
     check_settings,
     evaluation_record,
+    missing_classes_warning,
     open_cell,
     recorded_settings,
     summary_line,
@@ -44,6 +46,8 @@ from plumbing.cli import (
     add_device_arg,
     add_runs_dir_arg,
     check_options,
+    check_output_folder,
+    data_options,
     make_parser,
     parse_list,
     parse_seeds,
@@ -54,8 +58,8 @@ from plumbing.cli import (
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, record_config
-from plumbing.training import TrainingDiverged
+from plumbing.run_folders import command_line, record_config, run_name_or
+from plumbing.training import TrainingDiverged, checkpoints
 
 from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
 from .data import adapt_data
@@ -151,6 +155,11 @@ def _init(choice: str, backbone: str) -> str:
     return "imagenet" if imagenet_weights_file(backbone).is_file() else "scratch"
 
 
+def _weight(value: float) -> bool:
+    """Whether ``value`` can weigh a loss term: finite and not negative (``inf`` or ``nan`` diverge at once)."""
+    return math.isfinite(value) and value >= 0
+
+
 def base_config(args: argparse.Namespace) -> AdaptConfig:
     """The configuration every cell shares (its alignment and seed are set per cell), checked."""
     check_options([
@@ -160,8 +169,10 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
         (0 < args.lr < float("inf"), "--lr must be a positive finite number"),
         (0 <= args.momentum < 1 and 0 <= args.weight_decay < float("inf"),
          "--momentum must lie in [0, 1) and --weight-decay be >= 0"),
-        (args.diversity >= 0 and args.alpha >= 0, "--diversity and --alpha must be >= 0"),
-        (all(getattr(args, k) is None or getattr(args, k) >= 0 for k in WEIGHT_OPTIONS), "loss weights must be >= 0"),
+        (all(_weight(v) for v in (args.diversity, args.alpha)), "--diversity and --alpha must be finite and >= 0"),
+        (all(getattr(args, k) is None or _weight(getattr(args, k)) for k in WEIGHT_OPTIONS),
+         f"the loss weights ({', '.join('--' + k.replace('_', '-') for k in WEIGHT_OPTIONS)}) must be finite "
+         "and >= 0"),
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
         (all(v is None or v >= 1 for v in (args.source_length, args.target_length, args.eval_length)),
          "--source-length, --target-length and --eval-length must be >= 1"),
@@ -178,7 +189,7 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
 
 def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
     """Every (alignment, seed) cell, with the weights given on the command line over the presets'."""
-    prefix = args.name or f"adapt-{base.source}-{base.target}"
+    prefix = run_name_or(args.name, f"adapt-{base.source}-{base.target}")
     overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
     cells = []
     for alignment in _alignments(args.alignment):
@@ -191,9 +202,13 @@ def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
+    check_output_folder(args.runs_dir, "--runs-dir")
     base = base_config(args)
     cells = grid(args, base)
-    return on_every_process(device, lambda here: _train(args, argv, cells, here))
+    source = "--source-store" if args.source == "synthetic" else "--source-root"
+    roles = {"source": source, "train": source, "target": "--target-root", "evaluation": "--target-root"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _train(args, argv, cells, here))
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell], device: torch.device) -> int:
@@ -219,6 +234,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     print_on_main(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
         f"{len(cells)} cell(s); {device} {processes()}".rstrip())
     diverged: list[str] = []
+    kept: list[str] = []  # the diverged cells that hold a checkpoint to resume from
     for cell in cells:
         if cell_status(cell, args.runs_dir) == "finished":
             print_on_main(f"{cell.name}: finished; skipped")
@@ -240,12 +256,19 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
             except TrainingDiverged as exc:  # the other cells still run; this one is retried by the next call
                 run.discard()
                 diverged.append(cell.name)
+                kept += [cell.name] if checkpoints(run.path) else []
                 print_on_main(f"{cell.name}: {exc}; going on with the other cells")
                 continue
-        print_on_main(summary_line(write_results(run.path, cell.cfg, trainer, cell_data)))
+        results = write_results(run.path, cell.cfg, trainer, cell_data)
+        if (warning := missing_classes_warning(results)) is not None:
+            print_on_main(warning)
+        print_on_main(summary_line(results))
     if diverged:
+        again = ("the same command resumes them from their last good checkpoint" if len(kept) == len(diverged) else
+                 "the same command starts again those without a checkpoint (lower --lr or the loss weights first)"
+                 + (f" and resumes {', '.join(kept)} from its last good checkpoint" if kept else ""))
         raise UserError(f"{len(diverged)} of {len(cells)} cell(s) diverged ({', '.join(diverged)}); the others "
-                        "finished; the same command resumes the diverged ones from their last good checkpoint")
+                        f"finished; {again}")
     return 0
 
 

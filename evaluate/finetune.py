@@ -24,10 +24,20 @@ from collections.abc import Sequence
 import torch
 
 from datasets.registry import get_spec, names
+from evaluate.metrics import MISSING
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
 from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, FitContext, build_classifier, run_protocol
 from models.backbones import backbone_names
-from plumbing.cli import add_run_args, check_options, make_parser, resolve_device, run_cli, workers_for
+from plumbing.cli import (
+    add_run_args,
+    check_options,
+    check_output_folder,
+    data_options,
+    make_parser,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -38,6 +48,7 @@ from plumbing.run_folders import (
     open_run,
     record_config,
     refuse_changed_options,
+    run_name_or,
 )
 
 PROG = "python -m evaluate.finetune"
@@ -56,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
     data.add_argument("--length", type=int, default=None,
-                      help=f"training images (phantoms: {PHANTOM_LENGTHS[0]} when not given; real data: a "
-                           "deterministic subset; default: all)")
+                      help=f"training images, a deterministic subset of a real data set (default: every image; "
+                           f"phantoms: {PHANTOM_LENGTHS[0]})")
     data.add_argument("--eval-data", default=None,
                       help="data set of the evaluation images, with the same classes (none given: --data)")
     data.add_argument("--eval-root", default=None, help="root of --eval-data (else its environment variable)")
@@ -123,15 +134,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    check_output_folder(args.runs_dir, "--runs-dir")
     cfg = _config(args)
-    return on_every_process(device, lambda here: _finetune(parser, argv, args, cfg, here))
+    own_eval_root = args.eval_root is not None or cfg.eval_data != cfg.data  # else the evaluation reads --data-root
+    roles = {"train": "--data-root", "evaluation": "--eval-root" if own_eval_root else "--data-root",
+             "evaluation_data": "--eval-data"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _finetune(parser, argv, args, cfg, here))
 
 
 def _finetune(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, cfg: FinetuneConfig,
     device: torch.device,
 ) -> int:
-    run = open_run(args.runs_dir, args.name or f"finetune-{cfg.data}-{cfg.backbone}", args.resume)
+    run = open_run(args.runs_dir, run_name_or(args.name, f"finetune-{cfg.data}-{cfg.backbone}"), args.resume)
     if run.checkpoint is not None:
         record = run.checkpoint["run"]["config"]
         saved = FinetuneConfig.from_dict(record["finetune"])
@@ -155,7 +171,11 @@ def _finetune(
         print_on_main(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
                       f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip())
         results = run_protocol(cfg, ctx, run, record)
+    if MISSING in results:
+        print_on_main(f"warning: the evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
+                      "accuracy is over the classes present (pass a larger --eval-length)")
     summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
+    summary |= {MISSING: results[MISSING]} if MISSING in results else {}
     print_on_main(json.dumps(summary))
     print_on_main(f"results: {run.path / RESULTS_FILE}")
     return 0

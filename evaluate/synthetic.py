@@ -28,6 +28,8 @@ from plumbing.cli import (
     add_device_arg,
     add_runs_dir_arg,
     check_options,
+    check_output_folder,
+    data_options,
     make_parser,
     resolve_device,
     run_cli,
@@ -122,8 +124,7 @@ def _out_folder(store: str, out: Path | None) -> Path:
     else:
         path = Path(store.rstrip("/"))
         folder = path.with_name(path.name + ".quality")
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {folder} is a file, not a folder")
+    check_output_folder(folder, "--out")
     parent = folder.parent if str(folder.parent) else Path(".")
     if not folder.exists() and not parent.is_dir():
         raise UserError(f"--out {folder}: folder {parent} does not exist")
@@ -136,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     store = open_synthetic(args.store)
     out = _out_folder(args.store, args.out)
+    check_output_folder(args.runs_dir, "--runs-dir")
     env = Environment(device, use_bf16_autocast(args.amp, device), not args.no_progress, args.runs_dir,
                       command_line(PROG, argv))
-    measured = measure(store, cfg, env)
+    with data_options({"reference": "--reference-root", "training": "--training-root"}):
+        measured = measure(store, cfg, env)
     files = write_report(out, measured)
     figures = measured.figures
     headline = {

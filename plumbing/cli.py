@@ -23,16 +23,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import torch
 
-from .errors import UserError
+from .errors import DataRoleError, UserError
 
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -153,20 +154,40 @@ def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
     return seeds
 
 
-def check_output_folder(path: Path, option: str) -> Path:
+def check_output_folder(path: Path, option: str, given: Path | None = None) -> Path:
     """``path``, a folder a command will create or write into, checked before anything is written.
 
-    Refused in one :class:`UserError` line when ``path`` or the nearest of its
-    ancestors that exists is not a folder (a regular file stands in the way).
-    Folders that do not exist yet are fine: the command creates them.
+    Refused in one :class:`UserError` line naming ``option`` and its value
+    ``given`` (default ``path``; a file's option gives the file, whose folder
+    is ``path``) when ``path`` or the nearest of its ancestors that exists is
+    not a folder (a regular file stands in the way). Folders that do not exist
+    yet are fine: the command creates them.
     """
+    given = path if given is None else given
     for part in (path, *path.parents):
         if part.exists() or part.is_symlink():
             if not part.is_dir():
-                where = "is" if part == path else f"lies under {part}, which is"
-                raise UserError(f"{option} {path} {where} a file, not a folder")
+                where = "is a file" if part == given else f"cannot be written: {part} is a file"
+                raise UserError(f"{option} {given} {where}, not a folder")
             return path
     return path
+
+
+@contextlib.contextmanager
+def data_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Name this command's option in a :class:`DataRoleError` raised inside the block.
+
+    ``options`` maps the roles of the command's data sets (``"train"``,
+    ``"evaluation"``, ``"evaluation_data"``, ...) to the option that gives
+    each (``--eval-root``); an error of a role not in ``options`` passes on
+    unchanged (it reads ``--data-root``).
+    """
+    try:
+        yield
+    except DataRoleError as exc:
+        if exc.role not in options:
+            raise
+        raise exc.named(options[exc.role]) from None
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:

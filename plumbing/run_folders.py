@@ -48,11 +48,20 @@ RESULTS_FILE = "results.json"
 """A finished run's figures (every program's run folder holds one once it finished)."""
 
 
-def check_run_name(name: str) -> str:
-    """``name`` if it is one plain folder name (no separators, not ``.`` or ``..``), else a :class:`UserError`."""
+def check_run_name(name: str, option: str = "--name") -> str:
+    """``name`` if it is one plain folder name (not empty, no separators, not ``.`` or ``..``, no surrounding
+    blanks), else a :class:`UserError` naming ``option`` (the option the name or its prefix came from)."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip() or "\0" in name:
-        raise UserError(f"--name {name!r} must be one plain folder name inside --runs-dir (no '/', '.' or '..')")
+        raise UserError(f"{option} {name!r} must be one plain folder name inside --runs-dir (no '/', '.' or '..')")
     return name
+
+
+def run_name_or(given: str | None, default: str, option: str = "--name") -> str:
+    """The run name (or name prefix) ``given`` by ``option`` (checked: :func:`check_run_name`), else ``default``.
+
+    An empty ``given`` is refused, never replaced by the default.
+    """
+    return default if given is None else check_run_name(given, option)
 
 
 @dataclass

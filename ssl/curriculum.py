@@ -39,6 +39,8 @@ from plumbing.cli import (
     add_device_arg,
     add_runs_dir_arg,
     check_options,
+    check_output_folder,
+    data_options,
     make_parser,
     parse_list,
     parse_seeds,
@@ -50,7 +52,7 @@ from plumbing.distributed import local_batch_size, on_every_process, print_on_ma
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line
+from plumbing.run_folders import check_run_name, command_line
 from ssl.curriculum_run import Machine, run_curriculum, run_name
 
 from .config import CurriculumConfig
@@ -87,13 +89,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--no-singles", action="store_true",
                        help="do not record the single-task runs of the tasks (their accuracies label orderings)")
     tasks.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
-                       help="a task setting, e.g. moco.queue_length=4096 (repeatable)")
+                       help="a task setting, e.g. moco.queue_length=4096 (repeatable; default: the task's own)")
     tasks.add_argument("--init", choices=("scratch", "imagenet"), default="scratch",
                        help="the backbone the first step starts from (imagenet: torchvision's weights on disk)")
     data = p.add_argument_group("unlabelled images")
     data.add_argument("--data", default="phantom",
                       help=f"NAME or NAME=ROOT, comma-separated ({', '.join(names())}); labels are not used")
-    data.add_argument("--max-images", type=int, default=None, help="at most this many images (a seeded subset)")
+    data.add_argument("--max-images", type=int, default=None,
+                      help="at most this many images, a seeded subset (default: every image of --data)")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     model = p.add_argument_group("backbone and pretext steps")
     model.add_argument("--backbone", choices=backbone_names(), default="resnet50", help="backbone architecture")
@@ -112,6 +115,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--downstream-root", default=None, help="its root (else its environment variable)")
     down.add_argument("--version", type=int, default=DOWNSTREAM.version, help="label-task version")
     down.add_argument("--setting", default=DOWNSTREAM.setting, help="label-task setting, 0s or Xs")
+    down.add_argument("--downstream-eval", default=None,
+                      help="data set of the downstream evaluation images, with the same classes (none given: "
+                           "--downstream; needed for --downstream synthetic, whose val split validates)")
+    down.add_argument("--downstream-eval-root", default=None,
+                      help="root of --downstream-eval (else its environment variable)")
     down.add_argument("--length", type=int, default=None,
                       help=f"downstream training images (phantoms: {PHANTOM_LENGTHS[0]} when not given)")
     down.add_argument("--eval-length", type=int, default=None,
@@ -203,6 +211,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.downstream in names(),
          f"--downstream: unknown data set {args.downstream!r}; "
          f"known: {', '.join(names())}"),
+        (args.downstream_eval in (None, *names()),
+         f"--downstream-eval: unknown data set {args.downstream_eval!r}; known: {', '.join(names())}"),
     ])
 
 
@@ -230,7 +240,12 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
     overrides = _overrides(args.set, tasks)
     data = tuple(s.describe() for s in parse_data(args.data))
     findings = get_spec(args.downstream).schema is not None
-    phantom = args.downstream.startswith("phantom")
+    eval_data = args.downstream_eval or args.downstream
+    length = args.length if args.length is not None or not args.downstream.startswith("phantom") else PHANTOM_LENGTHS[0]
+    eval_length = (args.eval_length if args.eval_length is not None or not eval_data.startswith("phantom")
+                   else PHANTOM_LENGTHS[1])
+    lr_grid = parse_lr_grid(args.downstream_lr_grid, "--downstream-lr-grid")
+    prefix = check_run_name(args.prefix, "--prefix")
     base = dict(data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
                 image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
@@ -241,16 +256,14 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
             downstream = FinetuneConfig(
                 data=args.downstream, data_root=args.downstream_root, version=args.version if findings else None,
                 setting=args.setting if findings else None,
-                length=args.length if args.length is not None or not phantom else PHANTOM_LENGTHS[0],
-                eval_data=args.downstream,
-                eval_length=args.eval_length if args.eval_length is not None or not phantom else PHANTOM_LENGTHS[1],
+                length=length, eval_data=eval_data, eval_root=args.downstream_eval_root, eval_length=eval_length,
                 backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
-                lr_grid=parse_lr_grid(args.downstream_lr_grid, "--downstream-lr-grid"), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
+                lr_grid=lr_grid, lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )
             recorded = {t: overrides_record(t, overrides[t]) for t in order if t in overrides}
             cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded, **base)
-            name = run_name(cfg, args.prefix)
+            name = check_run_name(run_name(cfg, prefix), "--prefix")
             start = str(args.runs_dir / name / BACKBONE_FILE)  # the run's own backbone file
             configs.append((name, dataclasses.replace(cfg, downstream=dataclasses.replace(downstream, init=start))))
     return configs
@@ -272,7 +285,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
     configs = _configs(args, _wanted(args, singles_only=args.orderings == "curriculum"))
     device = resolve_device(args.device)
-    return on_every_process(device, lambda here: _run_here(args, configs, command_line(PROG, argv), here))
+    check_output_folder(args.runs_dir, "--runs-dir")
+    own_eval_root = args.downstream_eval_root is not None or args.downstream_eval not in (None, args.downstream)
+    roles = {"pretext": "--data NAME=ROOT", "train": "--downstream-root",
+             "evaluation": "--downstream-eval-root" if own_eval_root else "--downstream-root",
+             "evaluation_data": "--downstream-eval"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _run_here(args, configs, command_line(PROG, argv), here))
 
 
 def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfig]], command: str,
@@ -298,6 +317,9 @@ def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfi
 
 
 def _runs(args: argparse.Namespace) -> int:
+    check_options([(not args.plan or args.max_length >= 2,
+                    f"--max-length {args.max_length}: a plan proposes orderings of 2 tasks or more, so it must be "
+                    "at least 2")])
     runs = read_runs(args.runs_dir)
     if not runs:
         raise UserError(f"no finished curriculum run in {args.runs_dir}; run some with {PROG} run")

@@ -29,6 +29,7 @@ import torch
 from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
+from evaluate.metrics import MISSING, missing_classes_note
 from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import FitContext, run_protocol
 from models.backbones import build_backbone
@@ -37,10 +38,10 @@ from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, s
 from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run, record_config
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run, read_results_file, record_config
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
-from ssl.step_store import TRAINED_BY, step_folder, train_or_reuse
+from ssl.step_store import STEPS_DIR, TRAINED_BY, step_folder, train_or_reuse
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
@@ -92,8 +93,10 @@ def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -
 
 
 def read_results(folder: Path) -> dict[str, Any] | None:
+    """The finished run's ``results.json`` in ``folder``, ``None`` when there is none; a damaged one is a
+    :class:`UserError` naming it (:func:`plumbing.run_folders.read_results_file`)."""
     path = folder / RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_results_file(path) if path.is_file() else None
 
 
 def check_settings(folder: Path, cfg: CurriculumConfig) -> None:
@@ -107,6 +110,18 @@ def check_settings(folder: Path, cfg: CurriculumConfig) -> None:
     if differ:
         raise UserError(f"{folder} holds a run with other settings ({', '.join(differ)}); "
                         "choose another --prefix or remove the folder")
+
+
+def _discard_fresh_start(created: list[Path], folder: Path, step_folders: list[Path]) -> None:
+    """After a failed start, remove the folders of ``created`` (the run folder, ``ssl-steps/``) that this start
+    made and that hold nothing to resume from: no step folder of the run and no downstream folder (rank 0)."""
+    if not is_main_process():
+        return
+    if folder in created and not any(p.exists() for p in step_folders) and not (folder / DOWNSTREAM_DIR).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    for path in created:
+        if path != folder and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict]) -> None:
@@ -148,7 +163,11 @@ def _downstream(cfg: CurriculumConfig, folder: Path, machine: Machine, command: 
         ctx = FitContext(data, machine.device, machine.amp, machine.workers, machine.progress, machine.runs_dir)
         results = run_protocol(d, ctx, run, record)
     ail = _attention(target, data, d.eval_data or d.data, machine) if is_main_process() else None
-    return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
+    if MISSING in results:
+        print_on_main(f"warning: the downstream evaluation set has no image of {', '.join(results[MISSING])}; its "
+                      "balanced accuracy is over the classes present (pass a larger --eval-length)")
+    kept = ("balanced_accuracy", "auroc", "recall", "lr", "classes", MISSING)
+    return {k: results[k] for k in kept if k in results} | {"ail": ail}
 
 
 def run_curriculum(
@@ -161,21 +180,27 @@ def run_curriculum(
     if done is not None:
         print_on_main(f"{name}: finished; skipped")
         return done
-    if is_main_process():
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / CONFIG_FILE
-        record = json.loads(config.read_text()) if config.is_file() else {"curriculum": cfg.to_dict()}
-        key = "resumed_with" if "command" in record else "command"
-        record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
-        write_json_atomic(config, record)
-    steps = []
     store_workers = machine.workers if isinstance(images, SyntheticDataset) else None
-    for step in step_configs(cfg, machine.amp, store_workers):
-        ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
-        steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
-    _export_start(cfg, channels, folder, machine.runs_dir, steps)
-    idist.barrier()
-    downstream = _downstream(cfg, folder, machine, command)
+    configs = step_configs(cfg, machine.amp, store_workers)
+    created = [p for p in (folder, machine.runs_dir / STEPS_DIR) if not p.exists()]
+    try:
+        if is_main_process():
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / CONFIG_FILE
+            record = json.loads(config.read_text()) if config.is_file() else {"curriculum": cfg.to_dict()}
+            key = "resumed_with" if "command" in record else "command"
+            record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
+            write_json_atomic(config, record)
+        steps = []
+        for step in configs:
+            ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
+            steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
+        _export_start(cfg, channels, folder, machine.runs_dir, steps)
+        idist.barrier()
+        downstream = _downstream(cfg, folder, machine, command)
+    except BaseException:
+        _discard_fresh_start(created, folder, [step_folder(machine.runs_dir, s.key()) for s in configs])
+        raise
     results = {
         "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
         "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,
@@ -187,6 +212,7 @@ def run_curriculum(
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)
         print_on_main(f"{name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
+                      + missing_classes_note(downstream)
                       + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
                       + f" -> {folder / RESULTS_FILE}")
     idist.barrier()

@@ -30,11 +30,26 @@ import torch
 
 from datasets.cache import CachedDataset
 from datasets.registry import names
-from plumbing.cli import add_run_args, check_options, make_parser, resolve_device, run_cli, workers_for
+from plumbing.cli import (
+    add_run_args,
+    check_options,
+    check_output_folder,
+    make_parser,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
 from plumbing.distributed import is_main_process, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import (
+    command_line,
+    given_options,
+    open_run,
+    record_config,
+    refuse_changed_options,
+    run_name_or,
+)
 from plumbing.training import restore
 
 from .conditions import condition_vectors
@@ -170,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     _validate(args)
+    check_output_folder(args.runs_dir, "--runs-dir")
     return on_every_process(device, lambda here: _train(parser, argv, args, here))
 
 
@@ -178,7 +194,7 @@ def _train(
 ) -> int:
     """Start or resume the run (every process; rank 0 writes)."""
     main_process = is_main_process()
-    run = open_run(args.runs_dir, args.name or f"gan-{args.data}-{args.resolution}", args.resume)
+    run = open_run(args.runs_dir, run_name_or(args.name, f"gan-{args.data}-{args.resolution}"), args.resume)
     if run.checkpoint is not None:
         saved = saved_run(run.checkpoint, run.checkpoint_path)
         _refuse_changes(parser, argv, args, saved)

@@ -74,7 +74,7 @@ from evaluate.quality.sections import (
 )
 from models.backbones import Classifier
 from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
-from plumbing.errors import UserError
+from plumbing.errors import DataRoleError, UserError
 from plumbing.run_folders import RESULTS_FILE, open_run, record_config
 from plumbing.training import checkpoints
 
@@ -132,6 +132,10 @@ def _log(env: Environment, text: str) -> None:
 def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
     """The reference as a data choice of the store's task; another class list is one :class:`UserError` line."""
     spec = get_spec(cfg.reference)
+    try:
+        spec.resolve_root(cfg.reference_root)
+    except DataRoleError as exc:
+        raise exc.in_role("reference") from None
     has_task = spec.schema is not None
     choice = DataChoice(cfg.reference, cfg.reference_root, store.version if has_task else None,
                         store.setting if has_task else None, None)
@@ -282,7 +286,10 @@ def measure(store: SyntheticStore, cfg: QualityConfig, env: Environment) -> Meas
         xrv_extractor()  # weights not on disk stop here
     source = training_source(store, cfg)
     if source is not None:
-        get_spec(source[0]).resolve_root(cfg.training_root)  # a real training set without its root stops here
+        try:  # a real training set without its root stops here
+            get_spec(source[0]).resolve_root(cfg.training_root)
+        except DataRoleError as exc:
+            raise exc.in_role("training") from None
     eval_split = EVAL_SPLIT.get(cfg.reference, "valid")
 
     _log(env, f"reading the image sets at {size} px")
