@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.metrics import MISSING, missing_classes_note
-from models.model_file import CLASSIFIER_FILE
+from models.model_file import CLASSIFIER_FILE, training_record
 from plumbing.distributed import is_main_process
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
-from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, check_run_name, open_run
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, check_run_name, open_run, read_results_file
 
 from .config import AdaptConfig
 from .data import AdaptData, choices
@@ -55,6 +55,20 @@ def cell_status(cell: Cell, runs_dir: Path) -> str:
     if (folder / RESULTS_FILE).is_file():
         return "finished"
     return "started" if any(folder.glob("checkpoint_*.pt")) else "new"
+
+
+def complete_results(results: dict[str, Any]) -> bool:
+    """Whether a cell's ``results.json`` holds what a finished cell records: the seed and every criterion's figure
+    (:data:`adapt.selection.CRITERIA`, each with its balanced accuracy and collapse flag)."""
+    figures = results.get("figures")
+    return isinstance(results.get("seed"), int) and isinstance(figures, dict) and all(
+        isinstance(figures.get(name), dict) and {"balanced_accuracy", "collapsed"} <= figures[name].keys()
+        for name in CRITERIA)
+
+
+def finished_results(cell: Cell, runs_dir: Path) -> dict[str, Any]:
+    """The ``results.json`` of a finished cell; a damaged one is a :class:`UserError` naming it."""
+    return read_results_file(cell.folder(runs_dir) / RESULTS_FILE, complete_results)
 
 
 def check_settings(cell: Cell, saved: dict[str, Any], path: Path) -> None:
@@ -123,9 +137,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "images": data.sizes(),
     } | ({MISSING: final[MISSING]} if MISSING in final else {})
     if is_main_process():
-        training = {"trained_by": TRAINED_BY, "data": record.get("data_description"), "command": record.get("command"),
-                    "resumed_with": record.get("resumed_with", []), "init": record.get("init_provenance"),
-                    "alignment": cfg.label, "steps": cfg.steps}
+        training = training_record(TRAINED_BY, record, alignment=cfg.label, steps=cfg.steps)
         export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)
         write_json_atomic(run_dir / RESULTS_FILE, results)
     return results

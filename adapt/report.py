@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapt.cells import TRAINED_BY
+from adapt.cells import TRAINED_BY, complete_results
 from plumbing.cli import add_runs_dir_arg, make_parser, run_cli
 from plumbing.errors import UserError
 from plumbing.run_folders import read_run_results
@@ -36,18 +36,11 @@ SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "alig
 COLUMNS = (*SETTINGS, "balanced_accuracy", "std", "seeds", "collapsed")
 
 
-def _complete(results: dict[str, Any]) -> bool:
-    """Whether ``results`` holds what a row needs: the seed and every criterion's figure."""
-    figures = results.get("figures")
-    return isinstance(results.get("seed"), int) and isinstance(figures, dict) and all(
-        isinstance(figures.get(name), dict) and {"balanced_accuracy", "collapsed"} <= figures[name].keys()
-        for name in CRITERIA)
-
-
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """The ``results.json`` of every finished adaptation run directly inside ``runs_dir``; a damaged one of an
     adaptation run (or one whose program cannot be told) is one :class:`UserError` naming it."""
-    return read_run_results(runs_dir, lambda results: results.get("trained_by") == TRAINED_BY, "adapt", _complete)
+    return read_run_results(runs_dir, lambda results: results.get("trained_by") == TRAINED_BY, "adapt",
+                            complete_results)
 
 
 def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[str, Any]]:

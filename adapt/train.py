@@ -32,6 +32,7 @@ from adapt.cells import (
     cell_status,
     check_settings,
     evaluation_record,
+    finished_results,
     missing_classes_warning,
     open_cell,
     recorded_settings,
@@ -222,6 +223,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
         if status == "started":
             open_cell(cell, args.runs_dir)
         elif status == "finished":
+            finished_results(cell, args.runs_dir)  # a damaged results.json is named, never taken as finished
             check_settings(cell, recorded_settings(cell, args.runs_dir), cell.folder(args.runs_dir))
     if args.init == "auto":
         found = "found" if first.init == "imagenet" else "not found"

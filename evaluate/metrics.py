@@ -204,4 +204,5 @@ def missing_classes_note(report: Mapping[str, Any]) -> str:
     if not absent:
         return ""
     present = len(report["recall"]) - len(absent)
-    return f" over the {present} classes present (no evaluation image of {', '.join(absent)})"
+    classes = "class" if present == 1 else "classes"
+    return f" over the {present} {classes} present (no evaluation image of {', '.join(absent)})"

@@ -53,7 +53,7 @@ from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import check_run_name, command_line
-from ssl.curriculum_run import Machine, run_curriculum, run_name
+from ssl.curriculum_run import Machine, read_results, run_curriculum, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -304,6 +304,8 @@ def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfi
     first = configs[0][1]
     images, channels = unlabelled_images(tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0)
     _check_start_and_downstream(first, channels)
+    for name, _ in configs:
+        read_results(args.runs_dir / name)  # a damaged results.json of a finished run stops here, before any training
     print_on_main(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}")
     for name, cfg in configs:

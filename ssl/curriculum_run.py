@@ -34,7 +34,7 @@ from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import FitContext, run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
-from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
+from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model, training_record
 from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
@@ -92,11 +92,24 @@ def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -
     return steps
 
 
+RECORDED = ("ordering", "tasks", "init", "seed", "settings", "downstream_task", "backbone", "image_size", "downstream")
+"""The keys of a finished run's ``results.json`` that the runs table and the plan read."""
+
+
+def complete_results(results: dict[str, Any]) -> bool:
+    """Whether ``results`` holds what a finished run records (:data:`RECORDED`, the downstream balanced accuracy
+    and AIL, the downstream settings)."""
+    downstream, settings = results.get("downstream"), results.get("settings")
+    return (all(k in results for k in RECORDED) and isinstance(downstream, dict)
+            and {"balanced_accuracy", "ail"} <= downstream.keys() and isinstance(settings, dict)
+            and isinstance(settings.get("downstream"), dict))
+
+
 def read_results(folder: Path) -> dict[str, Any] | None:
     """The finished run's ``results.json`` in ``folder``, ``None`` when there is none; a damaged one is a
     :class:`UserError` naming it (:func:`plumbing.run_folders.read_results_file`)."""
     path = folder / RESULTS_FILE
-    return read_results_file(path) if path.is_file() else None
+    return read_results_file(path, complete_results) if path.is_file() else None
 
 
 def check_settings(folder: Path, cfg: CurriculumConfig) -> None:
@@ -124,7 +137,8 @@ def _discard_fresh_start(created: list[Path], folder: Path, step_folders: list[P
             path.rmdir()
 
 
-def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict]) -> None:
+def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict],
+                  command: str) -> None:
     """``backbone.safetensors`` of the run: the last step's, or the baseline's initialisation (rank 0)."""
     if not is_main_process():
         return
@@ -134,8 +148,9 @@ def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: 
     torch.manual_seed(derive_seed(cfg.seed, "pretext", "none"))
     backbone = build_backbone(cfg.backbone, channels)
     provenance = initialise(backbone, cfg.init, runs_dir)
+    record = {"command": command, "init_provenance": provenance, "data_description": "none (no pretext step)"}
     save_model(folder / BACKBONE_FILE, backbone, image_size=cfg.image_size,
-               training={"trained_by": TRAINED_BY, "baseline": cfg.init, "init": provenance})
+               training=training_record(TRAINED_BY, record, baseline=cfg.init))
 
 
 def _attention(folder: Path, data: Any, dataset_name: str, machine: Machine) -> float | None:
@@ -195,7 +210,7 @@ def run_curriculum(
         for step in configs:
             ctx = StepContext(images, channels, None, machine.device, machine.amp, machine.workers, machine.progress)
             steps.append(train_or_reuse(step, ctx, machine.runs_dir, command))
-        _export_start(cfg, channels, folder, machine.runs_dir, steps)
+        _export_start(cfg, channels, folder, machine.runs_dir, steps, command)
         idist.barrier()
         downstream = _downstream(cfg, folder, machine, command)
     except BaseException:

@@ -23,7 +23,7 @@ import ignite.distributed as idist
 
 from models.backbones import build_backbone
 from models.initialisation import initialise
-from models.model_file import BACKBONE_FILE, save_model
+from models.model_file import BACKBONE_FILE, save_model, training_record
 from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
@@ -103,8 +103,10 @@ def train_or_reuse(cfg: StepConfig, ctx: StepContext, runs_dir: Path, command: s
         "epoch_losses": trainer.state.epoch_losses, "images": len(ctx.images),
     }
     if is_main_process():
-        training = {"trained_by": TRAINED_BY, "step": cfg.to_dict(), "key": key, "command": command,
-                    "start": provenance, "lr": choice.lr, "final_loss": trainer.state.epoch_losses[-1]}
+        images = f"{', '.join(cfg.data)} ({len(ctx.images)} unlabelled images)"
+        described = {"command": command} | record | {"init_provenance": provenance, "data_description": images}
+        training = training_record(TRAINED_BY, described, step=cfg.to_dict(), key=key, lr=choice.lr,
+                                   final_loss=trainer.state.epoch_losses[-1])
         save_model(folder / BACKBONE_FILE, trainer.backbone, image_size=cfg.image_size, training=training)
         write_json_atomic(folder / STEP_FILE, result)
         for path in checkpoints(folder):  # finished: the backbone file is what later steps read

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.run_folders import read_run_results
-from ssl.curriculum_run import downstream_label
+from ssl.curriculum_run import complete_results, downstream_label
 
 from .config import CurriculumConfig
 
@@ -63,22 +63,11 @@ def curriculum_label(tasks: Sequence[Hashable], singles: Mapping[Hashable, float
     return "MC"
 
 
-RECORDED = ("ordering", "tasks", "init", "seed", "settings", "downstream_task", "backbone", "image_size", "downstream")
-"""The keys of a finished run's ``results.json`` that the table and the plan read."""
-
-
-def _complete(results: dict[str, Any]) -> bool:
-    downstream, settings = results.get("downstream"), results.get("settings")
-    return (all(k in results for k in RECORDED) and isinstance(downstream, dict)
-            and {"balanced_accuracy", "ail"} <= downstream.keys() and isinstance(settings, dict)
-            and isinstance(settings.get("downstream"), dict))
-
-
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """The ``results.json`` of every finished curriculum run directly inside ``runs_dir``; a damaged one of a
     curriculum run (or one whose program cannot be told) is one :class:`UserError` naming it."""
     return read_run_results(runs_dir, lambda results: "ordering" in results and "downstream" in results,
-                            "curriculum", _complete)
+                            "curriculum", complete_results)
 
 
 def settings_group(run: Mapping[str, Any]) -> str:

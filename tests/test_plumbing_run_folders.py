@@ -121,3 +121,4 @@ def test_results_of_this_program_lacking_figures_are_named_and_others_left_out(t
     (emptied.parent / "config.json").unlink()
     with pytest.raises(UserError, match=f"^{emptied} is damaged"):
         _read(tmp_path)
+

@@ -47,7 +47,7 @@ from evaluate.protocol.losses import class_weights, weighted_cross_entropy
 from evaluate.protocol.task_data import DataChoice, TaskData
 from models.backbones import Classifier, build_backbone
 from models.initialisation import initialise
-from models.model_file import CLASSIFIER_FILE, save_model
+from models.model_file import CLASSIFIER_FILE, save_model, training_record
 from plumbing.config import dataclass_from_dict
 from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks, print_on_main
 from plumbing.files import atomic_path, write_json_atomic
@@ -276,12 +276,8 @@ def save_best(trainer: ClassifierTrainer, run_dir: Path, cfg: FinetuneConfig, cl
     with atomic_path(run_dir / BEST_FILE) as tmp:
         torch.save({"model": trainer.model.state_dict(), "epoch": trainer.state.best_epoch,
                     "score": trainer.state.best_score}, tmp)
-    training = {
-        "trained_by": "python -m evaluate.finetune", "data": trainer.state.config.get("data_description"),
-        "command": trainer.state.config.get("command"), "resumed_with": trainer.state.config.get("resumed_with", []),
-        "mode": cfg.mode, "init": trainer.state.config.get("init_provenance"),
-        "epoch": trainer.state.best_epoch, "validation_balanced_accuracy": trainer.state.best_score,
-    }
+    training = training_record("python -m evaluate.finetune", trainer.state.config, mode=cfg.mode,
+                               epoch=trainer.state.best_epoch, validation_balanced_accuracy=trainer.state.best_score)
     save_model(run_dir / CLASSIFIER_FILE, trainer.model.backbone, image_size=cfg.image_size, training=training,
                head=trainer.model.head, classes=classes)
 
