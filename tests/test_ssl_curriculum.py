@@ -356,22 +356,25 @@ def test_a_damaged_pretext_store_found_after_the_start_leaves_no_files(
     chunk = store / "train" / "images" / "c" / "1" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:100])  # found only when a step reads it
     runs = tmp_path / "runs"
-    err = _error(runs, capsys, "run", *COMMON, "--data", f"synthetic={store}", "--tasks", "rotation")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["run", *COMMON, "--data", f"synthetic={store}", "--tasks", "rotation", "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the lines that say what started
     assert "images unreadable" in err and "train block 1" in err
     assert not runs.exists() or not list(runs.iterdir()), list(runs.iterdir())  # no config.json, no empty ssl-steps/
 
 
-def test_help_shows_one_default_per_option(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_one_default_per_option(capsys: pytest.CaptureFixture[str]) -> None:
     from evaluate.finetune import main as finetune
 
-    monkeypatch.setenv("COLUMNS", "400")  # one line per option
     texts = {}
     for name, command, args in (("ssl", main, ["run", "--help"]), ("finetune", finetune, ["--help"])):
         with pytest.raises(SystemExit):
             command(args)
-        texts[name] = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
-                       if line.strip().startswith("--")}
-    assert "default: every image of --data" in texts["ssl"]["--max-images"]
-    assert "(default: [])" not in texts["ssl"]["--set"] and "default: the task's own" in texts["ssl"]["--set"]
-    assert "--downstream-eval" in texts["ssl"] and "--downstream-eval-root" in texts["ssl"]
-    assert texts["finetune"]["--length"].count("default") == 1
+        texts[name] = " ".join(capsys.readouterr().out.split())
+    assert "--max-images MAX_IMAGES at most this many images, a seeded subset (default: every image of --data)" \
+        in texts["ssl"]
+    assert "(default: [])" not in texts["ssl"] and "(repeatable; default: the task's own)" in texts["ssl"]
+    assert "--downstream-eval DOWNSTREAM_EVAL" in texts["ssl"] and "--downstream-eval-root" in texts["ssl"]
+    length = texts["finetune"].rsplit("--length LENGTH", 1)[1].split(" --", 1)[0]  # its help, after the usage
+    assert length.count("default") == 1 and "when not given" not in length
