@@ -40,7 +40,7 @@ from datasets.findings import SCHEMAS
 from datasets.label_tasks import SETTINGS, VERSIONS, label_task
 from datasets.synthetic import DEFAULT_STORE
 from datasets.synthetic_store import StoreLayout, SyntheticStoreWriter
-from plumbing.cli import add_device_arg, check_output_folder, make_parser, resolve_device, run_cli
+from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 
 from .conditions import DEVICE_POLICIES, ConditionSampler, condition_vectors
@@ -102,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out.format(version=task.version, setting=task.setting)
     except (KeyError, IndexError, ValueError) as exc:
         raise UserError(f"--out {args.out!r}: only {{version}} and {{setting}} may be filled in ({exc})") from None
-    if "://" not in out:
-        check_output_folder(Path(out), "--out")
 
     generator_path = args.generator or DEMO_GENERATOR
     loaded = load_generator(generator_path, device)

@@ -132,10 +132,6 @@ def _log(env: Environment, text: str) -> None:
 def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
     """The reference as a data choice of the store's task; another class list is one :class:`UserError` line."""
     spec = get_spec(cfg.reference)
-    try:
-        spec.resolve_root(cfg.reference_root)
-    except DataRoleError as exc:
-        raise exc.in_role("reference") from None
     has_task = spec.schema is not None
     choice = DataChoice(cfg.reference, cfg.reference_root, store.version if has_task else None,
                         store.setting if has_task else None, None)
@@ -145,6 +141,10 @@ def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
                         f"{store.url} holds {', '.join(store.classes)} (task {store.task.name})")
     if spec.channels != 1:
         raise UserError(f"--reference {cfg.reference} has {spec.channels}-channel images; stores hold radiographs")
+    try:
+        spec.resolve_root(cfg.reference_root)
+    except DataRoleError as exc:
+        raise exc.in_role("reference") from None
     return choice
 
 
