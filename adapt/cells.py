@@ -16,15 +16,15 @@ evaluation form, readable by ``evaluate.attention``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-from models.model_file import CLASSIFIER_FILE
+from evaluate.metrics import MISSING, missing_classes_note
+from models.model_file import CLASSIFIER_FILE, training_record
 from plumbing.distributed import is_main_process
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell
-from plumbing.run_folders import check_run_name
+from plumbing.run_folders import RESULTS_FILE, check_run_name, read_results_file
 
 from .config import AdaptConfig
 from .data import AdaptData, choices
@@ -32,7 +32,6 @@ from .model import export_classifier
 from .selection import CRITERIA, select
 from .trainer import DcanTrainer
 
-RESULTS_FILE = "results.json"
 TRAINED_BY = "python -m adapt.train"
 
 
@@ -46,6 +45,20 @@ def adapt_cell(prefix: str, cfg: AdaptConfig, runs_dir: Path) -> Cell[AdaptConfi
     name = cell_name(prefix, cfg)
     return Cell(name=name, folder=runs_dir / name, section="adapt", settings=cfg.to_dict(), work=cfg,
                 finished_files=(RESULTS_FILE,))
+
+
+def complete_results(results: dict[str, Any]) -> bool:
+    """Whether a cell's ``results.json`` holds what a finished cell records: the seed and every criterion's figure
+    (:data:`adapt.selection.CRITERIA`, each with its balanced accuracy and collapse flag)."""
+    figures = results.get("figures")
+    return isinstance(results.get("seed"), int) and isinstance(figures, dict) and all(
+        isinstance(figures.get(name), dict) and {"balanced_accuracy", "collapsed"} <= figures[name].keys()
+        for name in CRITERIA)
+
+
+def finished_results(cell: Cell[AdaptConfig]) -> dict[str, Any]:
+    """The ``results.json`` of a finished cell; a damaged one is a :class:`UserError` naming it."""
+    return read_results_file(cell.folder / RESULTS_FILE, complete_results)
 
 
 def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:
@@ -88,22 +101,26 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "figure_criteria": {name: key or "last step" for name, key in CRITERIA.items()},
         "history": history,
         "images": data.sizes(),
-    }
+    } | ({MISSING: final[MISSING]} if MISSING in final else {})
     if is_main_process():
-        training = {"trained_by": TRAINED_BY, "data": record.get("data_description"), "command": record.get("command"),
-                    "resumed_with": record.get("resumed_with", []), "init": record.get("init_provenance"),
-                    "alignment": cfg.label, "steps": cfg.steps}
+        training = training_record(TRAINED_BY, record, alignment=cfg.label, steps=cfg.steps)
         export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)
         write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
 
 
 def summary_line(results: dict[str, Any]) -> str:
+    """The cell's closing line: its final balanced accuracy, qualified where the evaluation set lacks a class
+    (:func:`evaluate.metrics.missing_classes_note`), and its collapse."""
     collapsed = f", collapsed onto {results['collapsed']}" if results["collapsed"] else ""
     return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
-            f"{results['balanced_accuracy']:.4f} (final step){collapsed}")
+            f"{results['balanced_accuracy']:.4f}{missing_classes_note(results)} (final step){collapsed}")
 
 
-def say(message: str) -> None:
-    if is_main_process():
-        print(message, file=sys.stderr)
+def missing_classes_warning(results: dict[str, Any]) -> str | None:
+    """A warning line naming the classes the target evaluation set lacks, or ``None`` when it has every class."""
+    if MISSING not in results:
+        return None
+    return (f"warning: the target evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
+            "accuracy is over the classes present (pass a larger --eval-length)")
+

@@ -30,7 +30,7 @@ from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, DataChoice, labels_of, task_classes, task_data
 from plumbing.distributed import rank, world_size
-from plumbing.errors import UserError
+from plumbing.errors import DataRoleError, UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
 from plumbing.seeding import numpy_rng
 
@@ -74,19 +74,14 @@ def choices(cfg: AdaptConfig) -> tuple[DataChoice, DataChoice, DataChoice]:
     return source, target, evaluation
 
 
-def _named(role: str, exc: UserError) -> UserError:
-    """``exc`` with the generic ``--data-root`` option named as this command's ``--<role>-root``."""
-    return UserError(str(exc).replace("--data-root", f"--{role}-root"))
-
-
 def adapt_data(cfg: AdaptConfig) -> AdaptData:
     """Every image set of ``cfg`` (module docstring); one :class:`UserError` line for missing data or a mismatch."""
     source, target, evaluation = choices(cfg)
     for role, choice in (("source", source), ("target", target)):
         try:
             get_spec(choice.name).resolve_root(choice.root)
-        except UserError as exc:
-            raise _named(role, exc) from None
+        except DataRoleError as exc:
+            raise exc.in_role(role) from None
     source_classes, target_classes = task_classes(source), task_classes(target)
     if source_classes != target_classes:
         raise UserError(f"--target {target.name} has the classes {', '.join(target_classes)}, not those of "
@@ -95,6 +90,11 @@ def adapt_data(cfg: AdaptConfig) -> AdaptData:
     adaptation = target.build("train", cfg.image_size, False)
     if len(adaptation) < world_size():
         raise UserError(f"--target {target.name} has {len(adaptation)} training images; more are needed")
+    for role, images in (("source", fitted.train), ("target", adaptation)):
+        if len(images) < cfg.batch_size:  # a step would repeat a few images to fill its batch
+            raise UserError(f"--{role} {source.name if role == 'source' else target.name} gives {len(images)} "
+                            f"{role} training images, fewer than one batch (--batch-size {cfg.batch_size}); pass a "
+                            f"larger --{role}-length or a smaller --batch-size")
     slice_rows = numpy_rng(cfg.seed, "selection").permutation(len(adaptation))[:SELECTION_IMAGES]
     selection = Subset(adaptation, sorted(slice_rows.tolist()))
     return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, fitted.evaluation,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapt.cells import RESULTS_FILE, TRAINED_BY
+from adapt.cells import TRAINED_BY, complete_results
 from plumbing.cli import add_runs_dir_arg, make_parser, run_cli
 from plumbing.errors import UserError
 from plumbing.run_folders import read_run_results
@@ -37,8 +37,10 @@ COLUMNS = (*SETTINGS, "balanced_accuracy", "std", "seeds", "collapsed")
 
 
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """The ``results.json`` of every finished adaptation run directly inside ``runs_dir``."""
-    return read_run_results(runs_dir, RESULTS_FILE, lambda results: results.get("trained_by") == TRAINED_BY)
+    """The ``results.json`` of every finished adaptation run directly inside ``runs_dir``; a damaged one of an
+    adaptation run (or one whose program cannot be told) is one :class:`UserError` naming it."""
+    return read_run_results(runs_dir, lambda results: results.get("trained_by") == TRAINED_BY, "adapt",
+                            complete_results)
 
 
 def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[str, Any]]:

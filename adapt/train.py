@@ -19,23 +19,43 @@ Several processes: ``torchrun --standalone --nproc_per_node N -m adapt.train ...
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 
-from adapt.cells import adapt_cell, evaluation_record, say, summary_line, write_results
+from adapt.cells import (
+    adapt_cell,
+    evaluation_record,
+    finished_results,
+    missing_classes_warning,
+    summary_line,
+    write_results,
+)
 from datasets.registry import names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from models.backbones import BACKBONES
 from models.initialisation import imagenet_weights_file
-from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, local_batch_size, process_device, processes
+from plumbing.cli import (
+    add_device_arg,
+    add_runs_dir_arg,
+    check_options,
+    check_output_folder,
+    data_options,
+    make_parser,
+    parse_list,
+    parse_seeds,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
+from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
-from plumbing.grid import Cell, Status, check_cells, run_here
+from plumbing.grid import Cell, Status, cell_status, check_cells, run_here
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, open_run, record_config
+from plumbing.run_folders import command_line, open_run, record_config, run_name_or
 from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
@@ -105,20 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{option} must be comma-separated integers, not {text!r}") from None
-    if not values or len(set(values)) != len(values):
-        raise UserError(f"{option} must name at least one value, each once")
-    return values
-
-
 def _alignments(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in ALIGNMENTS]
-    if not values or unknown or len(set(values)) != len(values):
+    values = parse_list(text, "--alignment", what=f"presets ({', '.join(ALIGNMENTS)})")
+    if any(v not in ALIGNMENTS for v in values):
         raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
     return values
 
@@ -144,24 +153,28 @@ def _init(choice: str, backbone: str) -> str:
     return "imagenet" if imagenet_weights_file(backbone).is_file() else "scratch"
 
 
+def _weight(value: float) -> bool:
+    """Whether ``value`` can weigh a loss term: finite and not negative (``inf`` or ``nan`` diverge at once)."""
+    return math.isfinite(value) and value >= 0
+
+
 def base_config(args: argparse.Namespace) -> AdaptConfig:
     """The configuration every cell shares (its alignment and seed are set per cell), checked."""
-    checks = [
+    check_options([
         (args.steps >= 1 and args.eval_every >= 1, "--steps and --eval-every must be at least 1"),
         (args.batch_size >= 2, "--batch-size must be at least 2 (the MMD estimator takes pairs)"),
         (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
         (0 < args.lr < float("inf"), "--lr must be a positive finite number"),
         (0 <= args.momentum < 1 and 0 <= args.weight_decay < float("inf"),
          "--momentum must lie in [0, 1) and --weight-decay be >= 0"),
-        (args.diversity >= 0 and args.alpha >= 0, "--diversity and --alpha must be >= 0"),
-        (all(getattr(args, k) is None or getattr(args, k) >= 0 for k in WEIGHT_OPTIONS), "loss weights must be >= 0"),
+        (all(_weight(v) for v in (args.diversity, args.alpha)), "--diversity and --alpha must be finite and >= 0"),
+        (all(getattr(args, k) is None or _weight(getattr(args, k)) for k in WEIGHT_OPTIONS),
+         f"the loss weights ({', '.join('--' + k.replace('_', '-') for k in WEIGHT_OPTIONS)}) must be finite "
+         "and >= 0"),
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
         (all(v is None or v >= 1 for v in (args.source_length, args.target_length, args.eval_length)),
          "--source-length, --target-length and --eval-length must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    ])
     return AdaptConfig(
         source=args.source, source_root=_source_root(args), target=args.target, target_root=args.target_root,
         version=args.version, setting=args.setting, source_length=args.source_length,
@@ -174,11 +187,11 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
 
 def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell[AdaptConfig]]:
     """Every (alignment, seed) cell, with the weights given on the command line over the presets'."""
-    prefix = args.name or f"adapt-{base.source}-{base.target}"
+    prefix = run_name_or(args.name, f"adapt-{base.source}-{base.target}")
     overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
     cells = []
     for alignment in _alignments(args.alignment):
-        for seed in _int_list(args.seeds, "--seeds"):
+        for seed in parse_seeds(args.seeds):
             cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides)
             cells.append(adapt_cell(prefix, cfg, args.runs_dir))
     return cells
@@ -187,10 +200,13 @@ def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell[AdaptConfig]]
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
+    check_output_folder(args.runs_dir, "--runs-dir")
     base = base_config(args)
     cells = grid(args, base)
-    with distributed(device):
-        return _train(args, argv, cells, process_device(device))
+    source = "--source-store" if args.source == "synthetic" else "--source-root"
+    roles = {"source": source, "train": source, "target": "--target-root", "evaluation": "--target-root"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _train(args, argv, cells, here))
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cell[AdaptConfig]],
@@ -200,15 +216,19 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     data = {seed: adapt_data(replace(first, seed=seed)) for seed in dict.fromkeys(c.work.seed for c in cells)}
     local_batch_size(first.batch_size)
     build_model(first, data[first.seed].channels, len(data[first.seed].classes), args.runs_dir)
+    for cell in cells:
+        if cell_status(cell) == "finished":
+            finished_results(cell)  # a damaged results.json is named, never taken as finished
     cells = check_cells(cells)
     if args.init == "auto":
-        say(f"--init auto: {first.init} (ImageNet weights {'found' if first.init == 'imagenet' else 'not found'} "
-            f"at {imagenet_weights_file(first.backbone)})")
-    workers = args.workers if args.workers is not None else default_workers(device)
+        found = "found" if first.init == "imagenet" else "not found"
+        print_on_main(f"--init auto: {first.init} (ImageNet weights {found} at "
+                      f"{imagenet_weights_file(first.backbone)})")
+    workers = workers_for(args.workers, device)
     runtime = Runtime(device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     command = command_line(PROG, argv)
     sizes = ", ".join(f"{k} {v}" for k, v in data[first.seed].sizes().items())
-    say(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
+    print_on_main(f"{first.source} -> {first.target} [{', '.join(data[first.seed].classes)}]; images: {sizes}; "
         f"{len(cells)} cell(s); {device} {processes()}".rstrip())
 
     def train_cell(cell: Cell[AdaptConfig], status: Status) -> None:
@@ -221,11 +241,14 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
                   if run.checkpoint is None else run.checkpoint["run"]["config"])
         record = {k: v for k, v in record.items() if k != "init_provenance"}
         run.create()
-        say(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cfg.steps} steps -> {run.path}")
-        with run.discarded_on_failure():  # a diverged cell is retried by the next call from its last checkpoint
+        print_on_main(f"{cell.name}: {'resuming' if run.resumed else 'training'} {cfg.steps} steps -> {run.path}")
+        with run.discarded_on_failure(f"{cell.name}: "):  # a diverged cell is retried from its last checkpoint
             record = record_config(run, record, command)
             trainer = train_adaptation(cfg, cell_data, runtime, run.path, record, run.checkpoint)
-        say(summary_line(write_results(run.path, cfg, trainer, cell_data)))
+        results = write_results(run.path, cfg, trainer, cell_data)
+        if (warning := missing_classes_warning(results)) is not None:
+            print_on_main(warning)
+        print_on_main(summary_line(results))
 
     run_here(cells, train_cell).raise_if_failed()
     return 0

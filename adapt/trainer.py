@@ -29,7 +29,6 @@ evaluation and checkpoint.
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from datasets.batches import checkpoint_position, evaluation_batches
 from evaluate.metrics import metrics_report
 from evaluate.protocol.training import predict, score
 from models.backbones import Classifier
-from plumbing.distributed import average_gradients, is_main_process, mean_values_over_ranks
+from plumbing.distributed import average_gradients, mean_values_over_ranks, print_on_main
 from plumbing.engine import StepRunner
 from plumbing.precision import bf16_autocast, memory_layout
 from plumbing.runtime import Runtime
@@ -189,11 +188,10 @@ def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_di
     def evaluate(iteration: int) -> None:  # registered before the checkpoint of the same iteration
         entry = trainer.evaluate(data, cfg.batch_size, runtime.workers, iteration)
         trainer.state.history.append(entry)
-        if is_main_process():
-            note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
-                    "predictions (collapse)" if entry["collapsed"] else "")
-            print(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
-                  f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}", file=sys.stderr)
+        note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
+                "predictions (collapse)" if entry["collapsed"] else "")
+        print_on_main(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
+                      f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}")
 
     runner = StepRunner(trainer.step, trainer.state, total=cfg.steps, epoch_length=cfg.steps)
     runner.every(cfg.eval_every, evaluate, at_end=True)

@@ -34,7 +34,7 @@ from datasets.batches import training_batches
 from datasets.sample import IMAGE, LABEL
 from evaluate.protocol.task_data import DataChoice
 from evaluate.protocol.training import ClassifierTrainer, FinetuneConfig, build_classifier
-from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli, workers_for
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source == "store" and args.store_images < args.batch_size:
         raise UserError("--store-images must hold at least one --batch-size")
     device = resolve_device(args.device)
-    workers = args.workers if args.workers is not None else default_workers(device)
+    workers = workers_for(args.workers, device)
     amp = use_bf16_autocast(args.amp, device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.backbone} {args.image_size} px, "
           f"batch {args.batch_size}, bf16 {'on' if amp else 'off'}, {args.source}, {workers} workers")

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datasets.batches import training_batches
-from plumbing.cli import add_device_arg, default_workers, make_parser, resolve_device, run_cli
+from plumbing.cli import add_device_arg, make_parser, parse_list, resolve_device, run_cli, workers_for
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from ssl.config import StepConfig
@@ -83,15 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_device_arg(parser)
     add_rows_out_arg(parser)
     args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = parse_list(args.tasks, "--tasks", what="task names")
     unknown = [t for t in tasks if t not in task_names()]
-    if not tasks or unknown:
+    if unknown:
         raise UserError(f"--tasks {args.tasks!r}: name tasks of {', '.join(task_names())}")
     check_sizes(args, ("image_size", "batch_size", "steps", "repeats", "images"))
     if args.images < 2 * args.batch_size:
         raise UserError("--images must hold at least two batches (--batch-size)")
     device = resolve_device(args.device)
-    workers = args.workers if args.workers is not None else default_workers(device)
+    workers = workers_for(args.workers, device)
     amp = use_bf16_autocast(args.amp, device)
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.backbone} {args.image_size} px, "
           f"batch {args.batch_size}, bf16 {'on' if amp else 'off'}, {args.source}, {workers} workers")

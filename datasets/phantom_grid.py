@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from plumbing.cli import make_parser, run_cli
+from plumbing.cli import check_output_folder, make_parser, run_cli
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
 
@@ -102,6 +102,7 @@ def picture_grid(dataset: PhantomDataset, n: int, batch: int = 64) -> Any:
 def check_output(out: Path) -> Path:
     """The folder of ``out``; a :class:`UserError` when it is missing or not writable, or ``out`` is a folder."""
     folder = out.parent if str(out.parent) else Path(".")
+    check_output_folder(folder, "--out", out)
     if not folder.is_dir():
         raise UserError(f"--out {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

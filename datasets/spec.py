@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from plumbing.errors import UserError
+from plumbing.errors import OPTION, DataRoleError, UserError
 
 from .findings import FindingSchema
 
@@ -64,20 +64,20 @@ class DataSetSpec:
         """
         if self.env_var is None:
             if root is not None:
-                raise UserError(f"{self.name} needs no files, so it takes no data root (--data-root {root})")
+                raise DataRoleError(f"{self.name} needs no files, so it takes no data root ({OPTION} {root})")
             return None
         value = root if root is not None else os.environ.get(self.env_var)
         if value is None or str(value) == "":
-            raise UserError(
-                f"{self.name}: no data root given; pass --data-root or set {self.env_var} "
+            raise DataRoleError(
+                f"{self.name}: no data root given; pass {OPTION} or set {self.env_var} "
                 f"to a folder with the layout {self.layout}"
             )
         if "://" in str(value):
             return str(value)
         path = Path(value).expanduser()
         if not path.is_dir():
-            raise UserError(
+            raise DataRoleError(
                 f"{self.name}: data root {path} is not a folder; expected the layout {self.layout} "
-                f"(--data-root or {self.env_var})"
+                f"({OPTION} or {self.env_var})"
             )
         return path

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plumbing.errors import UserError
+from plumbing.errors import OPTION, DataRoleError, UserError
 
 from .augment import BatchAugment
 from .findings import CHEXPERT, NO_FINDING, FindingSchema
@@ -182,7 +182,7 @@ def factory(
     No reader options (:func:`datasets.registry.build_dataset` refuses any).
     """
     if root is None:
-        raise UserError(f"synthetic: no store given; pass --data-root or set {ENV_VAR}")
+        raise DataRoleError(f"synthetic: no store given; pass {OPTION} or set {ENV_VAR}")
     store = open_synthetic(root)
     if task is not None and (task.version, task.setting) != (store.version, store.setting):
         raise UserError(

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from plumbing.errors import UserError
+from plumbing.errors import OPTION, DataRoleError, UserError
 
 from .findings import FindingSchema
 from .image_io import ImageDecodeError
@@ -280,7 +280,7 @@ def make_dataset(
 
 def layout_error(spec_name: str, env_var: str, layout: str, problem: str) -> UserError:
     """A one-line error about a data root: the problem, the expected layout, the flag and the variable."""
-    return UserError(f"{spec_name}: {problem}; expected the layout {layout} (--data-root or {env_var})")
+    return DataRoleError(f"{spec_name}: {problem}; expected the layout {layout} ({OPTION} or {env_var})")
 
 
 def require_file(root: Path, name: str, spec_name: str, env_var: str, layout: str) -> Path:

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m datasets.verify", "Re-read every block of a synthetic store and compare it with its checksum."
     )
     parser.add_argument("store", help="the store: a local path or an fsspec URL")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -33,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = open_synthetic(args.store, check=False)
     total = sum(len(split) for split in store.splits.values())
-    with tqdm(total=total, desc="verify", unit="img") as bar:
-        faults = verify_store(store, bar.update)
+    with tqdm(total=total, desc="verify", unit="img", disable=True if args.no_progress else None, leave=False) as bar:
+        faults = verify_store(store, bar.update)  # the bar is cleared: only the verdict line stays
     if faults:
         raise UserError(damage_message(store.url, faults))
     sizes = ", ".join(f"{name} {len(split)}" for name, split in store.splits.items())

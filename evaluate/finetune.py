@@ -19,21 +19,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Sequence
 
 import torch
 
 from datasets.registry import get_spec, names
+from evaluate.metrics import MISSING
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
 from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, build_classifier, run_protocol
 from models.backbones import backbone_names
-from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device, processes
-from plumbing.errors import UserError
+from plumbing.cli import (
+    add_run_args,
+    check_options,
+    check_output_folder,
+    data_options,
+    make_parser,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
+from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import (
+    RESULTS_FILE,
+    command_line,
+    given_options,
+    open_run,
+    record_config,
+    refuse_changed_options,
+    run_name_or,
+)
 from plumbing.runtime import Runtime
 
 PROG = "python -m evaluate.finetune"
@@ -52,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
     data.add_argument("--length", type=int, default=None,
-                      help=f"training images (phantoms: {PHANTOM_LENGTHS[0]} when not given; real data: a "
-                           "deterministic subset; default: all)")
+                      help=f"training images, a deterministic subset of a real data set (default: every image; "
+                           f"phantoms: {PHANTOM_LENGTHS[0]})")
     data.add_argument("--eval-data", default=None,
                       help="data set of the evaluation images, with the same classes (none given: --data)")
     data.add_argument("--eval-root", default=None, help="root of --eval-data (else its environment variable)")
@@ -98,9 +114,7 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
         ((args.workers or 0) >= 0, "--workers must be >= 0"),
         (all(v is None or v >= 1 for v in (args.length, args.eval_length)), "--length and --eval-length must be >= 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    check_options(checks)
     has_findings = get_spec(args.data).schema is not None
     eval_data = args.eval_data or args.data
     lengths = {}
@@ -121,16 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    check_output_folder(args.runs_dir, "--runs-dir")
     cfg = _config(args)
-    with distributed(device):
-        return _finetune(parser, argv, args, cfg, process_device(device))
+    own_eval_root = args.eval_root is not None or cfg.eval_data != cfg.data  # else the evaluation reads --data-root
+    roles = {"train": "--data-root", "evaluation": "--eval-root" if own_eval_root else "--data-root",
+             "evaluation_data": "--eval-data"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _finetune(parser, argv, args, cfg, here))
 
 
 def _finetune(
     parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace, cfg: FinetuneConfig,
     device: torch.device,
 ) -> int:
-    run = open_run(args.runs_dir, args.name or f"finetune-{cfg.data}-{cfg.backbone}", args.resume)
+    run = open_run(args.runs_dir, run_name_or(args.name, f"finetune-{cfg.data}-{cfg.backbone}"), args.resume)
     if run.checkpoint is not None:
         record = run.checkpoint["run"]["config"]
         saved = FinetuneConfig.from_dict(record["finetune"])
@@ -145,20 +163,22 @@ def _finetune(
     )
     local_batch_size(cfg.batch_size)  # a global batch the processes cannot share stops here
     build_classifier(cfg, data.channels, len(data.classes), args.runs_dir)  # and so does a bad --init
-    workers = args.workers if args.workers is not None else default_workers(device)
+    workers = workers_for(args.workers, device)
     runtime = Runtime(device, use_bf16_autocast(args.amp, device), workers, not args.no_progress, args.runs_dir)
     run.create()  # every check has passed
     with run.discarded_on_failure():  # a fresh start that wrote no checkpoint leaves no folder
         record = record_config(run, record, command_line(PROG, argv))
-        if is_main_process():
-            sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
-            print(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
-                  f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip(), file=sys.stderr)
+        sizes = ", ".join(f"{k} {v}" for k, v in data.sizes().items())
+        print_on_main(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
+                      f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip())
         results = run_protocol(cfg, data, runtime, run, record)
-    if is_main_process():
-        summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
-        print(json.dumps(summary), file=sys.stderr)
-        print(f"results: {run.path / 'results.json'}", file=sys.stderr)
+    if MISSING in results:
+        print_on_main(f"warning: the evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
+                      "accuracy is over the classes present (pass a larger --eval-length)")
+    summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
+    summary |= {MISSING: results[MISSING]} if MISSING in results else {}
+    print_on_main(json.dumps(summary))
+    print_on_main(f"results: {run.path / RESULTS_FILE}")
     return 0
 
 

@@ -27,7 +27,9 @@ MetricsLambda` over one shared :class:`~ignite.metrics.ConfusionMatrix`, whose c
 scores and targets and, in ``compute``, gathers them with ``idist.all_gather``: the ranks' sample counts are
 gathered first, each rank pads its samples to the largest count, and the padding is stripped after the gather, so
 uneven shards are neither lost nor duplicated. :func:`metrics_report` turns ``engine.state.metrics`` into a
-JSON-ready dict.
+JSON-ready dict; where a class has no evaluation sample, the report lists it under :data:`MISSING` (so a balanced
+accuracy over the classes present is never taken for one over every class) and :func:`missing_classes_note`
+says so in one line.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from ignite.metrics.metric import reinit__is_reduced
 
 from plumbing.errors import UserError
 
+MISSING = "classes_missing_from_evaluation"
+"""The report's key for the classes without an evaluation sample (present only when there are any)."""
 METRIC_NAMES = ("confusion", "balanced_accuracy", "recall", "precision", "predicted_histogram", "auroc")
 """The keys of :func:`classification_metrics`, which :func:`metrics_report` reads from ``engine.state.metrics``."""
 
@@ -181,6 +185,7 @@ def metrics_report(metrics: Mapping[str, Any], classes: Sequence[str]) -> dict[s
     auroc = float(metrics["auroc"])
     histogram = metrics["predicted_histogram"]
     names = list(classes)
+    absent = [name for name, count in zip(names, confusion.sum(dim=1).tolist(), strict=True) if count == 0]
     return {
         "balanced_accuracy": float(metrics["balanced_accuracy"]),
         "auroc": None if math.isnan(auroc) else auroc,
@@ -189,4 +194,15 @@ def metrics_report(metrics: Mapping[str, Any], classes: Sequence[str]) -> dict[s
         "confusion_matrix": confusion.long().tolist(),
         "predicted_histogram": dict(zip(names, torch.as_tensor(histogram).long().tolist(), strict=True)),
         "n": int(confusion.sum()),
-    }
+    } | ({MISSING: absent} if absent else {})
+
+
+def missing_classes_note(report: Mapping[str, Any]) -> str:
+    """``""``, or for a report (:func:`metrics_report`) with classes missing from the evaluation set the words that
+    qualify its balanced accuracy: ``" over the 3 classes present (no evaluation image of Pneumothorax)"``."""
+    absent = report.get(MISSING) or []
+    if not absent:
+        return ""
+    present = len(report["recall"]) - len(absent)
+    classes = "class" if present == 1 else "classes"
+    return f" over the {present} {classes} present (no evaluation image of {', '.join(absent)})"

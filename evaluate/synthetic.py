@@ -24,7 +24,16 @@ from evaluate.quality.features import XRV_CHOICE
 from evaluate.quality.measurement import QualityConfig, measure
 from evaluate.quality.report import write_report
 from models.backbones import backbone_names
-from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
+from plumbing.cli import (
+    add_device_arg,
+    add_runs_dir_arg,
+    check_options,
+    check_output_folder,
+    data_options,
+    make_parser,
+    resolve_device,
+    run_cli,
+)
 from plumbing.errors import UserError
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -95,9 +104,7 @@ def _config(args: argparse.Namespace) -> QualityConfig:
         (args.bootstrap >= 2, "--bootstrap must be at least 2"),
         (0 < args.copy_factor <= 1, "--copy-factor must lie in (0, 1]"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    check_options(checks)
     if args.reference == "synthetic":
         raise UserError("--reference must be a labelled data set of real (or phantom) images, not a store")
     return QualityConfig(
@@ -118,8 +125,7 @@ def _out_folder(store: str, out: Path | None) -> Path:
     else:
         path = Path(store.rstrip("/"))
         folder = path.with_name(path.name + ".quality")
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {folder} is a file, not a folder")
+    check_output_folder(folder, "--out")
     parent = folder.parent if str(folder.parent) else Path(".")
     if not folder.exists() and not parent.is_dir():
         raise UserError(f"--out {folder}: folder {parent} does not exist")
@@ -132,8 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     store = open_synthetic(args.store)
     out = _out_folder(args.store, args.out)
+    check_output_folder(args.runs_dir, "--runs-dir")
     runtime = Runtime(device, use_bf16_autocast(args.amp, device), 0, not args.no_progress, args.runs_dir)
-    measured = measure(store, cfg, runtime, command_line(PROG, argv))
+    with data_options({"reference": "--reference-root", "training": "--training-root"}):
+        measured = measure(store, cfg, runtime, command_line(PROG, argv))
     files = write_report(out, measured)
     figures = measured.figures
     headline = {

@@ -25,8 +25,10 @@ key, ``cxr-model``, holding a JSON object::
 :class:`~models.backbones.Backbone` and :class:`~models.backbones.Classifier`
 that domain adaptation trains; files without the keys have neither.
 
-``training`` is what trained the model: ``trained_by`` (the program), ``data``
-(a description of the data), ``command`` (the exact command line) and anything else
+``training`` is what trained the model (:func:`training_record`, the same keys
+for every trainer): ``trained_by`` (the program), ``data`` (a description of the
+data), ``command`` (the exact command line), ``resumed_with`` (the commands that
+resumed it), ``init`` (the provenance of its initial weights) and anything else
 the trainer adds. By convention a run folder's final bare backbone is
 :data:`BACKBONE_FILE` and its final classifier :data:`CLASSIFIER_FILE`. Reading a
 model file never executes code (safetensors holds tensors and strings only).
@@ -88,6 +90,24 @@ def _unwrap(module: nn.Module) -> nn.Module:
             module = module._orig_mod
         else:
             return module
+
+
+def training_record(trained_by: str, run: Mapping[str, Any], **details: Any) -> dict[str, Any]:
+    """The ``training`` entry of a model file, built the same way by every trainer.
+
+    ``run`` is the run's record as its trainer keeps it (``config.json``, see
+    :func:`plumbing.run_folders.record_config`): ``data_description``,
+    ``command``, ``resumed_with`` and ``init_provenance`` become ``data``,
+    ``command``, ``resumed_with`` (``[]`` when absent) and ``init``
+    (``None`` when absent). ``details`` are what the trainer adds (the epoch,
+    the alignment, the step's key...); they may not reuse those names.
+    """
+    base = {"trained_by": trained_by, "data": run.get("data_description"), "command": run.get("command"),
+            "resumed_with": list(run.get("resumed_with", [])), "init": run.get("init_provenance")}
+    clash = sorted(set(base) & set(details))
+    if clash:
+        raise ValueError(f"training details may not replace {', '.join(clash)}")
+    return base | details
 
 
 def save_model(

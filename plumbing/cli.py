@@ -10,26 +10,35 @@
 * Bad input raises :class:`plumbing.errors.UserError`; :func:`run_cli` prints it as one line on
   stderr and exits with code 2, so a caller never sees a traceback for a
   mistake in its own arguments or data (a ``UserError`` raised in a
-  ``DataLoader`` worker included: :func:`user_message`).
+  ``DataLoader`` worker included: :func:`user_message`). Ctrl-C is one
+  ``interrupted`` line and exit code 130, also where torch re-raises it as
+  another error (:func:`interrupted`).
+* Option checks are lists of ``(condition, message)`` (:func:`check_options`);
+  comma-separated values go through :func:`parse_list` / :func:`parse_seeds`
+  (no empty item, no value twice, no negative seed); folders a command writes
+  into are checked by :func:`check_output_folder` before anything is written;
+  ``--workers`` left out is :func:`workers_for` the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import torch
 
-from .errors import UserError
+from .errors import DataRoleError, UserError
 
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _STATES_DEFAULT = re.compile(r"\bdefault\b", re.IGNORECASE)
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +111,85 @@ def default_workers(device: torch.device) -> int:
     return max(0, min(8, cpus - 1))
 
 
+def workers_for(requested: int | None, device: torch.device) -> int:
+    """The ``--workers`` value: ``requested`` when given, else :func:`default_workers` of ``device``."""
+    return requested if requested is not None else default_workers(device)
+
+
+def check_options(checks: Iterable[tuple[bool, str]]) -> None:
+    """Refuse the options with the message of the first ``(condition, message)`` whose condition is false.
+
+    Raises :class:`UserError` (one line: ``message``); nothing when every condition holds.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def parse_list(text: str, option: str, convert: Callable[[str], T] = str, what: str = "values") -> list[T]:
+    """``text`` split at commas, each item stripped and passed through ``convert``.
+
+    Refused in one :class:`UserError` line naming ``option``: an empty item
+    (``0,,1``, a leading or trailing comma, an empty value), an item that
+    ``convert`` rejects with ``ValueError`` (``what`` says what was expected),
+    and a value given twice.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise UserError(f"{option} {text!r} has an empty item: give {what}, separated by single commas")
+    try:
+        values = [convert(item) for item in items]
+    except ValueError:
+        raise UserError(f"{option} {text!r} must be comma-separated {what}") from None
+    if len(set(values)) != len(values):
+        raise UserError(f"{option} {text!r} names a value twice")
+    return values
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Comma-separated seeds (:func:`parse_list`): non-negative integers, each once."""
+    seeds = tuple(parse_list(text, option, int, "non-negative integers"))
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"{option} {text!r} must hold non-negative integers")
+    return seeds
+
+
+def check_output_folder(path: Path, option: str, given: Path | None = None) -> Path:
+    """``path``, a folder a command will create or write into, checked before anything is written.
+
+    Refused in one :class:`UserError` line naming ``option`` and its value
+    ``given`` (default ``path``; a file's option gives the file, whose folder
+    is ``path``) when ``path`` or the nearest of its ancestors that exists is
+    not a folder (a regular file stands in the way). Folders that do not exist
+    yet are fine: the command creates them.
+    """
+    given = path if given is None else given
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is a file" if part == given else f"cannot be written: {part} is a file"
+                raise UserError(f"{option} {given} {where}, not a folder")
+            return path
+    return path
+
+
+@contextlib.contextmanager
+def data_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Name this command's option in a :class:`DataRoleError` raised inside the block.
+
+    ``options`` maps the roles of the command's data sets (``"train"``,
+    ``"evaluation"``, ``"evaluation_data"``, ...) to the option that gives
+    each (``--eval-root``); an error of a role not in ``options`` passes on
+    unchanged (it reads ``--data-root``).
+    """
+    try:
+        yield
+    except DataRoleError as exc:
+        if exc.role not in options:
+            raise
+        raise exc.named(options[exc.role]) from None
+
+
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
@@ -163,7 +251,29 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except UserError as exc:
         print(f"{program_name(getattr(main, '__module__', None))}: error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        if not interrupted(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C: a ``KeyboardInterrupt``, or an error raised while one was handled.
+
+    Torch turns an interrupt inside ``torch.save`` into ``RuntimeError(... unexpected pos ...)``
+    whose ``__context__`` is the ``KeyboardInterrupt``; any exception with a
+    ``KeyboardInterrupt`` in its ``__cause__`` / ``__context__`` chain counts.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

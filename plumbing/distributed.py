@@ -32,13 +32,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import ignite.distributed as idist
 import torch
 from torch import nn
 
 from .errors import UserError
+
+T = TypeVar("T")
 
 
 def under_launcher() -> bool:
@@ -72,6 +76,16 @@ def distributed(device: torch.device) -> Iterator[None]:
         idist.finalize()
 
 
+def on_every_process(device: torch.device, body: Callable[[torch.device], T]) -> T:
+    """``body(the device of this process)`` inside :func:`distributed`: a command's work, in each of its processes.
+
+    ``device`` is the ``--device`` asked for; ``body`` gets :func:`process_device` of it (under a launcher, a
+    GPU's index is the local rank). Returns what ``body`` returns; its exceptions pass through.
+    """
+    with distributed(device):
+        return body(process_device(device))
+
+
 def process_device(device: torch.device) -> torch.device:
     """The device of this process: a GPU's index comes from the local rank under a launcher."""
     if device.type == "cuda" and under_launcher():
@@ -97,6 +111,15 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Rank 0: the one process that writes files and shows progress."""
     return idist.get_rank() == 0
+
+
+def print_on_main(message: str) -> None:
+    """Print ``message`` as one line on stderr from the main process (:func:`is_main_process`); the others are silent.
+
+    The one way commands and trainers tell the user what they do, so that ``N`` processes print a line once.
+    """
+    if is_main_process():
+        print(message, file=sys.stderr)
 
 
 def processes() -> str:

@@ -20,12 +20,12 @@ resumed run keeps its rate without repeating the trials.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .distributed import is_main_process
+from .cli import parse_list
+from .distributed import print_on_main
 from .errors import UserError
 
 
@@ -53,16 +53,12 @@ class LrChoice:
         }
 
 
-def parse_lr_grid(text: str) -> tuple[float, ...]:
-    """``"1e-4,3e-4,1e-3"`` as positive finite floats (an option value; one :class:`UserError` line otherwise)."""
-    try:
-        grid = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--lr-grid {text!r} must be comma-separated numbers such as 1e-4,3e-4,1e-3") from None
-    if not grid or not all(math.isfinite(lr) and lr > 0 for lr in grid):
-        raise UserError(f"--lr-grid {text!r} must hold positive finite learning rates")
-    if len(set(grid)) != len(grid):
-        raise UserError(f"--lr-grid {text!r} names a learning rate twice")
+def parse_lr_grid(text: str, option: str = "--lr-grid") -> tuple[float, ...]:
+    """``"1e-4,3e-4,1e-3"`` as positive finite floats (an option value, :func:`plumbing.cli.parse_list`: no empty
+    item, none twice; one :class:`UserError` line otherwise)."""
+    grid = tuple(parse_list(text, option, float, "numbers such as 1e-4,3e-4,1e-3"))
+    if not all(math.isfinite(lr) and lr > 0 for lr in grid):
+        raise UserError(f"{option} {text!r} must hold positive finite learning rates")
     return grid
 
 
@@ -118,9 +114,7 @@ def choose_lr(
         return LrChoice(given, (), "given", maximise)
 
     def report(done: Trial) -> None:
-        if is_main_process():
-            print(f"{label}lr {done.lr:g}: {criterion} {done.score:.4f} after {trial_epochs} epoch(s)",
-                  file=sys.stderr)
+        print_on_main(f"{label}lr {done.lr:g}: {criterion} {done.score:.4f} after {trial_epochs} epoch(s)")
 
     return select_lr(grid, trial, criterion=criterion, maximise=maximise, on_trial=report)
 

@@ -44,18 +44,29 @@ from .training import TrainingDiverged, checkpoints, load_checkpoint
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+"""A finished run's figures (every program's run folder holds one once it finished)."""
 
 
-def check_run_name(name: str) -> str:
-    """``name`` if it is one plain folder name (no separators, not ``.`` or ``..``), else a :class:`UserError`."""
+def check_run_name(name: str, option: str = "--name") -> str:
+    """``name`` if it is one plain folder name (not empty, no separators, not ``.`` or ``..``, no surrounding
+    blanks), else a :class:`UserError` naming ``option`` (the option the name or its prefix came from)."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip() or "\0" in name:
-        raise UserError(f"--name {name!r} must be one plain folder name inside --runs-dir (no '/', '.' or '..')")
+        raise UserError(f"{option} {name!r} must be one plain folder name inside --runs-dir (no '/', '.' or '..')")
     return name
 
 
 class RunDiverged(UserError):
     """A run whose loss diverged: one line as every :class:`UserError`, told apart by a grid
     (:mod:`plumbing.grid`) that names its diverged cells."""
+
+
+def run_name_or(given: str | None, default: str, option: str = "--name") -> str:
+    """The run name (or name prefix) ``given`` by ``option`` (checked: :func:`check_run_name`), else ``default``.
+
+    An empty ``given`` is refused, never replaced by the default.
+    """
+    return default if given is None else check_run_name(given, option)
 
 
 @dataclass
@@ -186,15 +197,48 @@ def refuse_changed_options(given: set[str], wanted: Mapping[str, Any], saved: Ma
         raise UserError(f"--resume keeps the run's settings; these options differ from them: {parts}")
 
 
-def read_run_results(runs_dir: Path, name: str, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-    """The ``name`` file (``results.json``) of every run folder directly inside ``runs_dir`` that ``accept``
-    takes, each with ``"run"``: its folder's name. Unreadable files and other programs' results are left out."""
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_results_file(path: Path, complete: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
+    """The results object in ``path`` (a run folder's ``results.json``).
+
+    Raises :class:`UserError` naming the file when it cannot be read, is not
+    valid JSON (a truncated write), is not a JSON object, or ``complete``
+    refuses it (a key a table needs is missing): a damaged file is never
+    taken for a missing one, nor left out of a table without a word.
+    """
+    results = _json_object(path)
+    if results is None or not complete(results):
+        what = "cannot be read as a JSON object" if results is None else "lacks figures a finished run records"
+        raise UserError(f"{path} is damaged: it {what}; remove it (or its run folder) and run the run again")
+    return results
+
+
+def read_run_results(
+    runs_dir: Path, accept: Callable[[dict[str, Any]], bool], marker: str,
+    complete: Callable[[dict[str, Any]], bool],
+) -> list[dict[str, Any]]:
+    """The ``results.json`` of every run folder directly inside ``runs_dir`` that one program wrote, each with
+    ``"run"``: its folder's name.
+
+    A file is this program's when ``accept`` takes its content or the
+    folder's ``config.json`` records ``marker`` (the program's configuration
+    key); other programs' results are left out. A file that cannot be read as
+    a JSON object (whose it is cannot be told), or one of this program's that
+    ``complete`` refuses, is one :class:`UserError` naming it
+    (:func:`read_results_file`): a table is never printed without it.
+    """
     found = []
-    for path in sorted(runs_dir.glob(f"*/{name}")):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(results, dict) and accept(results):
-            found.append(results | {"run": path.parent.name})
+    for path in sorted(runs_dir.glob(f"*/{RESULTS_FILE}")):
+        results = read_results_file(path)
+        config = _json_object(path.parent / CONFIG_FILE) or {}
+        if accept(results) or marker in config:
+            found.append(read_results_file(path, lambda r: accept(r) and complete(r)) | {"run": path.parent.name})
     return found

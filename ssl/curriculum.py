@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
 from collections.abc import Sequence
+
+import torch
 
 from datasets.registry import get_spec, names
 from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
@@ -37,19 +38,24 @@ from plumbing.cli import (
     DefaultsHelpFormatter,
     add_device_arg,
     add_runs_dir_arg,
-    default_workers,
+    check_options,
+    check_output_folder,
+    data_options,
     make_parser,
+    parse_list,
+    parse_seeds,
     resolve_device,
     run_cli,
+    workers_for,
 )
-from plumbing.distributed import distributed, is_main_process, local_batch_size, process_device
+from plumbing.distributed import local_batch_size, on_every_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.grid import check_cells, run_here
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line
+from plumbing.run_folders import check_run_name, command_line
 from plumbing.runtime import Runtime
-from ssl.curriculum_run import CurriculumRunner, curriculum_cells, run_name
+from ssl.curriculum_run import CurriculumRunner, curriculum_cells, read_results, run_name
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -85,13 +91,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     tasks.add_argument("--no-singles", action="store_true",
                        help="do not record the single-task runs of the tasks (their accuracies label orderings)")
     tasks.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
-                       help="a task setting, e.g. moco.queue_length=4096 (repeatable)")
+                       help="a task setting, e.g. moco.queue_length=4096 (repeatable; default: the task's own)")
     tasks.add_argument("--init", choices=("scratch", "imagenet"), default="scratch",
                        help="the backbone the first step starts from (imagenet: torchvision's weights on disk)")
     data = p.add_argument_group("unlabelled images")
     data.add_argument("--data", default="phantom",
                       help=f"NAME or NAME=ROOT, comma-separated ({', '.join(names())}); labels are not used")
-    data.add_argument("--max-images", type=int, default=None, help="at most this many images (a seeded subset)")
+    data.add_argument("--max-images", type=int, default=None,
+                      help="at most this many images, a seeded subset (default: every image of --data)")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     model = p.add_argument_group("backbone and pretext steps")
     model.add_argument("--backbone", choices=backbone_names(), default="resnet50", help="backbone architecture")
@@ -110,6 +117,11 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--downstream-root", default=None, help="its root (else its environment variable)")
     down.add_argument("--version", type=int, default=DOWNSTREAM.version, help="label-task version")
     down.add_argument("--setting", default=DOWNSTREAM.setting, help="label-task setting, 0s or Xs")
+    down.add_argument("--downstream-eval", default=None,
+                      help="data set of the downstream evaluation images, with the same classes (none given: "
+                           "--downstream; needed for --downstream synthetic, whose val split validates)")
+    down.add_argument("--downstream-eval-root", default=None,
+                      help="root of --downstream-eval (else its environment variable)")
     down.add_argument("--length", type=int, default=None,
                       help=f"downstream training images (phantoms: {PHANTOM_LENGTHS[0]} when not given)")
     down.add_argument("--eval-length", type=int, default=None,
@@ -146,16 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"--seeds {text!r} must be comma-separated integers") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds {text!r} must name at least one seed, each once")
-    return seeds
-
-
 def _overrides(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str, str]]:
     """``--set moco.queue_length=4096`` as ``{"moco": {"queue_length": "4096"}}``, checked against the tasks."""
     out: dict[str, dict[str, str]] = {}
@@ -173,14 +175,12 @@ def _overrides(items: Sequence[str], tasks: Sequence[str]) -> dict[str, dict[str
 
 
 def _tasks(text: str) -> tuple[str, ...]:
-    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    tasks = tuple(parse_list(text, "--tasks", what=f"pretext task names (or {NONE})"))
     if tasks == (NONE,):
         return ()
     for t in tasks:
         if t not in task_names():
             raise UserError(f"--tasks: unknown pretext task {t!r}; known tasks: {', '.join(task_names())}, or {NONE}")
-    if not tasks or len(set(tasks)) != len(tasks):
-        raise UserError(f"--tasks {text!r} must name each task once (or be {NONE})")
     return tasks
 
 
@@ -197,7 +197,7 @@ def orderings(tasks: tuple[str, ...], how: str, max_length: int, singles: bool,
 
 
 def _check_run_options(args: argparse.Namespace) -> None:
-    checks = [
+    check_options([
         (args.epochs >= 1 and args.lr_trial_epochs >= 1, "--epochs and --lr-trial-epochs must be at least 1"),
         (args.downstream_epochs is None or args.downstream_epochs >= 1, "--downstream-epochs must be at least 1"),
         (args.batch_size >= 2, "--batch-size must be at least 2"),
@@ -213,10 +213,9 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.downstream in names(),
          f"--downstream: unknown data set {args.downstream!r}; "
          f"known: {', '.join(names())}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+        (args.downstream_eval in (None, *names()),
+         f"--downstream-eval: unknown data set {args.downstream_eval!r}; known: {', '.join(names())}"),
+    ])
 
 
 def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[str, ...]]:
@@ -243,27 +242,30 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
     overrides = _overrides(args.set, tasks)
     data = tuple(s.describe() for s in parse_data(args.data))
     findings = get_spec(args.downstream).schema is not None
-    phantom = args.downstream.startswith("phantom")
+    eval_data = args.downstream_eval or args.downstream
+    length = args.length if args.length is not None or not args.downstream.startswith("phantom") else PHANTOM_LENGTHS[0]
+    eval_length = (args.eval_length if args.eval_length is not None or not eval_data.startswith("phantom")
+                   else PHANTOM_LENGTHS[1])
+    lr_grid = parse_lr_grid(args.downstream_lr_grid, "--downstream-lr-grid")
+    prefix = check_run_name(args.prefix, "--prefix")
     base = dict(data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
                 image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
                 weight_decay=args.weight_decay, momentum=args.momentum)
     configs = []
-    for seed in _seeds(args.seeds):
+    for seed in parse_seeds(args.seeds):
         for order in wanted:
             downstream = FinetuneConfig(
                 data=args.downstream, data_root=args.downstream_root, version=args.version if findings else None,
                 setting=args.setting if findings else None,
-                length=args.length if args.length is not None or not phantom else PHANTOM_LENGTHS[0],
-                eval_data=args.downstream,
-                eval_length=args.eval_length if args.eval_length is not None or not phantom else PHANTOM_LENGTHS[1],
+                length=length, eval_data=eval_data, eval_root=args.downstream_eval_root, eval_length=eval_length,
                 backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
-                lr_grid=parse_lr_grid(args.downstream_lr_grid), lr_trial_epochs=args.lr_trial_epochs, seed=seed,
+                lr_grid=lr_grid, lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )
             recorded = {t: overrides_record(t, overrides[t]) for t in order if t in overrides}
             cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded, **base)
-            name = run_name(cfg, args.prefix)
+            name = check_run_name(run_name(cfg, prefix), "--prefix")
             start = str(args.runs_dir / name / BACKBONE_FILE)  # the run's own backbone file
             configs.append((name, dataclasses.replace(cfg, downstream=dataclasses.replace(downstream, init=start))))
     return configs
@@ -283,36 +285,46 @@ def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
-    curriculum = args.orderings == "curriculum"
-    configs = _configs(args, _wanted(args, singles_only=curriculum))
+    configs = _configs(args, _wanted(args, singles_only=args.orderings == "curriculum"))
     device = resolve_device(args.device)
-    command = command_line(PROG, argv)
-    with distributed(device):
-        local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
-        here = process_device(device)
-        workers = args.workers if args.workers is not None else default_workers(here)
-        runtime = Runtime(here, use_bf16_autocast(args.amp, here), workers, not args.no_progress, args.runs_dir)
-        first = configs[0][1]
-        images, channels = unlabelled_images(
-            tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0
-        )
-        _check_start_and_downstream(first, channels)
-        cells = check_cells(curriculum_cells(configs, images, runtime))
-        if is_main_process():
-            print(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
-                  f"downstream {first.downstream.data}; {here}", file=sys.stderr)
-        runner = CurriculumRunner(images, channels, runtime, command)
-        report = run_here(cells, runner, runner.skipped)
-        if curriculum:  # a run ends at a barrier: every process reads the singles' results
-            done = {name for name, _ in configs}
-            later = [(name, cfg) for name, cfg in _configs(args, _wanted(args)) if name not in done]
-            report = report.add(run_here(check_cells(curriculum_cells(later, images, runtime)), runner,
-                                         runner.skipped))
+    check_output_folder(args.runs_dir, "--runs-dir")
+    own_eval_root = args.downstream_eval_root is not None or args.downstream_eval not in (None, args.downstream)
+    roles = {"pretext": "--data NAME=ROOT", "train": "--downstream-root",
+             "evaluation": "--downstream-eval-root" if own_eval_root else "--downstream-root",
+             "evaluation_data": "--downstream-eval"}
+    with data_options(roles):
+        return on_every_process(device, lambda here: _run_here(args, configs, command_line(PROG, argv), here))
+
+
+def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfig]], command: str,
+              here: torch.device) -> int:
+    """The runs of ``configs`` in this process (every check first); then, for ``--orderings curriculum``, the
+    orderings the singles' results label C."""
+    local_batch_size(configs[0][1].batch_size)  # a global batch the processes cannot share stops here
+    runtime = Runtime(here, use_bf16_autocast(args.amp, here), workers_for(args.workers, here), not args.no_progress,
+                      args.runs_dir)
+    first = configs[0][1]
+    images, channels = unlabelled_images(tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0)
+    _check_start_and_downstream(first, channels)
+    for name, _ in configs:
+        read_results(args.runs_dir / name)  # a damaged results.json of a finished run stops here, before any training
+    cells = check_cells(curriculum_cells(configs, images, runtime))
+    print_on_main(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
+                  f"downstream {first.downstream.data}; {here}")
+    runner = CurriculumRunner(images, channels, runtime, command)
+    report = run_here(cells, runner, runner.skipped)
+    if args.orderings == "curriculum":  # a run ends at a barrier: every process reads the singles' results
+        done = {name for name, _ in configs}
+        later = [(name, cfg) for name, cfg in _configs(args, _wanted(args)) if name not in done]
+        report = report.add(run_here(check_cells(curriculum_cells(later, images, runtime)), runner, runner.skipped))
     report.raise_if_failed()
     return 0
 
 
 def _runs(args: argparse.Namespace) -> int:
+    check_options([(not args.plan or args.max_length >= 2,
+                    f"--max-length {args.max_length}: a plan proposes orderings of 2 tasks or more, so it must be "
+                    "at least 2")])
     runs = read_runs(args.runs_dir)
     if not runs:
         raise UserError(f"no finished curriculum run in {args.runs_dir}; run some with {PROG} run")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,26 +31,26 @@ import torch
 from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
+from evaluate.metrics import MISSING, missing_classes_note
 from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
-from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model
-from plumbing.distributed import is_main_process
+from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model, training_record
+from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell, Status, cell_status
-from plumbing.run_folders import CONFIG_FILE, RunFolder, open_run, record_config
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run, read_results_file, record_config
 from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
-from ssl.step_store import TRAINED_BY, finished_step, step_cell, step_folder, train_step
+from ssl.step_store import STEPS_DIR, TRAINED_BY, finished_step, step_cell, step_folder, train_step
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
 from .trainer import PretextData
 
-RESULTS_FILE = "results.json"
 DOWNSTREAM_DIR = "downstream"
 AIL_IMAGES = 256
 """Evaluation images whose class activation maps give the run's AIL."""
@@ -86,7 +85,28 @@ def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -
     return steps
 
 
-def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict]) -> None:
+RECORDED = ("ordering", "tasks", "init", "seed", "settings", "downstream_task", "backbone", "image_size", "downstream")
+"""The keys of a finished run's ``results.json`` that the runs table and the plan read."""
+
+
+def complete_results(results: dict[str, Any]) -> bool:
+    """Whether ``results`` holds what a finished run records (:data:`RECORDED`, the downstream balanced accuracy
+    and AIL, the downstream settings)."""
+    downstream, settings = results.get("downstream"), results.get("settings")
+    return (all(k in results for k in RECORDED) and isinstance(downstream, dict)
+            and {"balanced_accuracy", "ail"} <= downstream.keys() and isinstance(settings, dict)
+            and isinstance(settings.get("downstream"), dict))
+
+
+def read_results(folder: Path) -> dict[str, Any] | None:
+    """The finished run's ``results.json`` in ``folder``, ``None`` when there is none; a damaged one is a
+    :class:`UserError` naming it (:func:`plumbing.run_folders.read_results_file`)."""
+    path = folder / RESULTS_FILE
+    return read_results_file(path, complete_results) if path.is_file() else None
+
+
+def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: Path, steps: list[dict],
+                  command: str) -> None:
     """``backbone.safetensors`` of the run: the last step's, or the baseline's initialisation (rank 0)."""
     if not is_main_process():
         return
@@ -96,8 +116,9 @@ def _export_start(cfg: CurriculumConfig, channels: int, folder: Path, runs_dir: 
     torch.manual_seed(derive_seed(cfg.seed, "pretext", "none"))
     backbone = build_backbone(cfg.backbone, channels)
     provenance = initialise(backbone, cfg.init, runs_dir)
+    record = {"command": command, "init_provenance": provenance, "data_description": "none (no pretext step)"}
     save_model(folder / BACKBONE_FILE, backbone, image_size=cfg.image_size,
-               training={"trained_by": TRAINED_BY, "baseline": cfg.init, "init": provenance})
+               training=training_record(TRAINED_BY, record, baseline=cfg.init))
 
 
 def _attention(folder: Path, data: Any, dataset_name: str, runtime: Runtime) -> float | None:
@@ -124,7 +145,11 @@ def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: 
         record = record_config(run, {"finetune": d.to_dict(), "data_description": f"{d.data} train split"}, command)
         results = run_protocol(d, data, runtime, run, record)
     ail = _attention(target, data, d.eval_data or d.data, runtime) if is_main_process() else None
-    return {k: results[k] for k in ("balanced_accuracy", "auroc", "recall", "lr", "classes")} | {"ail": ail}
+    if MISSING in results:
+        print_on_main(f"warning: the downstream evaluation set has no image of {', '.join(results[MISSING])}; its "
+                      "balanced accuracy is over the classes present (pass a larger --eval-length)")
+    kept = ("balanced_accuracy", "auroc", "recall", "lr", "classes", MISSING)
+    return {k: results[k] for k in kept if k in results} | {"ail": ail}
 
 
 def curriculum_cells(
@@ -161,9 +186,20 @@ class CurriculumRunner:
 
     def __call__(self, cell: Cell[CurriculumConfig | StepConfig], status: Status) -> None:
         if isinstance(cell.work, StepConfig):
-            train_step(cell.work, PretextData(self.images, self.channels), self.runtime, self.command)
+            self._step(cell.work)
         else:
             finish_run(cell.work, cell.folder, cell.needs, self.channels, self.runtime, self.command)
+
+    def _step(self, cfg: StepConfig) -> None:
+        """Train one step; a step that fails leaves no empty ``ssl-steps/`` folder that this start made."""
+        steps_dir = self.runtime.runs_dir / STEPS_DIR
+        made = not steps_dir.exists()
+        try:
+            train_step(cfg, PretextData(self.images, self.channels), self.runtime, self.command)
+        except BaseException:
+            if made and is_main_process() and steps_dir.is_dir() and not any(steps_dir.iterdir()):
+                steps_dir.rmdir()
+            raise
 
     @staticmethod
     def skipped(cell: Cell[CurriculumConfig | StepConfig]) -> str:
@@ -191,7 +227,7 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         if step is None:
             raise UserError(f"the step {key} of {folder.name} is not finished; run the same command again")
         steps.append(step)
-    _export_start(cfg, channels, folder, runtime.runs_dir, steps)
+    _export_start(cfg, channels, folder, runtime.runs_dir, steps, command)
     idist.barrier()
     downstream = _downstream(cfg, folder, runtime, command)
     results = {
@@ -204,7 +240,8 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         write_json_atomic(folder / RESULTS_FILE, results)
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)
-        print(f"{folder.name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
-              + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
-              + f" -> {folder / RESULTS_FILE}", file=sys.stderr)
+    print_on_main(f"{folder.name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
+                  + missing_classes_note(downstream)
+                  + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
+                  + f" -> {folder / RESULTS_FILE}")
     idist.barrier()

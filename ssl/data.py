@@ -24,7 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from datasets.registry import build_dataset, get_spec, names
 from datasets.sample import IMAGE, INDEX
 from datasets.synthetic import SyntheticDataset
-from plumbing.errors import UserError
+from plumbing.errors import DataRoleError, UserError
 from plumbing.seeding import generator
 
 
@@ -76,8 +76,11 @@ def _build(source: DataSource, image_size: int, max_images: int | None) -> Datas
         options["length"] = max_images
     elif max_images is not None and "max_samples" in spec.options:
         options["max_samples"] = max_images
-    return build_dataset(source.name, root=source.root, split="train", task=None, resolution=image_size,
-                         augment=False, **options)
+    try:
+        return build_dataset(source.name, root=source.root, split="train", task=None, resolution=image_size,
+                             augment=False, **options)
+    except DataRoleError as exc:
+        raise exc.in_role("pretext") from None
 
 
 def unlabelled_images(

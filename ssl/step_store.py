@@ -16,7 +16,6 @@ trains: curricula with a common prefix train it once.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ import ignite.distributed as idist
 
 from models.backbones import build_backbone
 from models.initialisation import initialise
-from models.model_file import BACKBONE_FILE, save_model
-from plumbing.distributed import is_main_process
+from models.model_file import BACKBONE_FILE, save_model, training_record
+from plumbing.distributed import is_main_process, print_on_main
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell
 from plumbing.lr_selection import resumed_choice
@@ -92,15 +91,13 @@ def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: st
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
     if run.checkpoint is not None:
         choice = resumed_choice(run.checkpoint["run"]["lr_choice"], maximise=False)
-        if is_main_process():
-            print(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}", file=sys.stderr)
+        print_on_main(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}")
     else:
         choice = choose_step_lr(cfg, data, runtime)
     run.create()
     with run.discarded_on_failure():
         record = record_config(run, {"step": cfg.to_dict(), "key": key}, command)
-        if is_main_process():
-            print(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}", file=sys.stderr)
+        print_on_main(f"{cfg.task}: training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {folder}")
         trainer = fit_step(cfg, data, runtime, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
                            checkpoint=run.checkpoint)
     result = {
@@ -108,8 +105,10 @@ def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: st
         "epoch_losses": trainer.state.epoch_losses, "images": len(data.images),
     }
     if is_main_process():
-        training = {"trained_by": TRAINED_BY, "step": cfg.to_dict(), "key": key, "command": command,
-                    "start": provenance, "lr": choice.lr, "final_loss": trainer.state.epoch_losses[-1]}
+        images = f"{', '.join(cfg.data)} ({len(data.images)} unlabelled images)"
+        described = {"command": command} | record | {"init_provenance": provenance, "data_description": images}
+        training = training_record(TRAINED_BY, described, step=cfg.to_dict(), key=key, lr=choice.lr,
+                                   final_loss=trainer.state.epoch_losses[-1])
         save_model(folder / BACKBONE_FILE, trainer.backbone, image_size=cfg.image_size, training=training)
         write_json_atomic(folder / STEP_FILE, result)
         for path in checkpoints(folder):  # finished: the backbone file is what later steps read

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.run_folders import read_run_results
-from ssl.curriculum_run import RESULTS_FILE, downstream_label
+from ssl.curriculum_run import complete_results, downstream_label
 
 from .config import CurriculumConfig
 
@@ -64,8 +64,10 @@ def curriculum_label(tasks: Sequence[Hashable], singles: Mapping[Hashable, float
 
 
 def read_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """The ``results.json`` of every finished curriculum run directly inside ``runs_dir``."""
-    return read_run_results(runs_dir, RESULTS_FILE, lambda results: "ordering" in results and "downstream" in results)
+    """The ``results.json`` of every finished curriculum run directly inside ``runs_dir``; a damaged one of a
+    curriculum run (or one whose program cannot be told) is one :class:`UserError` naming it."""
+    return read_run_results(runs_dir, lambda results: "ordering" in results and "downstream" in results,
+                            "curriculum", complete_results)
 
 
 def settings_group(run: Mapping[str, Any]) -> str:

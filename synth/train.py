@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,11 +30,26 @@ import torch
 
 from datasets.cache import CachedDataset
 from datasets.registry import names
-from plumbing.cli import add_run_args, default_workers, make_parser, resolve_device, run_cli
-from plumbing.distributed import distributed, is_main_process, process_device, processes
+from plumbing.cli import (
+    add_run_args,
+    check_options,
+    check_output_folder,
+    make_parser,
+    resolve_device,
+    run_cli,
+    workers_for,
+)
+from plumbing.distributed import is_main_process, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
-from plumbing.run_folders import command_line, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import (
+    command_line,
+    given_options,
+    open_run,
+    record_config,
+    refuse_changed_options,
+    run_name_or,
+)
 from plumbing.training import restore
 from synth.network_config import PRESETS, RESOLUTIONS
 
@@ -142,9 +156,7 @@ def _validate(args: argparse.Namespace) -> None:
         (args.data_length is None or args.data_length >= 1, "--data-length must be positive"),
         (args.fidelity_images >= 1, "--fidelity-images must be positive"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    check_options(checks)
 
 
 def _requested(args: argparse.Namespace) -> TrainingConfig:
@@ -173,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     _validate(args)
-    with distributed(device):
-        return _train(parser, argv, args, process_device(device))
+    check_output_folder(args.runs_dir, "--runs-dir")
+    return on_every_process(device, lambda here: _train(parser, argv, args, here))
 
 
 def _train(
@@ -182,14 +194,13 @@ def _train(
 ) -> int:
     """Start or resume the run (every process; rank 0 writes)."""
     main_process = is_main_process()
-    run = open_run(args.runs_dir, args.name or f"gan-{args.data}-{args.resolution}", args.resume)
+    run = open_run(args.runs_dir, run_name_or(args.name, f"gan-{args.data}-{args.resolution}"), args.resume)
     if run.checkpoint is not None:
         saved = saved_run(run.checkpoint, run.checkpoint_path)
         _refuse_changes(parser, argv, args, saved)
         record, cfg, network = saved.record, dataclasses.replace(saved.training, kimg=args.kimg), saved.network
-        if main_process:
-            print(f"resuming {run.checkpoint_path}: the run's saved settings apply; {FROM_COMMAND} come from this "
-                  f"command (--kimg {args.kimg})", file=sys.stderr)
+        print_on_main(f"resuming {run.checkpoint_path}: the run's saved settings apply; {FROM_COMMAND} come from "
+                      f"this command (--kimg {args.kimg})")
     else:
         record, cfg = None, _requested(args)
     schedule = cfg.schedule()
@@ -221,11 +232,10 @@ def _train(
     run.create()  # every check has passed
     try:
         trainer.state.config = record_config(run, record | {"training": cfg.to_dict()}, command_line(PROG, argv))
-        if main_process:
-            print(f"training {run.path.name}: {total - start} iterations of {cfg.batch_size} images at "
-                  f"{network.resolution} px (now {schedule.state(start * cfg.batch_size)[0]} px) on {device} "
-                  f"{processes()}-> {run.path}", file=sys.stderr)
-        workers = args.workers if args.workers is not None else default_workers(device)
+        print_on_main(f"training {run.path.name}: {total - start} iterations of {cfg.batch_size} images at "
+                      f"{network.resolution} px (now {schedule.state(start * cfg.batch_size)[0]} px) on {device} "
+                      f"{processes()}-> {run.path}")
+        workers = workers_for(args.workers, device)
         train(trainer, dataset, run.path, workers=workers, progress=not args.no_progress)
     except BaseException:
         run.discard()  # a fresh start that wrote no checkpoint leaves no folder

@@ -93,6 +93,7 @@ def test_a_diverged_cell_does_not_stop_the_grid(
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "1 of 2 cell(s) diverged (d-none-seed0)" in last
+    assert "starts again those without a checkpoint" in last and "last good checkpoint" not in last  # none written
     assert (tmp_path / "d-dcan-seed0" / "results.json").is_file()  # the cell after it still ran
     assert not (tmp_path / "d-none-seed0").exists()  # nothing half-written
 
@@ -211,3 +212,69 @@ def test_weights_given_against_a_preset_name_the_cell_and_a_source_only_regulari
     err = _error(tmp_path, capsys, *PHANTOMS, "--alignment", "dcan", "--feature-mmd", "0", "--output-mmd", "0",
                  "--entropy", "0", "--steps", "3", "--name", "w")
     assert "started with other settings (steps)" in err  # a finished cell is compared too
+
+
+def test_bad_input_is_one_line_before_anything_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    for bad, says in (
+        (["--alpha", "inf"], "--diversity and --alpha must be finite and >= 0"),
+        (["--alpha", "nan"], "--diversity and --alpha must be finite and >= 0"),
+        (["--entropy", "-1"], "loss weights (--feature-mmd, --output-mmd, --regulariser, --entropy) must be finite"),
+        (["--feature-mmd", "inf"], "loss weights"),
+        (["--seeds", "0,,1"], "--seeds '0,,1' has an empty item"),
+        (["--seeds", "-1"], "--seeds '-1' must hold non-negative integers"),
+        (["--alignment", "none,,dcan"], "--alignment 'none,,dcan' has an empty item"),
+        (["--name", ""], "--name '' must be one plain folder name"),
+        (["--name", "../x"], "--name '../x' must be one plain folder name"),
+        (["--target-length", "1"], "--target phantom-nih gives 1 target training images, fewer than one batch"),
+        (["--source-length", "4"], "--source phantom gives"),
+    ):
+        assert says in _error(runs, capsys, *PHANTOMS, "--steps", "1", *bad), bad
+    assert not runs.exists()
+    file = tmp_path / "file"
+    file.write_text("x")
+    err = _error(file / "runs", capsys, *PHANTOMS, "--steps", "1")
+    assert err.endswith(f"--runs-dir {file}/runs cannot be written: {file} is a file, not a folder")
+
+
+def test_ctrl_c_inside_a_checkpoint_write_is_an_interruption_and_a_missing_class_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_plumbing_cli import save_interrupted
+
+    args = [*PHANTOMS, "--alignment", "none", "--steps", "2", "--name", "i", "--runs-dir", str(tmp_path)]
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save_interrupted)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, args)
+        assert exit_info.value.code == 130
+        err = capsys.readouterr().err
+        assert err.endswith("\ninterrupted\n") and "Traceback" not in err
+    _train(tmp_path, *args[:-2])  # the same command again
+    results = _results(tmp_path / "i-none-seed0")
+    assert results["images"]["target_evaluation"] == 32
+    missing = ["Pneumothorax", "Pneumonia", "Cardiomegaly"]  # the first 32 phantom-nih images show No Finding only
+    assert results["classes_missing_from_evaluation"] == results["history"][-1]["classes_missing_from_evaluation"]
+    assert results["classes_missing_from_evaluation"] == missing
+    err = capsys.readouterr().err
+    assert f"warning: the target evaluation set has no image of {', '.join(missing)}" in err
+    assert f"over the 1 class present (no evaluation image of {', '.join(missing)}) (final step)" in err
+    damaged = tmp_path / "i-none-seed0" / "results.json"
+    damaged.write_text(damaged.read_text()[:100])  # a finished cell's results, truncated: named, not skipped
+    assert f"{damaged} is damaged" in _error(tmp_path, capsys, *args[:-2])
+
+
+def test_report_names_a_damaged_results_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adapt.report import main as report
+
+    _fake_run(tmp_path, "dcan0", "dcan", 0, 0.5, None)
+    _fake_run(tmp_path, "dcan1", "dcan", 1, 0.6, None)
+    damaged = tmp_path / "dcan1" / "results.json"
+    for text, says in ((damaged.read_text()[:40], "cannot be read as a JSON object"),
+                       ("[]", "cannot be read as a JSON object"), ("{}", "lacks figures a finished run records")):
+        damaged.write_text(text)
+        (damaged.parent / "config.json").write_text(json.dumps({"adapt": {}}))
+        err = _error(tmp_path, capsys, command=report)
+        assert err == f"python -m adapt.report: error: {damaged} is damaged: it {says}; remove it (or its run " \
+                      "folder) and run the run again"

@@ -42,3 +42,16 @@ def test_damaged_blocks_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
 def test_not_a_store_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert verify(tmp_path / "nothing.zarr") == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_no_progress_leaves_only_the_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s.zarr"
+    write_store(store)
+    images = store / "train" / "images" / "c"
+    (images / "2" / "0" / "0" / "0").write_bytes((images / "2" / "0" / "0" / "0").read_bytes()[:50])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [str(store), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m datasets.verify: error: ") and "\r" not in err

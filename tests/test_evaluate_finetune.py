@@ -185,3 +185,26 @@ def test_two_gloo_processes_linear_probe_equals_one_process(tmp_path: Path) -> N
     assert rb["confusion_matrix"] == ra["confusion_matrix"] and rb["images"] == ra["images"]
     assert rb["balanced_accuracy"] == pytest.approx(ra["balanced_accuracy"])
     assert rb["auroc"] == pytest.approx(ra["auroc"], abs=1e-6)
+
+
+def test_names_roots_and_output_folders_are_one_line_naming_this_commands_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CXR_CHEXPERT_ROOT", raising=False)
+    file = tmp_path / "file"
+    file.write_text("x")
+    for bad, runs, says in (
+        (["--name", ""], tmp_path / "runs", "--name '' must be one plain folder name"),
+        (["--lr-grid", "1e-3,,1e-2"], tmp_path / "runs", "--lr-grid '1e-3,,1e-2' has an empty item"),
+        (["--eval-data", "chexpert", "--version", "1"], tmp_path / "runs",
+         "chexpert: no data root given; pass --eval-root or set CXR_CHEXPERT_ROOT"),
+        (["--data", "chexpert", "--version", "1"], tmp_path / "runs",
+         "chexpert: no data root given; pass --data-root or set CXR_CHEXPERT_ROOT"),
+        ([], file, f"--runs-dir {file} is a file, not a folder"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, [*SMALL, *bad, "--runs-dir", str(runs)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], (bad, err)
+    assert not (tmp_path / "runs").exists()

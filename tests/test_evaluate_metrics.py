@@ -17,7 +17,15 @@ import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
 
-from evaluate.metrics import METRIC_NAMES, MacroAUROC, binary_auroc, classification_metrics, metrics_report
+from evaluate.metrics import (
+    METRIC_NAMES,
+    MISSING,
+    MacroAUROC,
+    binary_auroc,
+    classification_metrics,
+    metrics_report,
+    missing_classes_note,
+)
 from plumbing.errors import UserError
 
 
@@ -219,3 +227,15 @@ def test_two_gloo_ranks_with_uneven_shards_match_single_process(tmp_path: Path) 
         for name in METRIC_NAMES:
             np.testing.assert_allclose(np.asarray(metrics[name]), np.asarray(whole[name]), rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(metrics["auroc_rank0_only"], whole["auroc"], rtol=1e-12)
+
+
+def test_a_class_missing_from_the_evaluation_set_is_listed_and_qualifies_the_balanced_accuracy() -> None:
+    logits, _ = _data(9, 40, 3)
+    targets = torch.cat([torch.zeros(20, dtype=torch.int64), torch.full((20,), 2)])  # no class 1
+    report = metrics_report(_evaluate(logits, targets, 3), ["No Finding", "Pneumothorax", "Pneumonia"])
+    assert report[MISSING] == ["Pneumothorax"]
+    assert report["balanced_accuracy"] == pytest.approx((report["recall"]["No Finding"]
+                                                         + report["recall"]["Pneumonia"]) / 2)  # figure kept
+    assert missing_classes_note(report) == " over the 2 classes present (no evaluation image of Pneumothorax)"
+    whole = metrics_report(_evaluate(*_data(8, 50, 3), 3), ["a", "b", "c"])
+    assert MISSING not in whole and missing_classes_note(whole) == ""

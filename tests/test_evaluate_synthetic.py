@@ -218,22 +218,31 @@ def test_fresh_phantom_store_flags_no_copy(tmp_path: Path) -> None:
         ("incomplete", "is incomplete"),
         ("classes", "has the classes"),
         ("features", "does not exist"),
+        ("reference root", "chexpert: no data root given; pass --reference-root or set CXR_CHEXPERT_ROOT"),
+        ("out under a file", "cannot be written: "),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
-    case: str, message: str, planted_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, message: str, planted_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from plumbing.cli import run_cli
 
     store, extra = planted_store, []
+    out = tmp_path / "report"
     if case == "incomplete":
         store = tmp_path / "partial.zarr"
         write_phantom_store(store, plant=False, complete=False)
     elif case == "classes":
         extra = ["--reference", "siim-covid"]
+    elif case == "reference root":
+        monkeypatch.delenv("CXR_CHEXPERT_ROOT", raising=False)
+        extra = ["--reference", "chexpert"]
+    elif case == "out under a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "report"
     else:
         extra = ["--features", str(tmp_path / "missing.safetensors")]
-    out = tmp_path / "report"
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, [str(store), "--out", str(out), "--runs-dir", str(tmp_path / "runs"), *FAST, *extra])
     assert exit_info.value.code == 2

@@ -14,8 +14,21 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from plumbing.cli import make_parser, program_name, run_cli, user_message
-from plumbing.errors import UserError
+from plumbing.cli import (
+    check_options,
+    check_output_folder,
+    data_options,
+    interrupted,
+    make_parser,
+    parse_list,
+    parse_seeds,
+    program_name,
+    run_cli,
+    user_message,
+    workers_for,
+)
+from plumbing.errors import OPTION, DataRoleError, UserError
+from plumbing.lr_selection import parse_lr_grid
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = (
@@ -169,3 +182,102 @@ def test_run_cli_prints_one_line_for_a_user_error_in_a_real_worker(capsys) -> No
         run_cli(read_all_in_a_worker, [])
     assert done.value.code == 2
     assert capsys.readouterr().err == f"python -m tests.test_plumbing_cli: error: {MESSAGE}\n"
+
+
+# --------------------------------------------------------------------------- option scaffolding
+
+
+def test_check_options_raises_the_first_failed_message() -> None:
+    check_options([(True, "never")])
+    with pytest.raises(UserError, match="^second$"):
+        check_options([(True, "first"), (False, "second"), (False, "third")])
+
+
+@pytest.mark.parametrize("text", ["0,,1", ",0", "0,", "", " , "])
+def test_list_options_refuse_empty_items(text: str) -> None:
+    with pytest.raises(UserError, match="has an empty item"):
+        parse_list(text, "--tasks")
+    with pytest.raises(UserError, match="--seeds .* has an empty item"):
+        parse_seeds(text)
+
+
+def test_list_options_convert_strip_and_refuse_twice_and_bad_values() -> None:
+    assert parse_list(" rotation, moco ", "--tasks") == ["rotation", "moco"]
+    assert parse_list("0.1,0.2", "--lr-grid", float) == [0.1, 0.2]
+    assert parse_seeds("2,0,1") == (2, 0, 1)
+    with pytest.raises(UserError, match="names a value twice"):
+        parse_list("a,a", "--tasks")
+    with pytest.raises(UserError, match="must be comma-separated non-negative integers"):
+        parse_seeds("0,x")
+    with pytest.raises(UserError, match="--seeds '-1' must hold non-negative integers"):
+        parse_seeds("-1")
+
+
+def test_lr_grid_refuses_empty_items() -> None:
+    with pytest.raises(UserError, match="--lr-grid '0.1,,0.2' has an empty item"):
+        parse_lr_grid("0.1,,0.2")
+    with pytest.raises(UserError, match="--downstream-lr-grid"):
+        parse_lr_grid("0.1,-1", "--downstream-lr-grid")
+
+
+def test_output_folders_under_a_file_are_one_line(tmp_path: Path) -> None:
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert check_output_folder(tmp_path / "new" / "runs", "--runs-dir") == tmp_path / "new" / "runs"
+    with pytest.raises(UserError, match=f"^--runs-dir {file} is a file, not a folder$"):
+        check_output_folder(file, "--runs-dir")
+    with pytest.raises(UserError, match=f"^--runs-dir {file}/a/b cannot be written: {file} is a file"):
+        check_output_folder(file / "a" / "b", "--runs-dir")
+    with pytest.raises(UserError, match=f"^--out {file}/q.png cannot be written: {file} is a file"):
+        check_output_folder(file, "--out", file / "q.png")
+
+
+def test_workers_default_only_when_not_given() -> None:
+    assert workers_for(3, torch.device("cpu")) == 3
+    assert workers_for(None, torch.device("cpu")) == 0
+
+
+def test_data_role_errors_name_the_commands_option() -> None:
+    error = DataRoleError(f"chexpert: no data root given; pass {OPTION} or set CHEXPERT_ROOT")
+    assert str(error) == "chexpert: no data root given; pass --data-root or set CHEXPERT_ROOT"
+    with pytest.raises(UserError, match="^chexpert: no data root given; pass --eval-root or"):
+        with data_options({"train": "--data-root", "evaluation": "--eval-root"}):
+            raise error.in_role("evaluation")
+    assert error.in_role("train").in_role("evaluation").role == "train"  # the innermost role stays
+    with pytest.raises(DataRoleError, match="pass --data-root"):  # a role the command does not map
+        with data_options({"train": "--downstream-root"}):
+            raise error.in_role("reference")
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def save_interrupted(*args: object, **kwargs: object) -> None:
+    """What torch.save raises when Ctrl-C arrives while it writes: a RuntimeError whose context is the interrupt."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+
+
+def test_an_interrupt_surfacing_as_another_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        save_interrupted()
+    except RuntimeError as exc:
+        assert interrupted(exc) and exc.__cause__ is None
+    assert not interrupted(RuntimeError("unexpected pos"))
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        save_interrupted()
+        return 0
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(main, [])
+    assert done.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def fails(argv: Sequence[str] | None = None) -> int:
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):  # other errors keep their traceback
+        run_cli(fails, [])

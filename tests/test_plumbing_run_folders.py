@@ -10,7 +10,16 @@ import torch
 
 from plumbing.cli import make_parser
 from plumbing.errors import UserError
-from plumbing.run_folders import check_run_name, given_options, open_run, record_config, refuse_changed_options
+from plumbing.run_folders import (
+    RESULTS_FILE,
+    check_run_name,
+    given_options,
+    open_run,
+    read_run_results,
+    record_config,
+    refuse_changed_options,
+    run_name_or,
+)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/abs", " padded", "a\\b"])
@@ -70,3 +79,46 @@ def test_given_options_ignore_defaults() -> None:
     refuse_changed_options({"lr"}, {"lr": 0.1, "name": "a"}, {"lr": 0.1, "name": "b"})
     with pytest.raises(UserError, match="--lr 0.2 \\(the run has 0.1\\)"):
         refuse_changed_options({"lr"}, {"lr": 0.2}, {"lr": 0.1})
+
+
+def test_an_empty_name_is_refused_not_replaced_by_the_default() -> None:
+    assert run_name_or(None, "adapt-phantom") == "adapt-phantom"
+    assert run_name_or("mine", "adapt-phantom") == "mine"
+    with pytest.raises(UserError, match="^--name '' must be one plain folder name"):
+        run_name_or("", "adapt-phantom")
+    with pytest.raises(UserError, match="^--prefix '../../x' must be one plain folder name"):
+        check_run_name("../../x", "--prefix")
+
+
+def _results(runs: Path, name: str, text: str, config: dict | None = None) -> Path:
+    (runs / name).mkdir(parents=True)
+    if config is not None:
+        (runs / name / "config.json").write_text(json.dumps(config))
+    (runs / name / RESULTS_FILE).write_text(text)
+    return runs / name / RESULTS_FILE
+
+
+def _read(runs: Path) -> list[dict]:
+    return read_run_results(runs, lambda r: r.get("trained_by") == "me", "mine", lambda r: "figure" in r)
+
+
+@pytest.mark.parametrize("text", ['{"trained_by": "me", "figure": 0.5', "[]", "", '"a string"'])
+def test_a_results_file_that_is_no_json_object_is_named(tmp_path: Path, text: str) -> None:
+    _results(tmp_path, "good", json.dumps({"trained_by": "me", "figure": 0.9}))
+    damaged = _results(tmp_path, "bad", text)
+    with pytest.raises(UserError, match=f"^{damaged} is damaged: it cannot be read as a JSON object"):
+        _read(tmp_path)
+
+
+def test_results_of_this_program_lacking_figures_are_named_and_others_left_out(tmp_path: Path) -> None:
+    _results(tmp_path, "good", json.dumps({"trained_by": "me", "figure": 0.9}))
+    _results(tmp_path, "other", json.dumps({"trained_by": "someone else"}), config={"theirs": {}})
+    assert [r["run"] for r in _read(tmp_path)] == ["good"]
+    emptied = _results(tmp_path, "emptied", "{}", config={"mine": {}})  # ours by its config.json
+    with pytest.raises(UserError, match=f"^{emptied} is damaged: it lacks figures"):
+        _read(tmp_path)
+    emptied.write_text(json.dumps({"trained_by": "me"}))  # ours by its content
+    (emptied.parent / "config.json").unlink()
+    with pytest.raises(UserError, match=f"^{emptied} is damaged"):
+        _read(tmp_path)
+

@@ -334,3 +334,79 @@ def test_adapt_starts_from_a_curriculum_backbone(tmp_path: Path) -> None:
     backbone_file = tmp_path / name / BACKBONE_FILE
     assert init["init"] == f"ssl:{name}" and init["file"] == str(backbone_file)
     assert init["sha256"] == sha256_file(backbone_file)
+
+
+def test_bad_input_and_damaged_results_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["run", *COMMON, "--tasks", "rotation"]
+    for bad, says in (
+        (["--prefix", "../../x"], "--prefix '../../x' must be one plain folder name inside --runs-dir"),
+        (["--prefix", ""], "--prefix '' must be one plain folder name"),
+        (["--seeds", "0,,1"], "--seeds '0,,1' has an empty item"),
+        (["--seeds", "-1"], "--seeds '-1' must hold non-negative integers"),
+        (["--lr-grid", "0.1,,0.2"], "--lr-grid '0.1,,0.2' has an empty item"),
+        (["--downstream-lr-grid", "0.1,"], "--downstream-lr-grid '0.1,' has an empty item"),
+    ):
+        assert says in _error(tmp_path, capsys, *base, *bad), bad
+    assert "--tasks 'rotation,,moco' has an empty item" in _error(tmp_path, capsys, "run", *COMMON, "--tasks",
+                                                                  "rotation,,moco")
+    monkeypatch.delenv("CXR_CHEXPERT_ROOT", raising=False)
+    assert "pass --downstream-root or set CXR_CHEXPERT_ROOT" in _error(tmp_path, capsys, *base, "--downstream",
+                                                                        "chexpert")
+    assert "pass --downstream-eval-root or set CXR_CHEXPERT_ROOT" in _error(
+        tmp_path, capsys, *base, "--downstream-eval", "chexpert", "--version", "1")
+    store = tmp_path / "store.zarr"
+    write_store(store)  # v1-0s
+    err = _error(tmp_path / "runs", capsys, *base, "--downstream", "synthetic", "--downstream-root", str(store),
+                 "--version", "1")
+    assert "validation set of a run on a synthetic store; pass --downstream-eval (phantom" in err
+    assert "--max-length 0: a plan proposes orderings of 2 tasks or more" in _error(
+        tmp_path, capsys, "runs", "--plan", "--max-length", "0")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert _error(file, capsys, *base).endswith(f"--runs-dir {file} is a file, not a folder")
+    runs = tmp_path / "table"
+    for i, run in enumerate((_fake("rotation", ["rotation"], 0, 0.9), _fake("rotation", ["rotation"], 1, 0.1))):
+        (runs / f"r{i}").mkdir(parents=True)
+        (runs / f"r{i}" / "config.json").write_text(json.dumps({"curriculum": {}}))
+        (runs / f"r{i}" / "results.json").write_text(json.dumps(run))
+    damaged = runs / "r1" / "results.json"
+    damaged.write_text(damaged.read_text()[:60])  # a truncated write: the table must not show seed 0 alone
+    assert _error(runs, capsys, "runs").endswith(f"{damaged} is damaged: it cannot be read as a JSON object; "
+                                                 "remove it (or its run folder) and run the run again")
+    damaged.write_text("{}")
+    assert "lacks figures a finished run records" in _error(runs, capsys, "runs")
+
+
+def test_a_damaged_pretext_store_found_after_the_start_leaves_no_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store.zarr"
+    write_store(store)  # v1-0s, 32 px: 40 training images
+    chunk = store / "train" / "images" / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])  # found only when a step reads it
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["run", *COMMON, "--data", f"synthetic={store}", "--tasks", "rotation", "--runs-dir", str(runs)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the lines that say what started
+    assert "images unreadable" in err and "train block 1" in err
+    assert not runs.exists() or not list(runs.iterdir()), list(runs.iterdir())  # no config.json, no empty ssl-steps/
+
+
+def test_help_shows_one_default_per_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from evaluate.finetune import main as finetune
+
+    texts = {}
+    for name, command, args in (("ssl", main, ["run", "--help"]), ("finetune", finetune, ["--help"])):
+        with pytest.raises(SystemExit):
+            command(args)
+        texts[name] = " ".join(capsys.readouterr().out.split())
+    assert "--max-images MAX_IMAGES at most this many images, a seeded subset (default: every image of --data)" \
+        in texts["ssl"]
+    assert "(default: [])" not in texts["ssl"] and "(repeatable; default: the task's own)" in texts["ssl"]
+    assert "--downstream-eval DOWNSTREAM_EVAL" in texts["ssl"] and "--downstream-eval-root" in texts["ssl"]
+    length = texts["finetune"].rsplit("--length LENGTH", 1)[1].split(" --", 1)[0]  # its help, after the usage
+    assert length.count("default") == 1 and "when not given" not in length

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, Subset
 from datasets.label_tasks import LabelTask, label_task
 from datasets.registry import build_dataset, get_spec
 from plumbing.distributed import world_size
-from plumbing.errors import UserError
+from plumbing.errors import OPTION, DataRoleError, UserError
 from plumbing.seeding import numpy_rng
 
 VALIDATION_FRACTION = 0.1
@@ -150,18 +150,25 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     if get_spec(evaluation.name).channels != channels:
         raise UserError(f"--eval-data {evaluation.name} and --data {train.name} differ in image channels")
     if train.name == evaluation.name == "synthetic" and train.root == evaluation.root:
-        raise UserError("the store's val split is the validation set of a run on a synthetic store; pass "
-                        "--eval-data (phantom, a real data set or another store) for the evaluation images")
-    full = train.build("train", resolution, train.augment)
-    if train.name == "synthetic":
-        fit, validation = full, train.build("val", resolution, False)
-    else:
-        held = validation_rows(groups_of(full), len(full), seed)
-        if held.all():
-            raise UserError(f"--data {train.name} has {len(full)} training images in one group; more are needed")
-        plain = full if not train.augment else train.build("train", resolution, False)
-        fit, validation = Subset(full, np.flatnonzero(~held).tolist()), Subset(plain, np.flatnonzero(held).tolist())
-    held_out = evaluation.build(EVAL_SPLIT.get(evaluation.name, "valid"), resolution, False)
+        raise DataRoleError(f"the store's val split is the validation set of a run on a synthetic store; pass {OPTION} "
+                            "(phantom, a real data set or another store) for the evaluation images", "evaluation_data")
+    try:
+        full = train.build("train", resolution, train.augment)
+        if train.name == "synthetic":
+            fit, validation = full, train.build("val", resolution, False)
+        else:
+            held = validation_rows(groups_of(full), len(full), seed)
+            if held.all():
+                raise UserError(f"--data {train.name} has {len(full)} training images in one group; more are needed")
+            plain = full if not train.augment else train.build("train", resolution, False)
+            fit = Subset(full, np.flatnonzero(~held).tolist())
+            validation = Subset(plain, np.flatnonzero(held).tolist())
+    except DataRoleError as exc:
+        raise exc.in_role("train") from None
+    try:
+        held_out = evaluation.build(EVAL_SPLIT.get(evaluation.name, "valid"), resolution, False)
+    except DataRoleError as exc:
+        raise exc.in_role("evaluation") from None
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))
     empty = [name for name, n in data.sizes().items() if n == 0]
     if empty:

@@ -31,7 +31,6 @@ per-rank batch-norm statistics on CPUs.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,15 +48,15 @@ from evaluate.protocol.losses import class_weights, weighted_cross_entropy
 from evaluate.protocol.task_data import DataChoice, TaskData
 from models.backbones import Classifier, build_backbone
 from models.initialisation import initialise
-from models.model_file import CLASSIFIER_FILE, save_model
+from models.model_file import CLASSIFIER_FILE, save_model, training_record
 from plumbing.config import dataclass_from_dict
-from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks
+from plumbing.distributed import data_parallel, is_main_process, mean_values_over_ranks, print_on_main
 from plumbing.engine import StepRunner
 from plumbing.files import atomic_path, write_json_atomic
 from plumbing.lr_schedules import cosine_decay
 from plumbing.lr_selection import LrChoice, choose_lr, resumed_choice
 from plumbing.precision import bf16_autocast, memory_layout
-from plumbing.run_folders import RunFolder
+from plumbing.run_folders import RESULTS_FILE, RunFolder
 from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
 from plumbing.training import Progress, restore
@@ -66,7 +65,6 @@ MODES = ("finetune", "linear")
 BALANCE = ("loss", "none")
 CRITERION = "validation balanced accuracy"
 BEST_FILE = "best.pt"
-RESULTS_FILE = "results.json"
 
 
 @dataclass(frozen=True)
@@ -251,12 +249,8 @@ def save_best(trainer: ClassifierTrainer, run_dir: Path, cfg: FinetuneConfig, cl
     with atomic_path(run_dir / BEST_FILE) as tmp:
         torch.save({"model": trainer.model.state_dict(), "epoch": trainer.state.best_epoch,
                     "score": trainer.state.best_score}, tmp)
-    training = {
-        "trained_by": "python -m evaluate.finetune", "data": trainer.state.config.get("data_description"),
-        "command": trainer.state.config.get("command"), "resumed_with": trainer.state.config.get("resumed_with", []),
-        "mode": cfg.mode, "init": trainer.state.config.get("init_provenance"),
-        "epoch": trainer.state.best_epoch, "validation_balanced_accuracy": trainer.state.best_score,
-    }
+    training = training_record("python -m evaluate.finetune", trainer.state.config, mode=cfg.mode,
+                               epoch=trainer.state.best_epoch, validation_balanced_accuracy=trainer.state.best_score)
     save_model(run_dir / CLASSIFIER_FILE, trainer.model.backbone, image_size=cfg.image_size, training=training,
                head=trainer.model.head, classes=classes)
 
@@ -293,11 +287,10 @@ def run_protocol(
         choice = resumed_choice(run.checkpoint["run"]["lr_choice"], maximise=True)
     else:
         choice = choose_classifier_lr(cfg, data, runtime)
-    if is_main_process():
-        done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
-            data.train, cfg.batch_size, runtime.workers)
-        print(f"{run.path}: finished; scoring its best epoch again" if done else
-              f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}", file=sys.stderr)
+    done = run.checkpoint is not None and run.checkpoint["run"]["iteration"] >= cfg.epochs * steps_per_epoch(
+        data.train, cfg.batch_size, runtime.workers)
+    print_on_main(f"{run.path}: finished; scoring its best epoch again" if done else
+                  f"training {cfg.epochs} epoch(s) at lr {choice.lr:g} -> {run.path}")
     trainer = train_classifier(
         cfg, data, runtime, choice.lr, cfg.epochs, run_dir=run.path, record=record, lr_choice=choice,
         checkpoint=run.checkpoint, on_best=lambda t: save_best(t, run.path, cfg, data.classes),

@@ -55,7 +55,7 @@ from evaluate.protocol.task_data import (
     task_classes,
     validation_rows,
 )
-from evaluate.protocol.training import RESULTS_FILE, FinetuneConfig, run_protocol
+from evaluate.protocol.training import FinetuneConfig, run_protocol
 from evaluate.quality.features import (
     XRV_CHOICE,
     FeatureCache,
@@ -76,8 +76,8 @@ from evaluate.quality.sections import (
 )
 from models.backbones import Classifier
 from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
-from plumbing.errors import UserError
-from plumbing.run_folders import open_run, record_config
+from plumbing.errors import DataRoleError, UserError
+from plumbing.run_folders import RESULTS_FILE, open_run, record_config
 from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
@@ -135,6 +135,10 @@ def check_reference(store: SyntheticStore, cfg: QualityConfig) -> DataChoice:
                         f"{store.url} holds {', '.join(store.classes)} (task {store.task.name})")
     if spec.channels != 1:
         raise UserError(f"--reference {cfg.reference} has {spec.channels}-channel images; stores hold radiographs")
+    try:
+        spec.resolve_root(cfg.reference_root)
+    except DataRoleError as exc:
+        raise exc.in_role("reference") from None
     return choice
 
 
@@ -281,7 +285,10 @@ def measure(store: SyntheticStore, cfg: QualityConfig, runtime: Runtime, command
         xrv_extractor()  # weights not on disk stop here
     source = training_source(store, cfg)
     if source is not None:
-        get_spec(source[0]).resolve_root(cfg.training_root)  # a real training set without its root stops here
+        try:  # a real training set without its root stops here
+            get_spec(source[0]).resolve_root(cfg.training_root)
+        except DataRoleError as exc:
+            raise exc.in_role("training") from None
     eval_split = EVAL_SPLIT.get(cfg.reference, "valid")
 
     log(f"reading the image sets at {size} px")
