@@ -28,13 +28,12 @@ running the same grid again resumes them, as finished cells are skipped.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from .distributed import is_main_process
+from .distributed import print_on_main
 from .errors import UserError
 from .run_folders import CONFIG_FILE, RunDiverged
 from .training import checkpoints
@@ -160,16 +159,20 @@ class GridReport:
     cells: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
+    resumable: list[str] = field(default_factory=list)
+    """The failed cells whose folder holds a checkpoint to resume from."""
 
     def add(self, other: GridReport) -> GridReport:
         """The report of this grid and then ``other`` (a grid planned after this one ran)."""
-        return GridReport(self.cells + other.cells, self.failed | other.failed, self.blocked + other.blocked)
+        return GridReport(self.cells + other.cells, self.failed | other.failed, self.blocked + other.blocked,
+                          self.resumable + other.resumable)
 
     def raise_if_failed(self) -> None:
         """One :class:`UserError` line naming the failed cells (and those not run), when there are any:
 
         ``N of M cell(s) diverged|failed (names)[, K more not run as they need them (names)]; the others
-        finished; ...`` - ``diverged`` when every failure is a diverged loss.
+        finished; ...`` - ``diverged`` when every failure is a diverged loss; the end says which cells the
+        same command resumes from a checkpoint and which it starts again (those that wrote none).
         """
         if not self.failed and not self.blocked:
             return
@@ -177,14 +180,13 @@ class GridReport:
         line = f"{len(self.failed)} of {self.cells} cell(s) {what} ({', '.join(self.failed)})"
         if self.blocked:
             line += f", {len(self.blocked)} more not run as they need them ({', '.join(self.blocked)})"
-        raise UserError(f"{line}; the others finished; the same command resumes the {what} ones from their last "
-                        "good checkpoint")
-
-
-def _say(message: str) -> None:
-    """``message`` on stderr, from the main process only."""
-    if is_main_process():
-        print(message, file=sys.stderr)
+        fresh = [name for name in self.failed if name not in self.resumable]
+        if not fresh:
+            again = f"the same command resumes the {what} ones from their last good checkpoint"
+        else:
+            again = "the same command starts again those without a checkpoint" + (
+                f" and resumes {', '.join(self.resumable)} from its last good checkpoint" if self.resumable else "")
+        raise UserError(f"{line}; the others finished; {again}")
 
 
 def run_here(
@@ -206,15 +208,16 @@ def run_here(
         missing = [n for n in cell.needs if n in report.failed or n in report.blocked]
         if missing:
             report.blocked.append(cell.name)
-            _say(f"{cell.name}: not run, as {', '.join(missing)} did not finish")
+            print_on_main(f"{cell.name}: not run, as {', '.join(missing)} did not finish")
             continue
         status = cell_status(cell)
         if status == "finished":
-            _say(skipped(cell))
+            print_on_main(skipped(cell))
             continue
         try:
             run_cell(cell, status)
         except UserError as exc:
             report.failed[cell.name] = "diverged" if isinstance(exc, RunDiverged) else "failed"
-            _say(f"{cell.name}: {exc}; going on with the other cells")
+            report.resumable += [cell.name] if checkpoints(cell.folder) else []
+            print_on_main(f"{cell.name}: {exc}; going on with the other cells")
     return report

@@ -391,8 +391,10 @@ def test_a_damaged_pretext_store_found_after_the_start_leaves_no_files(
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["run", *COMMON, "--data", f"synthetic={store}", "--tasks", "rotation", "--runs-dir", str(runs)])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the lines that say what started
-    assert "images unreadable" in err and "train block 1" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    failed = [line for line in err if line.startswith("rotation-")]  # the step's cell says why it failed
+    assert len(failed) == 1 and "images unreadable" in failed[0] and "train block 1" in failed[0]
+    assert "1 of 2 cell(s) failed (rotation-" in err[-1] and "1 more not run" in err[-1]
     assert not runs.exists() or not list(runs.iterdir()), list(runs.iterdir())  # no config.json, no empty ssl-steps/
 
 
