@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 
 from adapt.cells import adapt_cell, evaluation_record, say, summary_line, write_results
-from datasets.registry import names
+from datasets.registry import default_counts, names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from models.backbones import BACKBONES
 from models.initialisation import imagenet_weights_file
@@ -34,6 +34,7 @@ from plumbing.cli import add_device_arg, add_runs_dir_arg, default_workers, make
 from plumbing.distributed import distributed, local_batch_size, process_device, processes
 from plumbing.errors import UserError
 from plumbing.grid import Cell, Status, check_cells, run_here
+from plumbing.lookup import look_up
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, open_run, record_config
 from plumbing.runtime import Runtime
@@ -63,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target-root", default=None, help="root of the target (else its environment variable)")
     data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
-    data.add_argument("--source-length", type=int, default=None, help="source images (phantoms: 2000 when not given)")
+    data.add_argument("--source-length", type=int, default=None,
+                      help=f"source images ({default_counts()} when not given)")
     data.add_argument("--target-length", type=int, default=None,
-                      help="target adaptation images (phantoms: 2000 when not given)")
-    data.add_argument("--eval-length", type=int, default=None, help="target evaluation images (phantoms: 500)")
+                      help=f"target adaptation images ({default_counts()} when not given)")
+    data.add_argument("--eval-length", type=int, default=None,
+                      help=f"target evaluation images ({default_counts(held_out=True)})")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     method = parser.add_argument_group("alignment")
     method.add_argument("--alignment", default="dcan",
@@ -117,8 +120,9 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def _alignments(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in values if v not in ALIGNMENTS]
-    if not values or unknown or len(set(values)) != len(values):
+    for v in values:
+        look_up("alignment", v, ALIGNMENTS, option="--alignment")
+    if not values or len(set(values)) != len(values):
         raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
     return values
 

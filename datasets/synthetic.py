@@ -201,4 +201,5 @@ SPEC = DataSetSpec(
     schema=CHEXPERT,
     classes=None,
     factory=factory,
+    eval_split="val",
 )

@@ -8,7 +8,8 @@ Three disjoint sets of one labelled task (:func:`task_data`):
   whole patients - or SIIM studies - where the reader knows them, else
   images), or the ``val`` split of a synthetic store;
 * **evaluation** (reported, never used for a choice): the held-out split of
-  ``--eval-data`` (by default ``--data`` itself) - for phantoms the ``test``
+  ``--eval-data`` (by default ``--data`` itself; its spec's
+  :attr:`~datasets.spec.DataSetSpec.eval_split`) - for phantoms the ``test``
   seed stream, disjoint from the ``train`` one; for real data the official
   validation split (CheXpert, ChestX-ray14's test list) or the reader's
   documented patient- or study-wise held-out split (ISIC-2019, SIIM-COVID);
@@ -28,7 +29,6 @@ for a synthetic store, from :class:`datasets.block_loader.BlockLoader`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,10 +41,6 @@ from plumbing.errors import UserError
 from plumbing.seeding import numpy_rng
 
 VALIDATION_FRACTION = 0.1
-PHANTOM_LENGTHS = (2000, 500)
-"""Training and evaluation images of a phantom data set when a command is given no length."""
-EVAL_SPLIT = {"phantom": "test", "phantom-nih": "test", "synthetic": "val"}
-"""The held-out split per data set (others: ``valid``)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +63,9 @@ class DataChoice:
         return label_task(self.version, self.setting)
 
     def build(self, split: str, resolution: int, augment: bool) -> Dataset:
-        spec = get_spec(self.name)
-        options: dict[str, Any] = {}
-        if self.length is not None:
-            if "length" in spec.options:
-                options["length"] = self.length
-            elif "max_samples" in spec.options:
-                options["max_samples"] = self.length
-            else:
-                raise UserError(f"{self.name} takes no image count (--length / --eval-length)")
+        """``split`` with ``length`` images (:meth:`~datasets.spec.DataSetSpec.count_options`: a data set that
+        cannot be cut is a :class:`UserError` when a length is given)."""
+        options = get_spec(self.name).count_options(self.length)
         return build_dataset(
             self.name, root=self.root, split=split, task=self.task(), resolution=resolution, augment=augment, **options
         )
@@ -158,10 +148,11 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     else:
         held = validation_rows(groups_of(full), len(full), seed)
         if held.all():
-            raise UserError(f"--data {train.name} has {len(full)} training images in one group; more are needed")
+            raise UserError(f"--data {train.name} has {len(full)} training images in one "
+                            f"{get_spec(train.name).groups or 'group'}; more are needed")
         plain = full if not train.augment else train.build("train", resolution, False)
         fit, validation = Subset(full, np.flatnonzero(~held).tolist()), Subset(plain, np.flatnonzero(held).tolist())
-    held_out = evaluation.build(EVAL_SPLIT.get(evaluation.name, "valid"), resolution, False)
+    held_out = evaluation.build(get_spec(evaluation.name).eval_split, resolution, False)
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))
     empty = [name for name, n in data.sizes().items() if n == 0]
     if empty:
