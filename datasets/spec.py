@@ -59,6 +59,11 @@ class DataSetSpec:
             finding vectors the data set's images carry (``csv=None``: the
             bundled training labels; phantoms sample theirs from it);
             ``None`` when there is none (own classes, a synthetic store).
+        validation_split: the data set's own split that validates a model
+            trained on its ``train`` split (chooses the learning rate and the
+            best epoch): a store's ``val``; ``None``: a seeded part of the
+            training split is held out instead
+            (:func:`evaluate.protocol.task_data.validation_rows`).
         groups: what a group of images is where the reader knows it
             (``patient``, ``study``): a held-out part of the training split
             keeps whole groups; ``None``: images are held out one by one.
@@ -76,6 +81,7 @@ class DataSetSpec:
     eval_split: str = "valid"
     lengths: tuple[int, int] | None = None
     label_table: Callable[..., LabelTable] | None = None
+    validation_split: str | None = None
     groups: str | None = None
 
     @property

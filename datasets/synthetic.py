@@ -202,4 +202,5 @@ SPEC = DataSetSpec(
     classes=None,
     factory=factory,
     eval_split="val",
+    validation_split="val",
 )

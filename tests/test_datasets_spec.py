@@ -17,10 +17,12 @@ from evaluate.protocol.task_data import DataChoice, task_data
 from plumbing.errors import UserError
 
 
-def test_held_out_splits() -> None:
+def test_held_out_and_validation_splits() -> None:
     splits = {name: spec.eval_split for name, spec in registry.REGISTRY.items()}
     assert splits == {"chexpert": "valid", "chestxray8": "valid", "siim-covid": "valid", "isic2019": "valid",
                       "phantom": "test", "phantom-nih": "test", "synthetic": "val"}
+    own = {name: spec.validation_split for name, spec in registry.REGISTRY.items() if spec.validation_split}
+    assert own == {"synthetic": "val"}
 
 
 def test_default_counts_only_for_generated_data_sets() -> None:

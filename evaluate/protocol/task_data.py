@@ -6,7 +6,8 @@ Three disjoint sets of one labelled task (:func:`task_data`):
 * **validation** (chooses the learning rate and the best epoch): a seeded
   10% of the training split held out from training (:func:`validation_rows`:
   whole patients - or SIIM studies - where the reader knows them, else
-  images), or the ``val`` split of a synthetic store;
+  images), or the data set's own validation split where its spec names one
+  (:attr:`~datasets.spec.DataSetSpec.validation_split`: a synthetic store's ``val``);
 * **evaluation** (reported, never used for a choice): the held-out split of
   ``--eval-data`` (by default ``--data`` itself; its spec's
   :attr:`~datasets.spec.DataSetSpec.eval_split`) - for phantoms the ``test``
@@ -139,17 +140,18 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     channels = get_spec(train.name).channels
     if get_spec(evaluation.name).channels != channels:
         raise UserError(f"--eval-data {evaluation.name} and --data {train.name} differ in image channels")
-    if train.name == evaluation.name == "synthetic" and train.root == evaluation.root:
-        raise UserError("the store's val split is the validation set of a run on a synthetic store; pass "
-                        "--eval-data (phantom, a real data set or another store) for the evaluation images")
+    spec = get_spec(train.name)
+    if spec.validation_split is not None and (train.name, train.root) == (evaluation.name, evaluation.root):
+        raise UserError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "
+                        "pass --eval-data (phantom, a real data set or another store) for the evaluation images")
     full = train.build("train", resolution, train.augment)
-    if train.name == "synthetic":
-        fit, validation = full, train.build("val", resolution, False)
+    if spec.validation_split is not None:
+        fit, validation = full, train.build(spec.validation_split, resolution, False)
     else:
         held = validation_rows(groups_of(full), len(full), seed)
         if held.all():
             raise UserError(f"--data {train.name} has {len(full)} training images in one "
-                            f"{get_spec(train.name).groups or 'group'}; more are needed")
+                            f"{spec.groups or 'group'}; more are needed")
         plain = full if not train.augment else train.build("train", resolution, False)
         fit, validation = Subset(full, np.flatnonzero(~held).tolist()), Subset(plain, np.flatnonzero(held).tolist())
     held_out = evaluation.build(get_spec(evaluation.name).eval_split, resolution, False)
