@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 ALIGNMENTS = ("none", "dcan", "ours")
 BN_MODES = ("auto", "frozen", "train")
@@ -113,6 +113,5 @@ class AdaptConfig:
 
 def with_preset(cfg: AdaptConfig, alignment: str) -> AdaptConfig:
     """``cfg`` with ``alignment``'s term weights (:data:`PRESET_WEIGHTS`); the diversity weight is kept."""
-    if alignment not in ALIGNMENTS:
-        raise UserError(f"unknown alignment {alignment!r}; known: {', '.join(ALIGNMENTS)}")
+    look_up("alignment", alignment, ALIGNMENTS)
     return replace(cfg, alignment=alignment, **PRESET_WEIGHTS[alignment])

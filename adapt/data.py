@@ -13,7 +13,7 @@
 * **target evaluation** (reported, never used for a choice): the target's
   held-out split - the ``test`` seed stream of phantoms, CheXpert's official
   ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
-  in both), a store's ``val`` split (:data:`evaluate.protocol.task_data.EVAL_SPLIT`).
+  in both), a store's ``val`` split (:attr:`datasets.spec.DataSetSpec.eval_split`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from datasets.batches import training_batches
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
-from evaluate.protocol.task_data import PHANTOM_LENGTHS, DataChoice, labels_of, task_classes, task_data
+from evaluate.protocol.task_data import DataChoice, labels_of, task_classes, task_data
 from plumbing.distributed import rank, world_size
 from plumbing.errors import DataRoleError, UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
@@ -56,21 +56,18 @@ class AdaptData:
                 "target_selection": len(self.target_selection)}
 
 
-def _length(name: str, given: int | None, default: int) -> int | None:
-    return given if given is not None or not name.startswith("phantom") else default
-
-
 def choices(cfg: AdaptConfig) -> tuple[DataChoice, DataChoice, DataChoice]:
     """The source, target (adaptation) and target evaluation images of ``cfg``."""
     def task_of(name: str) -> tuple[int | None, str | None]:
         return (cfg.version, cfg.setting) if get_spec(name).schema is not None else (None, None)
 
+    source_spec, target_spec = get_spec(cfg.source), get_spec(cfg.target)
     source = DataChoice(cfg.source, cfg.source_root, *task_of(cfg.source),
-                        _length(cfg.source, cfg.source_length, PHANTOM_LENGTHS[0]))
+                        source_spec.image_count(cfg.source_length))
     target = DataChoice(cfg.target, cfg.target_root, *task_of(cfg.target),
-                        _length(cfg.target, cfg.target_length, PHANTOM_LENGTHS[0]))
+                        target_spec.image_count(cfg.target_length))
     evaluation = DataChoice(cfg.target, cfg.target_root, *task_of(cfg.target),
-                            _length(cfg.target, cfg.eval_length, PHANTOM_LENGTHS[1]))
+                            target_spec.image_count(cfg.eval_length, held_out=True))
     return source, target, evaluation
 
 

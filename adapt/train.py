@@ -34,7 +34,7 @@ from adapt.cells import (
     summary_line,
     write_results,
 )
-from datasets.registry import names
+from datasets.registry import default_counts, names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
 from models.backbones import BACKBONES
 from models.initialisation import imagenet_weights_file
@@ -54,6 +54,7 @@ from plumbing.cli import (
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.grid import Cell, Status, cell_status, check_cells, run_here
+from plumbing.lookup import look_up
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, open_run, record_config, run_name_or
 from plumbing.runtime import Runtime
@@ -83,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--target-root", default=None, help="root of the target (else its environment variable)")
     data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
-    data.add_argument("--source-length", type=int, default=None, help="source images (phantoms: 2000 when not given)")
+    data.add_argument("--source-length", type=int, default=None,
+                      help=f"source images ({default_counts()} when not given)")
     data.add_argument("--target-length", type=int, default=None,
-                      help="target adaptation images (phantoms: 2000 when not given)")
-    data.add_argument("--eval-length", type=int, default=None, help="target evaluation images (phantoms: 500)")
+                      help=f"target adaptation images ({default_counts()} when not given)")
+    data.add_argument("--eval-length", type=int, default=None,
+                      help=f"target evaluation images ({default_counts(held_out=True)})")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     method = parser.add_argument_group("alignment")
     method.add_argument("--alignment", default="dcan",
@@ -127,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _alignments(text: str) -> list[str]:
     values = parse_list(text, "--alignment", what=f"presets ({', '.join(ALIGNMENTS)})")
-    if any(v not in ALIGNMENTS for v in values):
+    for v in values:
+        look_up("alignment", v, ALIGNMENTS, option="--alignment")
+    if len(set(values)) != len(values):
         raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
     return values
 

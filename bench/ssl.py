@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from datasets.batches import training_batches
 from plumbing.cli import add_device_arg, make_parser, parse_list, resolve_device, run_cli, workers_for
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from ssl.config import StepConfig
 from ssl.data import parse_data, unlabelled_images
@@ -84,8 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_rows_out_arg(parser)
     args = parser.parse_args(argv)
     tasks = parse_list(args.tasks, "--tasks", what="task names")
-    unknown = [t for t in tasks if t not in task_names()]
-    if unknown:
+    for t in tasks:
+        look_up("pretext task", t, task_names(), option="--tasks")
+    if not tasks:
         raise UserError(f"--tasks {args.tasks!r}: name tasks of {', '.join(task_names())}")
     check_sizes(args, ("image_size", "batch_size", "steps", "repeats", "images"))
     if args.images < 2 * args.batch_size:

@@ -95,4 +95,6 @@ SPEC = DataSetSpec(
     classes=None,
     factory=chexpert_dataset,
     options=OPTIONS,
+    label_table=read_chexpert_table,
+    groups="patient",
 )

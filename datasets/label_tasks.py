@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 from .findings import NO_FINDING, FindingSchema
 
@@ -75,8 +76,7 @@ class LabelTask:
             raise UserError(
                 f"unknown label-task version {self.version!r}; valid versions: {', '.join(map(str, VERSIONS))}"
             )
-        if self.setting not in SETTINGS:
-            raise UserError(f"unknown label-task setting {self.setting!r}; valid settings: {', '.join(SETTINGS)}")
+        look_up("label-task setting", self.setting, SETTINGS)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -110,4 +110,6 @@ SPEC = DataSetSpec(
     classes=None,
     factory=nih_dataset,
     options=OPTIONS,
+    label_table=read_nih_table,
+    groups="patient",
 )

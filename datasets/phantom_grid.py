@@ -20,7 +20,7 @@ from plumbing.files import atomic_path
 
 from .findings import FindingSchema
 from .label_tasks import SETTINGS, VERSIONS, parse_task
-from .phantoms.dataset import SPLITS, TABLES, PhantomDataset
+from .phantoms.dataset import SPECS, SPLITS, PhantomDataset
 from .phantoms.render import check_resolution, rendered_findings
 from .sample import FINDINGS, IMAGE, LABEL, to_uint8
 
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
-    parser.add_argument("--domain", default="phantom", choices=sorted(TABLES), help="phantom domain")
+    parser.add_argument("--domain", default="phantom", choices=sorted(SPECS), help="phantom domain")
     parser.add_argument("--resolution", type=int, default=128, help="image side in pixels (32-512)")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed")
     parser.add_argument("--split", default="train", choices=sorted(SPLITS), help="seed stream")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 from . import chexpert, isic, nih, siim_covid, synthetic
 from .label_tasks import LabelTask
@@ -34,8 +35,7 @@ REGISTRY: dict[str, DataSetSpec] = {
         nih.SPEC,
         siim_covid.SPEC,
         isic.SPEC,
-        phantom.SPECS["phantom"],
-        phantom.SPECS["phantom-nih"],
+        *phantom.SPECS.values(),
         synthetic.SPEC,
     )
 }
@@ -45,12 +45,20 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get_spec(name: str) -> DataSetSpec:
-    """The spec of a registered data set; a :class:`UserError` names the known ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown data set {name!r}; known data sets: {', '.join(sorted(REGISTRY))}") from None
+def get_spec(name: str, *, option: str | None = None) -> DataSetSpec:
+    """The spec of a registered data set; a :class:`UserError` (:func:`plumbing.lookup.look_up`) names the known
+    ones, after ``option`` when given."""
+    return look_up("data set", name, REGISTRY, option=option)
+
+
+def default_counts(held_out: bool = False) -> str:
+    """The default image counts of the data sets that have one, for ``--help``: ``"phantom, phantom-nih: 2000"``."""
+    by_count: dict[int, list[str]] = {}
+    for spec in REGISTRY.values():
+        count = spec.image_count(None, held_out=held_out)
+        if count is not None:
+            by_count.setdefault(count, []).append(spec.name)
+    return "; ".join(f"{', '.join(named)}: {count}" for count, named in by_count.items())
 
 
 def build_dataset(

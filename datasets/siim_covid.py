@@ -148,4 +148,5 @@ SPEC = DataSetSpec(
     classes=CLASSES,
     factory=siim_covid_dataset,
     options=OPTIONS,
+    groups="study",
 )

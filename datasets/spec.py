@@ -1,7 +1,11 @@
-"""How one named data set is built: :class:`DataSetSpec`, the entry type of :mod:`datasets.registry`.
+"""Every fact about one named data set: :class:`DataSetSpec`, the entry type of :mod:`datasets.registry`.
 
-Reader modules each define their spec (``SPEC``) here-typed; the registry is
-the one table that names them.
+Reader modules each define their spec (``SPEC``); the registry is the one
+table that names them. Commands ask the spec, never the data set's name, for
+a fact: its held-out split, how many images to read when given no count and
+how to cap the count (:meth:`DataSetSpec.image_count`,
+:meth:`DataSetSpec.count_options`), its label table, channels and groups.
+Adding a data set is one reader module and one spec.
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ from .findings import FindingSchema
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
+
+    from .label_tables import LabelTable
+
+COUNT_OPTIONS = ("length", "max_samples")
+"""The reader options that set a data set's number of images, in the order they are preferred:
+``length`` (the data set is generated at exactly that many images) and ``max_samples`` (a seeded
+uniform subset of at most that many of its images, :func:`datasets.tabular.subset_rows`)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,25 @@ class DataSetSpec:
         factory: ``factory(root, split=..., task=..., resolution=..., augment=..., **options)``.
         options: the names of the reader options ``factory`` accepts (the
             ``**options`` of :func:`datasets.registry.build_dataset`); none by default.
+        eval_split: the held-out split that evaluates a model (reported, never
+            used for a choice): ``valid`` (the official validation split or the
+            reader's documented held-out split), the phantoms' ``test`` seed
+            stream, a store's ``val`` split.
+        lengths: ``(training, evaluation)`` images a command reads when given
+            no count, for a data set that is generated and so has no size of its
+            own (phantoms); ``None``: every image of the split.
+        label_table: ``label_table(csv, views=...)`` reads the label file whose
+            finding vectors the data set's images carry (``csv=None``: the
+            bundled training labels; phantoms sample theirs from it);
+            ``None`` when there is none (own classes, a synthetic store).
+        validation_split: the data set's own split that validates a model
+            trained on its ``train`` split (chooses the learning rate and the
+            best epoch): a store's ``val``; ``None``: a seeded part of the
+            training split is held out instead
+            (:func:`evaluate.protocol.task_data.validation_rows`).
+        groups: what a group of images is where the reader knows it
+            (``patient``, ``study``): a held-out part of the training split
+            keeps whole groups; ``None``: images are held out one by one.
     """
 
     name: str
@@ -48,6 +78,48 @@ class DataSetSpec:
     classes: tuple[str, ...] | None
     factory: Callable[..., Dataset]
     options: tuple[str, ...] = ()
+    eval_split: str = "valid"
+    lengths: tuple[int, int] | None = None
+    label_table: Callable[..., LabelTable] | None = None
+    validation_split: str | None = None
+    groups: str | None = None
+
+    @property
+    def count_option(self) -> str | None:
+        """The reader option that sets the number of images (:data:`COUNT_OPTIONS`), or ``None`` when there is none."""
+        return next((name for name in COUNT_OPTIONS if name in self.options), None)
+
+    def image_count(self, given: int | None, *, held_out: bool = False) -> int | None:
+        """How many images of the training (or, ``held_out``, the evaluation) split a command reads.
+
+        ``given`` when a count is given, else the spec's default (:attr:`lengths`);
+        ``None`` means every image of the split.
+        """
+        if given is not None or self.lengths is None:
+            return given
+        return self.lengths[1 if held_out else 0]
+
+    def read_label_table(self, csv: str | Path | None = None, **options: Any) -> LabelTable:
+        """The data set's label table (:attr:`label_table`; ``options`` such as ``views``); a :class:`UserError`
+        when it has none."""
+        if self.label_table is None:
+            raise UserError(f"{self.name} has no label table of finding vectors")
+        return self.label_table(csv, **options)
+
+    def count_options(self, count: int | None) -> dict[str, int]:
+        """The reader options that build the data set with ``count`` images (``None``: no option, its own size).
+
+        ``{"length": count}`` for a generated data set (exactly ``count``
+        images), ``{"max_samples": count}`` for a read one (a seeded subset of
+        at most ``count``). A data set without either option (a synthetic
+        store) cannot be cut: a :class:`UserError`; a command that cuts any
+        data set itself checks :attr:`count_option` first.
+        """
+        if count is None:
+            return {}
+        if self.count_option is None:
+            raise UserError(f"{self.name} takes no image count; it is read whole")
+        return {self.count_option: count}
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """A :class:`UserError` naming the accepted options when ``options`` holds any other name."""

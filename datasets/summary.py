@@ -4,28 +4,31 @@
 ``{"No Finding": n0, "Pneumothorax": n1, ...}``: the number of images of the
 label file (torchxrayvision's bundled training labels, or ``--csv``) that the
 label-task policy (:mod:`datasets.label_tasks`) puts in each class, after the
-view filter. ``phantom`` and ``phantom-nih`` read the CheXpert and NIH tables
-that the phantom data sets sample their findings from.
+view filter. Every data set whose spec has a label table
+(:attr:`datasets.spec.DataSetSpec.label_table`) is accepted: ``phantom`` and
+``phantom-nih`` read the CheXpert and NIH tables that they sample their
+findings from.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
-from .label_tables import FRONTAL_VIEWS, VIEWS, LabelTable, read_chexpert_table, read_nih_table
+from .label_tables import FRONTAL_VIEWS, VIEWS
 from .label_tasks import SETTINGS, VERSIONS, LabelTask, class_counts, parse_task
+from .registry import REGISTRY
+from .spec import DataSetSpec
 
-READERS: dict[str, Callable[..., LabelTable]] = {
-    "chexpert": read_chexpert_table,
-    "chestxray8": read_nih_table,
-    "phantom": read_chexpert_table,
-    "phantom-nih": read_nih_table,
-}
+
+def tabled() -> dict[str, DataSetSpec]:
+    """The registered data sets that have a label table, in the registry's order."""
+    return {name: spec for name, spec in REGISTRY.items() if spec.label_table is not None}
 
 
 def parse_views(text: str) -> tuple[str, ...] | None:
@@ -45,11 +48,7 @@ def summarise(
     dataset: str, task: LabelTask, csv: Path | None, views: tuple[str, ...] | None
 ) -> tuple[dict[str, int], int]:
     """Class counts of ``task`` on the data set's label table, and the number of rows read."""
-    try:
-        reader = READERS[dataset]
-    except KeyError:
-        raise UserError(f"unknown data set {dataset!r}; choose one of {', '.join(READERS)}") from None
-    table = reader(csv, views=views)
+    table = look_up("data set with a label table", dataset, tabled()).read_label_table(csv, views=views)
     return class_counts(table.vectors, table.schema, task), len(table)
 
 
@@ -72,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(
         "python -m datasets.summary", "Count the images of each class of a label task in a label file."
     )
-    parser.add_argument("dataset", help=f"one of {', '.join(READERS)}")
+    parser.add_argument("dataset", help=f"one of {', '.join(tabled())}")
     parser.add_argument("--version", default="3", help=f"label-task version ({', '.join(map(str, VERSIONS))})")
     parser.add_argument("--setting", default="0s", help=f"label-task setting ({', '.join(SETTINGS)})")
     parser.add_argument(

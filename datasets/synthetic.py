@@ -201,4 +201,6 @@ SPEC = DataSetSpec(
     schema=CHEXPERT,
     classes=None,
     factory=factory,
+    eval_split="val",
+    validation_split="val",
 )

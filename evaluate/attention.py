@@ -22,7 +22,7 @@ from datasets.registry import get_spec
 from evaluate.ail.cam import METHODS
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import CLASS_OF, measure_attention, write_attention
-from evaluate.protocol.task_data import EVAL_SPLIT, DataChoice, task_classes
+from evaluate.protocol.task_data import DataChoice, task_classes
 from evaluate.protocol.training import FinetuneConfig
 from models.model_file import CLASSIFIER_FILE, load_classifier
 from plumbing.cli import add_device_arg, add_runs_dir_arg, make_parser, resolve_device, run_cli
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         choice = DataChoice(args.data, args.data_root, recorded.version, recorded.setting, None)
         _check_data(choice, info.classes or (), info.channels, recorded.name)
-    split = EVAL_SPLIT.get(choice.name, "valid")
+    split = get_spec(choice.name).eval_split
     dataset = choice.build(split, info.image_size, augment=False)
     masks = MaskSource(dataset, choice.name, args.lung_masks, info.image_size)
     result = measure_attention(

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import torch
 
-from datasets.registry import get_spec, names
+from datasets.registry import default_counts, get_spec, names
 from evaluate.metrics import MISSING
-from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
+from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, build_classifier, run_protocol
 from models.backbones import backbone_names
 from plumbing.cli import (
@@ -69,12 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
     data.add_argument("--length", type=int, default=None,
                       help=f"training images, a deterministic subset of a real data set (default: every image; "
-                           f"phantoms: {PHANTOM_LENGTHS[0]})")
+                           f"{default_counts()})")
     data.add_argument("--eval-data", default=None,
                       help="data set of the evaluation images, with the same classes (none given: --data)")
     data.add_argument("--eval-root", default=None, help="root of --eval-data (else its environment variable)")
     data.add_argument("--eval-length", type=int, default=None,
-                      help=f"evaluation images (phantoms: {PHANTOM_LENGTHS[1]} when not given)")
+                      help=f"evaluation images ({default_counts(held_out=True)} when not given)")
     data.add_argument("--augment", action="store_true", help="training augmentations (flips, small affine, intensity)")
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     model = parser.add_argument_group("model")
@@ -117,10 +117,8 @@ def _config(args: argparse.Namespace) -> FinetuneConfig:
     check_options(checks)
     has_findings = get_spec(args.data).schema is not None
     eval_data = args.eval_data or args.data
-    lengths = {}
-    for key, name, value, default in (("length", args.data, args.length, PHANTOM_LENGTHS[0]),
-                                      ("eval_length", eval_data, args.eval_length, PHANTOM_LENGTHS[1])):
-        lengths[key] = value if value is not None or not name.startswith("phantom") else default
+    lengths = {"length": get_spec(args.data).image_count(args.length),
+               "eval_length": get_spec(eval_data).image_count(args.eval_length, held_out=True)}
     return FinetuneConfig(
         data=args.data, data_root=args.data_root, version=args.version if has_findings else None,
         setting=args.setting if has_findings else None, eval_data=eval_data, eval_root=args.eval_root,

@@ -49,6 +49,7 @@ import torchvision
 from torch import nn
 
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 CHANNELS = (1, 3)
 
@@ -142,10 +143,7 @@ def backbone_names() -> list[str]:
 
 def get_backbone_spec(name: str) -> BackboneSpec:
     """The spec of a registered backbone; a :class:`UserError` names the known ones."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}") from None
+    return look_up("backbone", name, BACKBONES)
 
 
 ATTENTION_REDUCTION = 16

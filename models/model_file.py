@@ -58,6 +58,7 @@ from models.backbones import (
 )
 from plumbing.errors import UserError
 from plumbing.files import atomic_path, sha256_file
+from plumbing.lookup import unknown_name
 
 FORMAT = "cxr-model"
 VERSION = 1
@@ -176,7 +177,7 @@ def _metadata_problem(meta: Any) -> str | None:
         return f"it has format version {meta.get('version')!r}; this program reads version {VERSION}"
     arch = meta.get("architecture")
     if arch not in BACKBONES:
-        return f"unknown architecture {arch!r} (known: {', '.join(sorted(BACKBONES))})"
+        return unknown_name("architecture", arch, sorted(BACKBONES))
     if meta.get("channels") not in CHANNELS or not _is_int(meta.get("channels")):
         return f"channels must be 1 or 3, not {meta.get('channels')!r}"
     if not _is_int(meta.get("image_size")) or meta["image_size"] < 1:

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
-from datasets.registry import get_spec, names
-from evaluate.protocol.task_data import PHANTOM_LENGTHS, task_data
+from datasets.registry import default_counts, get_spec, names
+from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import MODES, FinetuneConfig
 from models.backbones import backbone_names
 from models.initialisation import imagenet_weights_file
@@ -51,6 +51,7 @@ from plumbing.cli import (
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.grid import check_cells, run_here
+from plumbing.lookup import unknown_name
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import check_run_name, command_line
@@ -123,9 +124,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--downstream-eval-root", default=None,
                       help="root of --downstream-eval (else its environment variable)")
     down.add_argument("--length", type=int, default=None,
-                      help=f"downstream training images (phantoms: {PHANTOM_LENGTHS[0]} when not given)")
+                      help=f"downstream training images ({default_counts()} when not given)")
     down.add_argument("--eval-length", type=int, default=None,
-                      help=f"downstream evaluation images (phantoms: {PHANTOM_LENGTHS[1]} when not given)")
+                      help=f"downstream evaluation images ({default_counts(held_out=True)} when not given)")
     down.add_argument("--mode", choices=MODES, default=DOWNSTREAM.mode, help="fine-tune or linear probe")
     down.add_argument("--downstream-epochs", type=int, default=None, help="epochs (none given: --epochs)")
     down.add_argument("--downstream-lr-grid", default=",".join(f"{v:g}" for v in DOWNSTREAM.lr_grid),
@@ -180,7 +181,7 @@ def _tasks(text: str) -> tuple[str, ...]:
         return ()
     for t in tasks:
         if t not in task_names():
-            raise UserError(f"--tasks: unknown pretext task {t!r}; known tasks: {', '.join(task_names())}, or {NONE}")
+            raise UserError(f"--tasks: {unknown_name('pretext task', t, [*task_names(), NONE])}")
     return tasks
 
 
@@ -210,12 +211,10 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.max_length is None or args.max_length >= 1, "--max-length must be at least 1"),
         ((args.length is None or args.length >= 1) and (args.eval_length is None or args.eval_length >= 1),
          "--length and --eval-length must be at least 1"),
-        (args.downstream in names(),
-         f"--downstream: unknown data set {args.downstream!r}; "
-         f"known: {', '.join(names())}"),
-        (args.downstream_eval in (None, *names()),
-         f"--downstream-eval: unknown data set {args.downstream_eval!r}; known: {', '.join(names())}"),
     ])
+    get_spec(args.downstream, option="--downstream")
+    if args.downstream_eval is not None:
+        get_spec(args.downstream_eval, option="--downstream-eval")
 
 
 def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[str, ...]]:
@@ -241,11 +240,9 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
     tasks = _tasks(args.tasks)
     overrides = _overrides(args.set, tasks)
     data = tuple(s.describe() for s in parse_data(args.data))
-    findings = get_spec(args.downstream).schema is not None
+    spec = get_spec(args.downstream)
+    findings = spec.schema is not None
     eval_data = args.downstream_eval or args.downstream
-    length = args.length if args.length is not None or not args.downstream.startswith("phantom") else PHANTOM_LENGTHS[0]
-    eval_length = (args.eval_length if args.eval_length is not None or not eval_data.startswith("phantom")
-                   else PHANTOM_LENGTHS[1])
     lr_grid = parse_lr_grid(args.downstream_lr_grid, "--downstream-lr-grid")
     prefix = check_run_name(args.prefix, "--prefix")
     base = dict(data=data, max_images=args.max_images, init=args.init, backbone=args.backbone,
@@ -258,7 +255,8 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
             downstream = FinetuneConfig(
                 data=args.downstream, data_root=args.downstream_root, version=args.version if findings else None,
                 setting=args.setting if findings else None,
-                length=length, eval_data=eval_data, eval_root=args.downstream_eval_root, eval_length=eval_length,
+                length=spec.image_count(args.length), eval_data=eval_data, eval_root=args.downstream_eval_root,
+                eval_length=get_spec(eval_data).image_count(args.eval_length, held_out=True),
                 backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
                 lr_grid=lr_grid, lr_trial_epochs=args.lr_trial_epochs, seed=seed,

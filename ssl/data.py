@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from datasets.registry import build_dataset, get_spec, names
+from datasets.registry import build_dataset, get_spec
 from datasets.sample import IMAGE, INDEX
 from datasets.synthetic import SyntheticDataset
 from plumbing.errors import DataRoleError, UserError
@@ -44,8 +44,7 @@ def parse_data(text: str) -> tuple[DataSource, ...]:
         if not part:
             continue
         name, _, root = part.partition("=")
-        if name not in names():
-            raise UserError(f"--data: unknown data set {name!r}; known: {', '.join(names())}")
+        get_spec(name, option="--data")
         sources.append(DataSource(name, root or None))
     if not sources:
         raise UserError("--data names no data set")
@@ -70,12 +69,10 @@ class UnlabelledImages(Dataset):
 
 
 def _build(source: DataSource, image_size: int, max_images: int | None) -> Dataset:
-    options: dict[str, Any] = {}
+    """The source's training split, cut to ``max_images`` where its reader can cut it (else whole: the
+    concatenation is cut afterwards)."""
     spec = get_spec(source.name)
-    if max_images is not None and "length" in spec.options:
-        options["length"] = max_images
-    elif max_images is not None and "max_samples" in spec.options:
-        options["max_samples"] = max_images
+    options = spec.count_options(max_images if spec.count_option is not None else None)
     try:
         return build_dataset(source.name, root=source.root, split="train", task=None, resolution=image_size,
                              augment=False, **options)

@@ -9,6 +9,7 @@ from typing import Any
 
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 RESOLUTIONS: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 """Maximum resolutions a network can be built for."""
@@ -99,9 +100,7 @@ class NetworkConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> NetworkConfig:
         """A named preset (see :data:`PRESETS`) with ``overrides`` applied."""
-        if name not in PRESETS:
-            raise UserError(f"unknown network preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**look_up("network preset", name, PRESETS), **overrides})
 
 
 PRESETS: dict[str, dict[str, Any]] = {

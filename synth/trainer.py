@@ -158,9 +158,7 @@ def training_dataset(cfg: TrainingConfig, data_root: str | None) -> Dataset:
     A class without a training image is a :class:`UserError`.
     """
     spec = training_spec(cfg.data)
-    options: dict[str, Any] = {}
-    if cfg.data_length is not None:
-        options["length" if spec.env_var is None else "max_samples"] = cfg.data_length
+    options = spec.count_options(cfg.data_length)
     task = balance_label_task(cfg.balance_task)
     dataset = build_dataset(spec.name, root=data_root, split="train", task=task, resolution=cfg.resolution, **options)
     if task is not None:

@@ -306,6 +306,18 @@ def test_every_registered_data_set_names_its_options() -> None:
     assert set(ACCEPTED) == set(names())
 
 
+@pytest.mark.parametrize(
+    ("name", "fixture"),
+    [("chexpert", "chexpert_root"), ("chestxray8", "nih_root"), ("siim-covid", "siim_root"), ("isic2019", "isic_root")],
+)
+def test_the_spec_names_the_readers_held_out_split_and_groups(name, fixture, request) -> None:
+    spec, root = get_spec(name), request.getfixturevalue(fixture)
+    train = build_dataset(name, root=root, resolution=RES)
+    held_out = build_dataset(name, root=root, split=spec.eval_split, resolution=RES)
+    assert len(held_out) and not set(held_out.records.ids) & set(train.records.ids)
+    assert (train.records.groups is not None) == (spec.groups is not None)
+
+
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
 def test_unknown_option_is_one_line_naming_the_accepted_ones(name) -> None:
     with pytest.raises(UserError) as exc:

@@ -39,7 +39,7 @@ The labelled picture grid command is :mod:`datasets.phantom_grid`
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,9 +58,10 @@ from ..spec import DataSetSpec
 from .render import DOMAIN_SCHEMAS, check_domain, check_resolution, render_batch
 
 SPLITS = {"train": "train", "valid": "valid", "val": "valid", "test": "test"}
-TABLES = {"phantom": read_chexpert_table, "phantom-nih": read_nih_table}
 OPTIONS = ("length", "seed", "shortcut", "balanced")  # the reader options of the registered phantom sets
 LAYOUT = "none: rendered procedurally, no files needed"
+LENGTHS = (2000, 500)
+"""Training and evaluation images of a phantom data set when a command is given no count."""
 
 
 class PhantomDataset(Dataset):
@@ -76,7 +77,7 @@ class PhantomDataset(Dataset):
         seed: data-set seed.
         shortcut: probability that the shortcut mark agrees with the target; ``None`` for no mark.
         balanced: draw the task's classes uniformly (needs a task).
-        table: the label table to sample from (default: the domain's bundled table).
+        table: the label table to sample from (default: the spec's label table, its bundled file).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class PhantomDataset(Dataset):
         task: LabelTask | None = None,
         resolution: int = 256,
         augment: bool = False,
-        length: int = 2000,
+        length: int = LENGTHS[0],
         seed: int = 0,
         shortcut: float | None = None,
         balanced: bool = False,
@@ -105,7 +106,7 @@ class PhantomDataset(Dataset):
             raise UserError(f"{domain}: balanced=True draws the classes of a label task; give a task")
         self.schema: FindingSchema = DOMAIN_SCHEMAS[domain]
         self.task = task
-        table = TABLES[domain]() if table is None else table
+        table = SPECS[domain].read_label_table() if table is None else table
         if table.schema != self.schema:
             raise ValueError(f"{domain} samples {self.schema.name} finding vectors, not {table.schema.name}")
         self.vectors = table.vectors
@@ -204,7 +205,7 @@ def phantom_factory(
     task: LabelTask | None = None,
     resolution: int = 256,
     augment: bool = False,
-    length: int = 2000,
+    length: int = LENGTHS[0],
     seed: int = 0,
     shortcut: float | None = None,
     balanced: bool = False,
@@ -216,12 +217,8 @@ def phantom_factory(
     return PhantomDataset(domain, split, task, resolution, augment, length, seed, shortcut, balanced)
 
 
-DESCRIPTIONS = {
-    "phantom": "procedural CheXpert-like phantom radiographs (real lung masks, CheXpert label co-occurrence)",
-    "phantom-nih": "procedural NIH-like phantom radiographs (real lung masks, ChestX-ray14 label co-occurrence)",
-}
-SPECS: dict[str, DataSetSpec] = {
-    name: DataSetSpec(
+def _spec(name: str, description: str, label_table: Callable[..., LabelTable]) -> DataSetSpec:
+    return DataSetSpec(
         name=name,
         description=description,
         layout=LAYOUT,
@@ -231,6 +228,25 @@ SPECS: dict[str, DataSetSpec] = {
         classes=None,
         factory=functools.partial(phantom_factory, domain=name),
         options=OPTIONS,
+        eval_split="test",
+        lengths=LENGTHS,
+        label_table=label_table,
     )
-    for name, description in DESCRIPTIONS.items()
+
+
+SPECS: dict[str, DataSetSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(
+            "phantom",
+            "procedural CheXpert-like phantom radiographs (real lung masks, CheXpert label co-occurrence)",
+            read_chexpert_table,
+        ),
+        _spec(
+            "phantom-nih",
+            "procedural NIH-like phantom radiographs (real lung masks, ChestX-ray14 label co-occurrence)",
+            read_nih_table,
+        ),
+    )
 }
+"""The phantom data sets; each samples its findings from its spec's label table."""

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 from ..findings import CHEXPERT, NIH, FindingSchema
 from .anatomy import build_anatomy, upsampled
@@ -56,9 +57,7 @@ def check_resolution(resolution: int) -> int:
 
 
 def check_domain(domain: str) -> str:
-    if domain not in STYLES:
-        raise UserError(f"unknown phantom domain {domain!r}; known: {', '.join(STYLES)}")
-    return domain
+    return look_up("phantom domain", domain, list(STYLES))
 
 
 def rendered_findings(vectors: torch.Tensor | np.ndarray, seeds: Sequence[int] | np.ndarray) -> torch.Tensor:

@@ -51,6 +51,7 @@ from torch import nn
 
 from plumbing.errors import UserError
 from plumbing.files import atomic_path
+from plumbing.lookup import look_up
 
 __all__ = ["METHODS", "attention_inside_lungs", "overlay_grid", "saliency_maps", "summarise_ail"]
 
@@ -157,8 +158,7 @@ def saliency_maps(
     model's training flags, in-place flags, parameter gradients and hooks are as before the call. Returns a detached
     float tensor on the images' device.
     """
-    if method not in METHODS:
-        raise UserError(f"unknown saliency method {method!r}; choose one of {', '.join(METHODS)}")
+    look_up("saliency method", method, METHODS)
     modules = dict(model.named_modules())
     for name in (target_layer, fc_layer) if method == "cam" else (target_layer,):
         if not name or name not in modules:

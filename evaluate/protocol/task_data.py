@@ -6,9 +6,11 @@ Three disjoint sets of one labelled task (:func:`task_data`):
 * **validation** (chooses the learning rate and the best epoch): a seeded
   10% of the training split held out from training (:func:`validation_rows`:
   whole patients - or SIIM studies - where the reader knows them, else
-  images), or the ``val`` split of a synthetic store;
+  images), or the data set's own validation split where its spec names one
+  (:attr:`~datasets.spec.DataSetSpec.validation_split`: a synthetic store's ``val``);
 * **evaluation** (reported, never used for a choice): the held-out split of
-  ``--eval-data`` (by default ``--data`` itself) - for phantoms the ``test``
+  ``--eval-data`` (by default ``--data`` itself; its spec's
+  :attr:`~datasets.spec.DataSetSpec.eval_split`) - for phantoms the ``test``
   seed stream, disjoint from the ``train`` one; for real data the official
   validation split (CheXpert, ChestX-ray14's test list) or the reader's
   documented patient- or study-wise held-out split (ISIC-2019, SIIM-COVID);
@@ -28,7 +30,6 @@ for a synthetic store, from :class:`datasets.block_loader.BlockLoader`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,10 +42,6 @@ from plumbing.errors import OPTION, DataRoleError, UserError
 from plumbing.seeding import numpy_rng
 
 VALIDATION_FRACTION = 0.1
-PHANTOM_LENGTHS = (2000, 500)
-"""Training and evaluation images of a phantom data set when a command is given no length."""
-EVAL_SPLIT = {"phantom": "test", "phantom-nih": "test", "synthetic": "val"}
-"""The held-out split per data set (others: ``valid``)."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +64,9 @@ class DataChoice:
         return label_task(self.version, self.setting)
 
     def build(self, split: str, resolution: int, augment: bool) -> Dataset:
-        spec = get_spec(self.name)
-        options: dict[str, Any] = {}
-        if self.length is not None:
-            if "length" in spec.options:
-                options["length"] = self.length
-            elif "max_samples" in spec.options:
-                options["max_samples"] = self.length
-            else:
-                raise UserError(f"{self.name} takes no image count (--length / --eval-length)")
+        """``split`` with ``length`` images (:meth:`~datasets.spec.DataSetSpec.count_options`: a data set that
+        cannot be cut is a :class:`UserError` when a length is given)."""
+        options = get_spec(self.name).count_options(self.length)
         return build_dataset(
             self.name, root=self.root, split=split, task=self.task(), resolution=resolution, augment=augment, **options
         )
@@ -149,24 +140,27 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     channels = get_spec(train.name).channels
     if get_spec(evaluation.name).channels != channels:
         raise UserError(f"--eval-data {evaluation.name} and --data {train.name} differ in image channels")
-    if train.name == evaluation.name == "synthetic" and train.root == evaluation.root:
-        raise DataRoleError(f"the store's val split is the validation set of a run on a synthetic store; pass {OPTION} "
-                            "(phantom, a real data set or another store) for the evaluation images", "evaluation_data")
+    spec = get_spec(train.name)
+    if spec.validation_split is not None and (train.name, train.root) == (evaluation.name, evaluation.root):
+        raise DataRoleError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "
+                            f"pass {OPTION} (phantom, a real data set or another store) for the evaluation images",
+                            "evaluation_data")
     try:
         full = train.build("train", resolution, train.augment)
-        if train.name == "synthetic":
-            fit, validation = full, train.build("val", resolution, False)
+        if spec.validation_split is not None:
+            fit, validation = full, train.build(spec.validation_split, resolution, False)
         else:
             held = validation_rows(groups_of(full), len(full), seed)
             if held.all():
-                raise UserError(f"--data {train.name} has {len(full)} training images in one group; more are needed")
+                raise UserError(f"--data {train.name} has {len(full)} training images in one "
+                                f"{spec.groups or 'group'}; more are needed")
             plain = full if not train.augment else train.build("train", resolution, False)
             fit = Subset(full, np.flatnonzero(~held).tolist())
             validation = Subset(plain, np.flatnonzero(held).tolist())
     except DataRoleError as exc:
         raise exc.in_role("train") from None
     try:
-        held_out = evaluation.build(EVAL_SPLIT.get(evaluation.name, "valid"), resolution, False)
+        held_out = evaluation.build(get_spec(evaluation.name).eval_split, resolution, False)
     except DataRoleError as exc:
         raise exc.in_role("evaluation") from None
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))

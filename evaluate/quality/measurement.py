@@ -47,7 +47,6 @@ from datasets.registry import build_dataset, get_spec
 from datasets.synthetic import SyntheticDataset
 from datasets.synthetic_store.reader import SyntheticStore
 from evaluate.protocol.task_data import (
-    EVAL_SPLIT,
     DataChoice,
     TaskData,
     groups_of,
@@ -148,9 +147,9 @@ def _reference_set(choice: DataChoice, split: str, per_class: int, size: int, se
     spec = get_spec(choice.name)
     task: LabelTask | None = choice.task()
     num_classes = len(task_classes(choice))
-    if "balanced" in spec.options and "length" in spec.options:
+    if "balanced" in spec.options and spec.count_option == "length":
         dataset = build_dataset(choice.name, root=choice.root, split=split, task=task, resolution=size,
-                                length=per_class * num_classes, balanced=True, seed=seed)
+                                balanced=True, seed=seed, **spec.count_options(per_class * num_classes))
         rows = None
     else:
         dataset = build_dataset(choice.name, root=choice.root, split=split, task=task, resolution=size)
@@ -184,7 +183,7 @@ def training_source(store: SyntheticStore, cfg: QualityConfig) -> tuple[str, dic
     options: dict[str, Any] = {}
     if name == training.get("data"):
         if training.get("data_length") is not None:
-            options["length" if "length" in spec.options else "max_samples"] = int(training["data_length"])
+            options.update(spec.count_options(int(training["data_length"])))
         if training.get("balance_task") is not None:
             options["task"] = parse_label_task(training["balance_task"], "the store's generator balance_task")
     return name, options
@@ -289,7 +288,7 @@ def measure(store: SyntheticStore, cfg: QualityConfig, runtime: Runtime, command
             get_spec(source[0]).resolve_root(cfg.training_root)
         except DataRoleError as exc:
             raise exc.in_role("training") from None
-    eval_split = EVAL_SPLIT.get(cfg.reference, "valid")
+    eval_split = get_spec(cfg.reference).eval_split
 
     log(f"reading the image sets at {size} px")
     synthetic = _store_set(store, cfg.split, cfg.images, size, cfg.seed, f"synthetic ({cfg.split})", runtime.progress)

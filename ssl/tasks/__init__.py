@@ -16,6 +16,7 @@ from typing import Any
 
 from plumbing.config import dataclass_from_dict
 from plumbing.errors import UserError
+from plumbing.lookup import look_up
 
 from .base import PretextTask, TaskContext
 from .moco import Moco, MocoSettings
@@ -60,10 +61,7 @@ def task_names() -> list[str]:
 
 def get_task(name: str) -> TaskSpec:
     """The spec of a registered task; a :class:`UserError` names the known ones."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UserError(f"unknown pretext task {name!r}; known tasks: {', '.join(task_names())}") from None
+    return look_up("pretext task", name, TASKS)
 
 
 def _typed(task: str, key: str, value: Any, default: Any) -> Any:
