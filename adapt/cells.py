@@ -68,10 +68,14 @@ def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:
             "setting": evaluation.setting, "length": evaluation.length}
 
 
-def _figure(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation",
-            "collapsed")
-    return {k: entry[k] for k in keys}
+SELECTED_FIGURES = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation",
+                    "collapsed")
+"""What ``results.json`` keeps of the evaluation a selection criterion chose."""
+
+
+def selected_figures(entry: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SELECTED_FIGURES` of one evaluation of a cell's history."""
+    return {k: entry[k] for k in SELECTED_FIGURES}
 
 
 def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: AdaptData) -> dict[str, Any]:
@@ -97,7 +101,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "confusion_matrix": final["confusion_matrix"],
         "predicted_histogram": final["predicted_histogram"],
         "collapsed": final["collapsed"],
-        "figures": {name: _figure(entry) for name, entry in chosen.items()},
+        "figures": {name: selected_figures(entry) for name, entry in chosen.items()},
         "figure_criteria": {name: key or "last step" for name, key in CRITERIA.items()},
         "history": history,
         "images": data.sizes(),

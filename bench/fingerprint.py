@@ -2,11 +2,14 @@
 
 Runs, on a 2-core CPU in about two minutes, a small ``synth.generate`` store, a tiny
 ``evaluate.finetune``, one ``adapt.train`` cell from that store and one ``ssl.curriculum run``
-on phantoms, then prints one SHA-256 per output: every array chunk and metadata file of the
-store and its contact sheet, every exported ``.safetensors`` file, and each ``results.json``
-with the fields that legitimately differ between runs (wall-clock times, absolute paths,
-command lines, creation dates, file hashes) left out; a ``.safetensors`` file counts by its tensors and its metadata
-without those fields. Two checkouts that print the same lines wrote the same results::
+on phantoms, then prints SHA-256 digests of what they wrote: every array chunk and metadata
+file of the store and its contact sheet; for each exported ``.safetensors`` file one line for its
+``tensors`` and one for its ``metadata``; for each ``results.json`` one line for its ``figures``
+(every number in it, with its place) and one for the whole ``record``. Records and metadata are
+compared without the fields that legitimately differ between runs (wall-clock times, absolute
+paths, command lines, creation dates, file hashes). Two checkouts that print the same lines wrote
+the same results; where only ``record`` or ``metadata`` lines differ, the figures and weights are
+the same and only what is written beside them changed::
 
     python -m bench.fingerprint --out /tmp/before > before.txt
     python -m bench.fingerprint --out /tmp/after > after.txt && diff before.txt after.txt
@@ -61,17 +64,25 @@ def _stable_text(value: object, out: Path) -> str:
     return json.dumps(_stable(value), sort_keys=True).replace(str(out), "<out>")
 
 
-def _weights_digest(path: Path, out: Path) -> str:
-    """Digest of a safetensors file's tensors (name, dtype, shape, bytes) and its stable metadata."""
+def _figures(value: object, place: str = "") -> list[str]:
+    """Every number (booleans too) in a JSON value, as ``place=value`` lines in document order."""
+    if isinstance(value, dict):
+        return [line for key, item in value.items() for line in _figures(item, f"{place}/{key}")]
+    if isinstance(value, list):
+        return [line for i, item in enumerate(value) for line in _figures(item, f"{place}[{i}]")]
+    return [f"{place}={value!r}"] if isinstance(value, int | float) else []
+
+
+def _weights_digests(path: Path, out: Path) -> tuple[str, str]:
+    """Digests of a safetensors file's tensors (name, dtype, shape, bytes) and of its stable metadata."""
     digest = hashlib.sha256()
     with safe_open(path, framework="pt") as file:
         meta = {key: _json_or_text(value) for key, value in (file.metadata() or {}).items()}
-        digest.update(_stable_text(meta, out).encode())
         for name in sorted(file.keys()):
             tensor = file.get_tensor(name).contiguous().reshape(-1)
             digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:16], _digest(_stable_text(meta, out).encode())
 
 
 def fingerprint(out: Path) -> list[str]:
@@ -96,10 +107,15 @@ def fingerprint(out: Path) -> list[str]:
     lines = []
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         name = path.relative_to(out).as_posix()
-        if path.name in ("results.json", "zarr.json"):
+        if path.name == "results.json":
+            record = json.loads(path.read_text())
+            lines.append(f"{name} figures {_digest(chr(10).join(_figures(_stable(record))).encode())}")
+            lines.append(f"{name} record {_digest(_stable_text(record, out).encode())}")
+        elif path.name == "zarr.json":
             lines.append(f"{name} {_digest(_stable_text(json.loads(path.read_text()), out).encode())}")
         elif path.suffix == ".safetensors":
-            lines.append(f"{name} {_weights_digest(path, out)}")
+            tensors, metadata = _weights_digests(path, out)
+            lines += [f"{name} tensors {tensors}", f"{name} metadata {metadata}"]
         elif store in path.parents or path.suffix == ".png" and "tb" not in path.parts:
             lines.append(f"{name} {_digest(path.read_bytes())}")
     return lines

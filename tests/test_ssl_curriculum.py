@@ -360,7 +360,7 @@ def test_bad_input_and_damaged_results_are_one_line_and_write_nothing(
     write_store(store)  # v1-0s
     err = _error(tmp_path / "runs", capsys, *base, "--downstream", "synthetic", "--downstream-root", str(store),
                  "--version", "1")
-    assert "validation set of a run on a synthetic store; pass --downstream-eval (phantom" in err
+    assert "the val split of synthetic is the validation set of a run on it; pass --downstream-eval (phantom" in err
     assert "--max-length 0: a plan proposes orderings of 2 tasks or more" in _error(
         tmp_path, capsys, "runs", "--plan", "--max-length", "0")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "x").exists()
