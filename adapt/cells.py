@@ -36,6 +36,7 @@ TRAINED_BY = "python -m adapt.train"
 
 
 def cell_name(prefix: str, cfg: AdaptConfig) -> str:
+    """The cell's run folder name, ``<prefix>-<label>-seed<seed>`` (checked as a plain folder name)."""
     return check_run_name(f"{prefix}-{cfg.label}-seed{cfg.seed}")
 
 
@@ -119,12 +120,3 @@ def summary_line(results: dict[str, Any]) -> str:
     collapsed = f", collapsed onto {results['collapsed']}" if results["collapsed"] else ""
     return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
             f"{results['balanced_accuracy']:.4f}{missing_classes_note(results)} (final step){collapsed}")
-
-
-def missing_classes_warning(results: dict[str, Any]) -> str | None:
-    """A warning line naming the classes the target evaluation set lacks, or ``None`` when it has every class."""
-    if MISSING not in results:
-        return None
-    return (f"warning: the target evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
-            "accuracy is over the classes present (pass a larger --eval-length)")
-

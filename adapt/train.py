@@ -30,12 +30,12 @@ from adapt.cells import (
     adapt_cell,
     evaluation_record,
     finished_results,
-    missing_classes_warning,
     summary_line,
     write_results,
 )
 from datasets.registry import default_counts, names
 from datasets.synthetic import DEFAULT_STORE, ENV_VAR
+from evaluate.metrics import missing_classes_warning
 from models.backbones import BACKBONES
 from models.initialisation import imagenet_weights_file
 from plumbing.cli import (
@@ -251,7 +251,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
             record = record_config(run, record, command)
             trainer = train_adaptation(cfg, cell_data, runtime, run.path, record, run.checkpoint)
         results = write_results(run.path, cfg, trainer, cell_data)
-        if (warning := missing_classes_warning(results)) is not None:
+        if (warning := missing_classes_warning(results, "target evaluation set")) is not None:
             print_on_main(warning)
         print_on_main(summary_line(results))
 

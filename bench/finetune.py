@@ -10,7 +10,7 @@ each (the best round of each is kept), after ``--warmup`` untimed steps of
 each:
 
 * **model step alone**: the same batch, already on the device, every step;
-* **through the data path**: batches from :func:`evaluate.protocol.task_data.training_batches`,
+* **through the data path**: batches from :func:`datasets.batches.training_batches`,
   the loader ``evaluate.finetune`` uses - a synthetic Zarr store through the
   block loader (``--source store``: ``--store-images`` test images written
   once into a temporary store, delivered to the device as uint8) or phantom

@@ -10,7 +10,7 @@ kept) after ``--warmup`` untimed steps of each:
 
 * **model step alone**: the same batch, already on the device, every step
   (the views are drawn on the device inside the step, so they count here);
-* **through the data path**: batches from :func:`evaluate.protocol.task_data.training_batches`
+* **through the data path**: batches from :func:`datasets.batches.training_batches`
   over :func:`ssl.data.unlabelled_images`, the loader ``ssl.curriculum``
   uses - a synthetic Zarr store through the block loader (``--source
   store``: ``--store-images`` test images written once into a temporary

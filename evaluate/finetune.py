@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from datasets.registry import default_counts, get_spec, names
-from evaluate.metrics import MISSING
+from evaluate.metrics import MISSING, missing_classes_warning
 from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import BALANCE, MODES, FinetuneConfig, build_classifier, run_protocol
 from models.backbones import backbone_names
@@ -170,9 +170,8 @@ def _finetune(
         print_on_main(f"{run.path.name}: {cfg.backbone} ({cfg.init}, {cfg.mode}) on {cfg.data} "
                       f"[{', '.join(data.classes)}]; images: {sizes}; {device} {processes()}".rstrip())
         results = run_protocol(cfg, data, runtime, run, record)
-    if MISSING in results:
-        print_on_main(f"warning: the evaluation set has no image of {', '.join(results[MISSING])}; its balanced "
-                      "accuracy is over the classes present (pass a larger --eval-length)")
+    if (warning := missing_classes_warning(results)) is not None:
+        print_on_main(warning)
     summary = {k: results[k] for k in ("balanced_accuracy", "auroc")} | {"lr": results["lr"]["lr"]}
     summary |= {MISSING: results[MISSING]} if MISSING in results else {}
     print_on_main(json.dumps(summary))

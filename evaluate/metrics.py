@@ -206,3 +206,13 @@ def missing_classes_note(report: Mapping[str, Any]) -> str:
     present = len(report["recall"]) - len(absent)
     classes = "class" if present == 1 else "classes"
     return f" over the {present} {classes} present (no evaluation image of {', '.join(absent)})"
+
+
+def missing_classes_warning(report: Mapping[str, Any], which: str = "evaluation set") -> str | None:
+    """A warning line naming the classes ``which`` (``"target evaluation set"``...) has no image of, for a report
+    (:func:`metrics_report`) or results holding :data:`MISSING`; ``None`` when it has every class."""
+    absent = report.get(MISSING) or []
+    if not absent:
+        return None
+    return (f"warning: the {which} has no image of {', '.join(absent)}; its balanced accuracy is over the classes "
+            "present (pass a larger --eval-length)")

@@ -4,7 +4,9 @@ Every trainer of the platform (the GAN, DCAN, a pretext step, the downstream
 classifier) is an object with a method ``step(batch) -> dict[str, float]``
 (one update on one batch, returning the numbers to log, a ``"loss"`` among
 them) and a :class:`plumbing.training.Progress` record (``state``) whose
-``iteration`` counts finished steps. :class:`StepRunner` is all the rest:
+``iteration`` counts finished steps (the GAN's step also takes that index,
+``step(iteration, batch)``; its trainer hands the runner a one-line wrapper).
+:class:`StepRunner` is all the rest:
 
 - an Ignite engine whose process function calls ``step(batch)`` and then
   sets ``state.iteration`` to the engine's iteration, so that during a step

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from .distributed import print_on_main
+from .distributed import print_on_main, world_size
 from .errors import UserError
 from .run_folders import CONFIG_FILE, RunDiverged
 from .training import checkpoints
@@ -160,7 +160,7 @@ class GridReport:
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
     resumable: list[str] = field(default_factory=list)
-    """The failed cells whose folder holds a checkpoint to resume from."""
+    """The failed cells whose folder (or a folder inside it, such as an SSL run's downstream) holds a checkpoint."""
 
     def add(self, other: GridReport) -> GridReport:
         """The report of this grid and then ``other`` (a grid planned after this one ran)."""
@@ -200,7 +200,10 @@ def run_here(
     A :class:`UserError` from ``run_cell`` (a diverged loss included) is said
     in one line and the other cells go on; a cell that needs a failed or
     skipped-for-failure cell is not run. Any other exception (an interrupt, a
-    bug) stops the grid. The report's :meth:`GridReport.raise_if_failed`
+    bug) stops the grid, and so does a :class:`UserError` under several
+    processes: a check that only the main process makes (writing results,
+    exporting) can fail there alone while the others wait at a barrier, so the
+    error ends every process, as it ends a single run. The report's :meth:`GridReport.raise_if_failed`
     ends the command.
     """
     report = GridReport(cells=len(cells))
@@ -217,7 +220,9 @@ def run_here(
         try:
             run_cell(cell, status)
         except UserError as exc:
+            if world_size() > 1:  # a cell's ranks may have failed apart: stop every process, as one run does
+                raise
             report.failed[cell.name] = "diverged" if isinstance(exc, RunDiverged) else "failed"
-            report.resumable += [cell.name] if checkpoints(cell.folder) else []
+            report.resumable += [cell.name] if any(cell.folder.rglob("checkpoint_*.pt")) else []
             print_on_main(f"{cell.name}: {exc}; going on with the other cells")
     return report

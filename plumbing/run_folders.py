@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .distributed import is_main_process
+from .distributed import is_main_process, print_on_main
 from .errors import UserError
 from .files import write_json_atomic
 from .training import TrainingDiverged, checkpoints, load_checkpoint
@@ -125,7 +125,7 @@ def newest_readable_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
             skipped.append(f"{path.name} ({exc})")
             continue
         for note in skipped:
-            print(f"warning: skipped the unreadable checkpoint {note}; resuming from {path.name}", file=sys.stderr)
+            print_on_main(f"warning: skipped the unreadable checkpoint {note}; resuming from {path.name}")
         return path, checkpoint
     raise UserError(f"--resume: no checkpoint in {run_dir} can be read; the newest: {skipped[0]}")
 

@@ -31,7 +31,7 @@ import torch
 from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
-from evaluate.metrics import MISSING, missing_classes_note
+from evaluate.metrics import MISSING, missing_classes_note, missing_classes_warning
 from evaluate.protocol.task_data import task_data
 from evaluate.protocol.training import run_protocol
 from models.backbones import build_backbone
@@ -57,11 +57,13 @@ AIL_IMAGES = 256
 
 
 def downstream_label(cfg: CurriculumConfig) -> str:
+    """The downstream task of a run as the runs table shows it."""
     d = cfg.downstream
     return d.data if d.version is None else f"{d.data}-v{d.version}-{d.setting}"
 
 
 def run_name(cfg: CurriculumConfig, prefix: str) -> str:
+    """The run folder's name: ``<prefix>-<downstream>-<ordering>-seed<s>`` (module docstring)."""
     ordering = "-".join(cfg.tasks) + ("-imagenet" if cfg.init == "imagenet" else "") if cfg.tasks else cfg.label()
     return f"{prefix}-{downstream_label(cfg)}-{ordering}-seed{cfg.seed}"
 
@@ -145,9 +147,8 @@ def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: 
         record = record_config(run, {"finetune": d.to_dict(), "data_description": f"{d.data} train split"}, command)
         results = run_protocol(d, data, runtime, run, record)
     ail = _attention(target, data, d.eval_data or d.data, runtime) if is_main_process() else None
-    if MISSING in results:
-        print_on_main(f"warning: the downstream evaluation set has no image of {', '.join(results[MISSING])}; its "
-                      "balanced accuracy is over the classes present (pass a larger --eval-length)")
+    if (warning := missing_classes_warning(results, "downstream evaluation set")) is not None:
+        print_on_main(warning)
     kept = ("balanced_accuracy", "auroc", "recall", "lr", "classes", MISSING)
     return {k: results[k] for k in kept if k in results} | {"ail": ail}
 
@@ -214,6 +215,12 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
     """Record the run (``config.json``: its command, or a resume command when the run started before), export
     its start backbone from its finished steps ``step_keys``, train the downstream protocol and write
     ``results.json``."""
+    steps = []
+    for key in step_keys:
+        step = finished_step(runtime.runs_dir, key)
+        if step is None:
+            raise UserError(f"the step {key} of {folder.name} is not finished; run the same command again")
+        steps.append(step)
     if is_main_process():
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / CONFIG_FILE
@@ -221,12 +228,6 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         key = "resumed_with" if "command" in record else "command"
         record[key] = [*record.get(key, []), command] if key == "resumed_with" else command
         write_json_atomic(config, record)
-    steps = []
-    for key in step_keys:
-        step = finished_step(runtime.runs_dir, key)
-        if step is None:
-            raise UserError(f"the step {key} of {folder.name} is not finished; run the same command again")
-        steps.append(step)
     _export_start(cfg, channels, folder, runtime.runs_dir, steps, command)
     idist.barrier()
     downstream = _downstream(cfg, folder, runtime, command)

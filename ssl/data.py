@@ -9,7 +9,7 @@ phantom set is generated at that length). All sets must have the same
 number of channels. An item is ``{"image": [C, H, W] in [0, 1], "index": i}``,
 ``i`` its row in the concatenation (ODC's memory bank is indexed by it).
 A single synthetic store read whole is returned as it is, so that
-:func:`evaluate.protocol.task_data.training_batches` reads it through the block
+:func:`datasets.batches.training_batches` reads it through the block
 loader (its batches carry the row index too).
 """
 

@@ -15,7 +15,6 @@ trains: curricula with a common prefix train it once.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from plumbing.distributed import is_main_process, print_on_main
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell
 from plumbing.lr_selection import resumed_choice
-from plumbing.run_folders import open_run, record_config
+from plumbing.run_folders import open_run, read_results_file, record_config
 from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
@@ -42,15 +41,16 @@ TRAINED_BY = "python -m ssl.curriculum"
 
 
 def step_folder(runs_dir: Path, key: str) -> Path:
+    """The folder of the step ``key`` under ``runs_dir``."""
     return runs_dir / STEPS_DIR / key
 
 
 def finished_step(runs_dir: Path, key: str) -> dict[str, Any] | None:
-    """The ``step.json`` record of a finished step, or ``None``."""
+    """The ``step.json`` record of a finished step, or ``None``; a damaged one is a :class:`UserError` naming it."""
     folder = step_folder(runs_dir, key)
     if not (folder / STEP_FILE).is_file() or not (folder / BACKBONE_FILE).is_file():
         return None
-    return json.loads((folder / STEP_FILE).read_text())
+    return read_results_file(folder / STEP_FILE, lambda step: {"key", "task", "lr", "epoch_losses"} <= step.keys())
 
 
 def start_weights(cfg: StepConfig, channels: int, runs_dir: Path) -> tuple[dict | None, dict[str, Any]]:

@@ -64,7 +64,8 @@ class GenerationSettings:
     ``labels_csv`` the label CSV of the Xs (and 0s empirical) conditions,
     ``None`` for the CheXpert or NIH file bundled with torchxrayvision by the
     generator's schema. Per-class counts must be positive and the truncation
-    ``psi`` in [0, 2] (``synth.generate`` checks its options so).
+    ``psi`` in [0, 2]; other values are one :class:`UserError` when the settings are
+    made (``synth.generate`` checks its options first, in the words of its options).
     """
 
     version: int = 3
@@ -77,12 +78,19 @@ class GenerationSettings:
     labels_csv: Path | None = None
     devices: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.train_per_class < 1 or self.val_per_class < 1:
+            raise UserError(f"a store needs at least one image per class in each split, not {self.train_per_class} "
+                            f"training and {self.val_per_class} validation images")
+        if not 0.0 <= self.truncation <= 2.0:
+            raise UserError(f"the truncation psi must lie in [0, 2], not {self.truncation}")
+        if self.setting == "Xs" and self.devices is not None:
+            raise UserError("a device policy applies to setting 0s only (Xs draws the finding classes' full "
+                            "condition vectors, devices included)")
+
     @property
     def condition_policy(self) -> str | None:
-        """The device policy the conditions follow and the store records: 0s ``devices`` or ``"empirical"``, Xs none.
-
-        An Xs ``devices`` is passed on, so that :class:`~synth.conditions.ConditionSampler` refuses it (``ValueError``).
-        """
+        """The device policy the conditions follow and the store records: 0s ``devices`` or ``"empirical"``, Xs none."""
         return (self.devices or "empirical") if self.setting == "0s" else self.devices
 
 

@@ -23,7 +23,7 @@ maximum and a fade-in weight ``alpha`` in ``[0, 1]``):
 * At resolution 4 there is nothing to fade and ``alpha`` is ignored.
 
 The real images shown to the discriminator during a fade can be blended the
-same way with :func:`fade_images`.
+same way with :func:`synth.layers.fade_images`.
 
 Mixed precision: the networks run under ``torch.autocast`` (bf16 or fp16).
 The mapping networks, styles, demodulation coefficients, the generator's skip
@@ -34,8 +34,6 @@ runs only its top resolutions in fp16); activations are clamped to
 """
 
 from __future__ import annotations
-
-from torch import nn
 
 from synth.discriminator import Discriminator
 from synth.generator import Generator
@@ -49,7 +47,3 @@ def build_networks(config: NetworkConfig, *, classifier: bool = False) -> tuple[
     """
     config.validate()
     return Generator(config), Discriminator(config, classifier=classifier)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -258,9 +258,12 @@ def test_a_store_generated_from_python_equals_the_commands(gen_file: Path, refer
     _same_store(reference, out)
     written, expected = (dict(zarr.open_group(str(p), mode="r").attrs) for p in (out, reference))
     assert content_attrs(written) == content_attrs(expected) and written["generator"] == expected["generator"]
-    with pytest.raises(ValueError, match="setting Xs takes the device policy None"):  # Xs takes no device policy
-        generate_store(load_generator(gen_file, cpu), tmp_path / "xs.zarr", replace(settings, devices="clear"), cpu)
-    assert not (tmp_path / "xs.zarr").exists()
+    with pytest.raises(UserError, match="a device policy applies to setting 0s only"):  # Xs takes no device policy
+        replace(settings, setting="Xs", devices="clear")
+    with pytest.raises(UserError, match="at least one image per class"):
+        replace(settings, val_per_class=0)
+    with pytest.raises(UserError, match=r"truncation psi must lie in \[0, 2\]"):
+        replace(settings, truncation=3.0)
 
 
 def test_damaged_complete_store_is_reported_and_rerun_rewrites_it(

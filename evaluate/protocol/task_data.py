@@ -134,12 +134,13 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     classes = task_classes(train)
     if task_classes(evaluation) != classes:
         raise UserError(
-            f"--eval-data {evaluation.name} has the classes {', '.join(task_classes(evaluation))}, "
-            f"not those of --data {train.name} ({', '.join(classes)})"
+            f"the evaluation data set {evaluation.name} has the classes {', '.join(task_classes(evaluation))}, "
+            f"not those of the training data set {train.name} ({', '.join(classes)})"
         )
     channels = get_spec(train.name).channels
     if get_spec(evaluation.name).channels != channels:
-        raise UserError(f"--eval-data {evaluation.name} and --data {train.name} differ in image channels")
+        raise UserError(f"the evaluation data set {evaluation.name} and the training data set {train.name} differ in "
+                        "image channels")
     spec = get_spec(train.name)
     if spec.validation_split is not None and (train.name, train.root) == (evaluation.name, evaluation.root):
         raise DataRoleError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "

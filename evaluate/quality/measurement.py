@@ -76,7 +76,7 @@ from evaluate.quality.sections import (
 from models.backbones import Classifier
 from models.model_file import CLASSIFIER_FILE, load_classifier, read_model_info
 from plumbing.errors import DataRoleError, UserError
-from plumbing.run_folders import RESULTS_FILE, open_run, record_config
+from plumbing.run_folders import RESULTS_FILE, open_run, read_results_file, record_config
 from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
@@ -227,7 +227,7 @@ def trained_classifier(
     if (run_dir / RESULTS_FILE).is_file() and (run_dir / CLASSIFIER_FILE).is_file():
         log(f"{kind} classifier: reusing {run_dir}")
         model, _ = load_classifier(run_dir / CLASSIFIER_FILE, runtime.device)
-        return model, json.loads((run_dir / RESULTS_FILE).read_text()), run_dir
+        return model, read_results_file(run_dir / RESULTS_FILE), run_dir
     run = open_run(runtime.runs_dir, run_dir.name, resume=bool(checkpoints(run_dir)))
     held = validation_rows(train.groups, len(train), cfg.seed)
     data = TaskData(
