@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from datasets.batches import training_batches
+from datasets.batches import sampled_batches, training_batches
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
 from evaluate.protocol.task_data import DataChoice, labels_of, task_classes, task_data
@@ -106,7 +106,7 @@ def source_batches(
         return training_batches(data.source, batch_size, seed, start, workers, device)
     sampler = BalancedBatchSampler(labels_of(data.source), batch_size, seed, start=start, rank=rank(),
                                    world_size=world_size())
-    return _loader(data.source, sampler, workers, device)
+    return sampled_batches(data.source, sampler, workers, device)
 
 
 def target_batches(
@@ -115,10 +115,6 @@ def target_batches(
     """Endless shuffled target batches from iteration ``start`` (labels are never read)."""
     sampler = ResumableBatchSampler(len(data.target), batch_size, seed + 1, start=start, rank=rank(),
                                     world_size=world_size())
-    return _loader(data.target, sampler, workers, device)
+    return sampled_batches(data.target, sampler, workers, device)
 
-
-def _loader(dataset: Dataset, sampler: Any, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0)
 

@@ -93,6 +93,12 @@ def training_batches(
     if isinstance(dataset, SyntheticDataset):
         return StoreBatches(_block_loader(dataset, batch_size, seed, workers, device))
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, start=start, rank=rank(), world_size=world_size())
+    return sampled_batches(dataset, sampler, workers, device)
+
+
+def sampled_batches(dataset: Dataset, sampler: Iterable[list[int]], workers: int, device: torch.device) -> DataLoader:
+    """The batches of ``dataset`` that the batch sampler ``sampler`` draws, read by ``workers`` processes (kept
+    between passes) and pinned for a CUDA ``device``."""
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

@@ -197,10 +197,15 @@ def metrics_report(metrics: Mapping[str, Any], classes: Sequence[str]) -> dict[s
     } | ({MISSING: absent} if absent else {})
 
 
+def _absent(report: Mapping[str, Any]) -> list[str]:
+    """The classes a report or results record as missing from the evaluation set (:data:`MISSING`)."""
+    return list(report.get(MISSING) or [])
+
+
 def missing_classes_note(report: Mapping[str, Any]) -> str:
     """``""``, or for a report (:func:`metrics_report`) with classes missing from the evaluation set the words that
     qualify its balanced accuracy: ``" over the 3 classes present (no evaluation image of Pneumothorax)"``."""
-    absent = report.get(MISSING) or []
+    absent = _absent(report)
     if not absent:
         return ""
     present = len(report["recall"]) - len(absent)
@@ -211,7 +216,7 @@ def missing_classes_note(report: Mapping[str, Any]) -> str:
 def missing_classes_warning(report: Mapping[str, Any], which: str = "evaluation set") -> str | None:
     """A warning line naming the classes ``which`` (``"target evaluation set"``...) has no image of, for a report
     (:func:`metrics_report`) or results holding :data:`MISSING`; ``None`` when it has every class."""
-    absent = report.get(MISSING) or []
+    absent = _absent(report)
     if not absent:
         return None
     return (f"warning: the {which} has no image of {', '.join(absent)}; its balanced accuracy is over the classes "

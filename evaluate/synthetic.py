@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = open_synthetic(args.store)
     out = _out_folder(args.store, args.out)
     check_output_folder(args.runs_dir, "--runs-dir")
+    # the image sets are read into memory once (no loader workers); the classifiers train from them
     runtime = Runtime(device, use_bf16_autocast(args.amp, device), 0, not args.no_progress, args.runs_dir)
     with data_options({"reference": "--reference-root", "training": "--training-root"}):
         measured = measure(store, cfg, runtime, command_line(PROG, argv))

@@ -245,8 +245,9 @@ def _load_into(module: nn.Module, path: Path, prefix: str, what: str) -> None:
     except Exception as exc:  # a file truncated after its header
         raise UserError(f"cannot read model file {path}: {str(exc).splitlines()[0]}") from exc
     state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    state = plain_into_attention(module.state_dict(), state)
-    problem = fit_problem(module.state_dict(), state)
+    expected = module.state_dict()
+    state = plain_into_attention(expected, state)
+    problem = fit_problem(expected, state)
     if problem is not None:
         raise UserError(f"the tensors of {path} do not fit a {what}: {problem}")
     module.load_state_dict(state)

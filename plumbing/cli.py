@@ -251,12 +251,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except UserError as exc:
         print(f"{program_name(getattr(main, '__module__', None))}: error: {user_message(exc)}", file=sys.stderr)
         sys.exit(2)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C, also where torch re-raises it as another error; the rest passes on
         if not interrupted(exc):
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

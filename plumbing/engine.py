@@ -71,12 +71,13 @@ class StepRunner:
     def every(self, interval: int, handler: Callable[[int], None], *, at_end: bool = False) -> None:
         """``handler(iteration)`` after every ``interval``-th iteration and, with ``at_end``, after the last one
         (once, when that is also an ``interval``-th one)."""
-        handled_at = [-1]
+        handled_at = -1
 
         def call(engine: Engine) -> None:
-            if handled_at[0] == engine.state.iteration:
+            nonlocal handled_at
+            if handled_at == engine.state.iteration:
                 return
-            handled_at[0] = engine.state.iteration
+            handled_at = engine.state.iteration
             handler(engine.state.iteration)
 
         events = Events.ITERATION_COMPLETED(every=interval)

@@ -36,7 +36,7 @@ from typing import Any, Generic, Literal, TypeVar
 from .distributed import print_on_main, world_size
 from .errors import UserError
 from .run_folders import CONFIG_FILE, RunDiverged
-from .training import checkpoints
+from .training import CHECKPOINT_PREFIX, checkpoints
 
 T = TypeVar("T")
 Status = Literal["finished", "started", "new"]
@@ -223,6 +223,6 @@ def run_here(
             if world_size() > 1:  # a cell's ranks may have failed apart: stop every process, as one run does
                 raise
             report.failed[cell.name] = "diverged" if isinstance(exc, RunDiverged) else "failed"
-            report.resumable += [cell.name] if any(cell.folder.rglob("checkpoint_*.pt")) else []
+            report.resumable += [cell.name] if any(cell.folder.rglob(f"{CHECKPOINT_PREFIX}_*.pt")) else []
             print_on_main(f"{cell.name}: {exc}; going on with the other cells")
     return report

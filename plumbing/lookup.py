@@ -29,7 +29,7 @@ CLOSE = 0.6
 """The least :class:`difflib.SequenceMatcher` ratio of a suggested name to the given one."""
 
 
-def closest_name(name: object, known: Collection[str]) -> str | None:
+def _closest_name(name: object, known: Collection[str]) -> str | None:
     """The known name closest to ``name`` (ratio >= :data:`CLOSE`, case ignored), or ``None``."""
     if not isinstance(name, str):
         return None
@@ -43,7 +43,7 @@ def closest_name(name: object, known: Collection[str]) -> str | None:
 def unknown_name(kind: str, name: object, known: Collection[str]) -> str:
     """The one-line message for ``name``, which is not a known ``kind`` (module docstring)."""
     names = ", ".join(known) if known else "none"
-    closest = closest_name(name, known)
+    closest = _closest_name(name, known)
     hint = f"; did you mean {closest!r}?" if closest is not None else ""
     return f"unknown {kind} {name!r}{hint} (known: {names})"
 

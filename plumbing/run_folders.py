@@ -76,7 +76,8 @@ class RunFolder:
     path: Path
     checkpoint_path: Path | None
     checkpoint: dict[str, Any] | None
-    created: bool = False
+    made: tuple[Path, ...] = ()
+    """The folders :meth:`create` made, the run folder first, then the parents it had to make."""
 
     @property
     def resumed(self) -> bool:
@@ -86,17 +87,22 @@ class RunFolder:
         """Create the folder (after every check has passed; rank 0 only)."""
         if not is_main_process():
             return
-        existed = self.path.is_dir()
+        missing = tuple(p for p in (self.path, *self.path.parents) if not p.is_dir())
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the run folder {self.path}: {exc.strerror or exc}") from exc
-        self.created = not existed
+        self.made = missing
 
     def discard(self) -> None:
-        """Remove the folder if this start created it and no checkpoint was written into it."""
-        if self.created and not self.resumed and not checkpoints(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the folder if this start created it and no checkpoint was written into it, and then the parent
+        folders the start made (such as ``ssl-steps/``) that are left empty."""
+        if not self.made or self.resumed or checkpoints(self.path):
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.made[1:]:
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
 
     @contextlib.contextmanager
     def discarded_on_failure(self, what: str = "") -> Iterator[None]:
@@ -214,7 +220,13 @@ def read_results_file(path: Path, complete: Callable[[dict[str, Any]], bool] = l
     refuses it (a key a table needs is missing): a damaged file is never
     taken for a missing one, nor left out of a table without a word.
     """
-    results = _json_object(path)
+    return _checked_results(path, _json_object(path), complete)
+
+
+def _checked_results(
+    path: Path, results: dict[str, Any] | None, complete: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """``results`` (read from ``path``), or the :class:`UserError` of :func:`read_results_file`."""
     if results is None or not complete(results):
         what = "cannot be read as a JSON object" if results is None else "lacks figures a finished run records"
         raise UserError(f"{path} is damaged: it {what}; remove it (or its run folder) and run the run again")
@@ -240,5 +252,6 @@ def read_run_results(
         results = read_results_file(path)
         config = _json_object(path.parent / CONFIG_FILE) or {}
         if accept(results) or marker in config:
-            found.append(read_results_file(path, lambda r: accept(r) and complete(r)) | {"run": path.parent.name})
+            found.append(_checked_results(path, results, lambda r: accept(r) and complete(r))
+                         | {"run": path.parent.name})
     return found

@@ -45,7 +45,7 @@ from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run,
 from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
 from plumbing.training import checkpoints
-from ssl.step_store import STEPS_DIR, TRAINED_BY, finished_step, step_cell, step_folder, train_step
+from ssl.step_store import TRAINED_BY, finished_step, step_cell, step_folder, train_step
 
 from .config import CurriculumConfig, StepConfig
 from .tasks import settings_record
@@ -187,20 +187,9 @@ class CurriculumRunner:
 
     def __call__(self, cell: Cell[CurriculumConfig | StepConfig], status: Status) -> None:
         if isinstance(cell.work, StepConfig):
-            self._step(cell.work)
+            train_step(cell.work, PretextData(self.images, self.channels), self.runtime, self.command)
         else:
             finish_run(cell.work, cell.folder, cell.needs, self.channels, self.runtime, self.command)
-
-    def _step(self, cfg: StepConfig) -> None:
-        """Train one step; a step that fails leaves no empty ``ssl-steps/`` folder that this start made."""
-        steps_dir = self.runtime.runs_dir / STEPS_DIR
-        made = not steps_dir.exists()
-        try:
-            train_step(cfg, PretextData(self.images, self.channels), self.runtime, self.command)
-        except BaseException:
-            if made and is_main_process() and steps_dir.is_dir() and not any(steps_dir.iterdir()):
-                steps_dir.rmdir()
-            raise
 
     @staticmethod
     def skipped(cell: Cell[CurriculumConfig | StepConfig]) -> str:

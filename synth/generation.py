@@ -91,7 +91,7 @@ class GenerationSettings:
     @property
     def condition_policy(self) -> str | None:
         """The device policy the conditions follow and the store records: 0s ``devices`` or ``"empirical"``, Xs none."""
-        return (self.devices or "empirical") if self.setting == "0s" else self.devices
+        return (self.devices or "empirical") if self.setting == "0s" else None
 
 
 @dataclass(frozen=True)

@@ -66,10 +66,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 
+from datasets.batches import sampled_batches
 from datasets.findings import FindingSchema
 from datasets.registry import build_dataset, get_spec
 from datasets.spec import DataSetSpec
@@ -393,13 +394,7 @@ def train(trainer: GanTrainer, dataset: Dataset, run_dir: Path, *, workers: int,
     local_batch_size(cfg.batch_size)  # refuses a global batch the processes cannot share
     for module in (trainer.G, trainer.D, trainer.G_ema):
         broadcast_module(module)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batch_sampler(cfg, dataset, trainer.state.iteration),
-        num_workers=workers,
-        pin_memory=trainer.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    loader = sampled_batches(dataset, batch_sampler(cfg, dataset, trainer.state.iteration), workers, trainer.device)
     # GanTrainer.step takes the iteration explicitly (it seeds the step's draws); it is the number of steps before
     runner = StepRunner(lambda batch: trainer.step(trainer.state.iteration, batch), trainer.state, total=total,
                         epoch_length=snapshot)

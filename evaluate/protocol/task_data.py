@@ -131,17 +131,17 @@ def validation_rows(groups: np.ndarray | None, n: int, seed: int) -> np.ndarray:
 
 def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: int) -> TaskData:
     """The training, validation and evaluation sets (module docstring); one :class:`UserError` line for a mismatch."""
-    classes = task_classes(train)
-    if task_classes(evaluation) != classes:
+    classes, evaluation_classes = task_classes(train), task_classes(evaluation)
+    if evaluation_classes != classes:
         raise UserError(
-            f"the evaluation data set {evaluation.name} has the classes {', '.join(task_classes(evaluation))}, "
+            f"the evaluation data set {evaluation.name} has the classes {', '.join(evaluation_classes)}, "
             f"not those of the training data set {train.name} ({', '.join(classes)})"
         )
-    channels = get_spec(train.name).channels
+    spec = get_spec(train.name)
+    channels = spec.channels
     if get_spec(evaluation.name).channels != channels:
         raise UserError(f"the evaluation data set {evaluation.name} and the training data set {train.name} differ in "
                         "image channels")
-    spec = get_spec(train.name)
     if spec.validation_split is not None and (train.name, train.root) == (evaluation.name, evaluation.root):
         raise DataRoleError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "
                             f"pass {OPTION} (phantom, a real data set or another store) for the evaluation images",

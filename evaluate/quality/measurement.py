@@ -35,7 +35,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,7 @@ def trained_classifier(
     run.create()
     with run.discarded_on_failure(f"the {kind} classifier diverged: "):
         record = record_config(run, record, command)
-        results = run_protocol(finetune, data, replace(runtime, workers=0), run, record)
+        results = run_protocol(finetune, data, runtime, run, record)
     model, _ = load_classifier(run_dir / CLASSIFIER_FILE, runtime.device)
     return model, results, run_dir
 
