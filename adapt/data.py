@@ -50,6 +50,12 @@ class AdaptData:
     target_evaluation: Dataset
     target_selection: Dataset
 
+    @property
+    def target_labelled(self) -> bool:
+        """Whether every target evaluation image has a label (else the run reports label-free figures only)."""
+        labels = labels_of(self.target_evaluation)
+        return bool(len(labels)) and bool((labels >= 0).all())
+
     def sizes(self) -> dict[str, int]:
         return {"source": len(self.source), "source_validation": len(self.source_validation),
                 "target": len(self.target), "target_evaluation": len(self.target_evaluation),

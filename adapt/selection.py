@@ -9,7 +9,7 @@ metrics beside two label-free scores, and the results name four figures:
 * ``information_maximisation`` - the evaluation with the best unsupervised
   score ``D - H`` on the target evaluation images' predictions: the entropy
   of the mean prediction minus the mean prediction entropy
-  (:class:`PredictionSpread`), high when predictions are confident and spread
+  (:func:`prediction_spread`), high when predictions are confident and spread
   over the classes;
 * ``oracle`` - the best by target labels, shown only as an upper bound.
 
@@ -24,8 +24,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 COLLAPSE_SHARE = 0.95
 CRITERIA = {
@@ -46,42 +44,18 @@ def collapsed_class(histogram: Mapping[str, int], share: float = COLLAPSE_SHARE)
     return name if count > share * total else None
 
 
-class PredictionSpread(Metric):
-    """``{"entropy": H, "diversity": D, "score": D - H}`` of ``softmax(logits)`` over every rank's images.
+def prediction_spread(probabilities: torch.Tensor) -> dict[str, float]:
+    """``{"entropy": H, "diversity": D, "score": D - H}`` of the predictions ``p`` (``[N, C]``, rows summing to 1).
 
-    ``H = (1/N) sum_i -sum_c p_ic log p_ic`` and ``D = -sum_c pbar_c log pbar_c``
-    with ``pbar`` the mean prediction; the sums are all-reduced, so every rank
-    returns the same values. The evaluator's output is ``(logits, labels)``;
-    the labels are ignored.
+    ``H = (1/N) sum_i -sum_c p_ic log p_ic`` (the mean prediction entropy) and
+    ``D = -sum_c pbar_c log pbar_c`` with ``pbar = (1/N) sum_i p_i`` (the
+    entropy of the mean prediction); ``0 log 0 = 0``.
     """
-
-    _state_dict_all_req_keys = ("_probability_sum", "_entropy_sum", "_count")
-
-    def __init__(self, num_classes: int, device: str | torch.device = "cpu") -> None:
-        self.num_classes = num_classes
-        super().__init__(output_transform=lambda out: out, device=device)
-
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._probability_sum = torch.zeros(self.num_classes, dtype=torch.float64, device=self._device)
-        self._entropy_sum = torch.zeros((), dtype=torch.float64, device=self._device)
-        self._count = torch.zeros((), dtype=torch.float64, device=self._device)
-
-    @reinit__is_reduced
-    def update(self, output: Sequence[torch.Tensor]) -> None:
-        log_p = torch.log_softmax(output[0].detach().to(self._device, torch.float64), dim=1)
-        p = log_p.exp()
-        self._probability_sum += p.sum(dim=0)
-        self._entropy_sum += -(p * log_p).sum()
-        self._count += len(p)
-
-    @sync_all_reduce("_probability_sum", "_entropy_sum", "_count")
-    def compute(self) -> dict[str, float]:
-        n = max(float(self._count), 1.0)
-        mean = self._probability_sum / n
-        diversity = float(-(mean * torch.log(mean.clamp(min=1e-12))).sum())
-        entropy = float(self._entropy_sum) / n
-        return {"entropy": entropy, "diversity": diversity, "score": diversity - entropy}
+    p = probabilities.double()
+    entropy = float(-torch.special.xlogy(p, p).sum(dim=1).mean())
+    mean = p.mean(dim=0)
+    diversity = float(-torch.special.xlogy(mean, mean).sum())
+    return {"entropy": entropy, "diversity": diversity, "score": diversity - entropy}
 
 
 def select(history: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

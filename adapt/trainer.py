@@ -58,7 +58,8 @@ from .losses import (
     total_loss,
 )
 from .model import SourceNetwork, average_batchnorm_statistics, build_model, parameter_groups, source_rows, train_mode
-from .selection import COLLAPSE_SHARE, PredictionSpread, collapsed_class
+from .outputs import collect_outputs
+from .selection import COLLAPSE_SHARE, collapsed_class, prediction_spread
 
 
 @dataclass
@@ -138,27 +139,33 @@ class DcanTrainer:
         """Target metrics, the label-free scores and the collapse flag at ``step`` (one history entry).
 
         Trained batch-norm statistics are first averaged over ranks, so every
-        rank scores (and checkpoints) the same network.
+        rank scores (and checkpoints) the same network. An unlabelled target
+        evaluation set gets no metrics; its collapse flag comes from the
+        evaluation network's predictions alone.
         """
         if not self.cfg.frozen_batchnorm:
             average_batchnorm_statistics(self.model)
         self.model.eval()
-        batches = evaluation_batches(data.target_evaluation, batch_size, workers, self.device)
-        report = metrics_report(predict(self.model, batches, self.device, self.amp, self.num_classes).state.metrics,
-                                data.classes)
-        spread = {"spread": PredictionSpread(self.num_classes, device=self.device)}
-        unlabelled = evaluation_batches(data.target_selection, batch_size, workers, self.device)
-        engine = predict(self.model, unlabelled, self.device, self.amp, self.num_classes, spread)
-        values = engine.state.metrics["spread"]
+        kwargs = {"batch_size": batch_size, "workers": workers, "device": self.device, "amp": self.amp}
+        if data.target_labelled:
+            batches = evaluation_batches(data.target_evaluation, batch_size, workers, self.device)
+            engine = predict(self.model, batches, self.device, self.amp, self.num_classes)
+            target = metrics_report(engine.state.metrics, data.classes)
+        else:
+            predicted = collect_outputs(self.model, data.target_evaluation, **kwargs).logits.argmax(dim=1)
+            counts = torch.bincount(predicted, minlength=self.num_classes).tolist()
+            target = {"predicted_histogram": dict(zip(data.classes, counts, strict=True)), "n": len(predicted)}
+        selection = collect_outputs(self.model, data.target_selection, **kwargs)
+        spread = prediction_spread(selection.probabilities)
         source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
                        batch_size=batch_size, workers=0, device=self.device, amp=self.amp)
-        return report | {
+        return target | {
             "step": step,
             "source_validation_balanced_accuracy": source["balanced_accuracy"],
-            "information_maximisation": values["score"],
-            "prediction_entropy": values["entropy"],
-            "prediction_diversity": values["diversity"],
-            "collapsed": collapsed_class(report["predicted_histogram"]),
+            "information_maximisation": spread["score"],
+            "prediction_entropy": spread["entropy"],
+            "prediction_diversity": spread["diversity"],
+            "collapsed": collapsed_class(target["predicted_histogram"]),
         }
 
 

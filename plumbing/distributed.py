@@ -208,3 +208,22 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     if idist.get_world_size() == 1:
         return value
     return idist.all_reduce(value.clone())
+
+
+def gather_shards(local: torch.Tensor, length: int) -> torch.Tensor:
+    """Every rank's :func:`shard` rows of a data set of ``length`` items, put back in data-set order.
+
+    ``local`` holds this rank's rows (``shard(length)``, every ``world``-th
+    item from ``rank``); each rank pads its rows to ``ceil(length / world)``,
+    the padded blocks are all-gathered and interleaved, and the padding is
+    dropped. Every rank returns the same ``[length, ...]`` tensor (``local``
+    itself in one process).
+    """
+    world = idist.get_world_size()
+    if world == 1:
+        return local
+    rows = -(-length // world)
+    padded = local.new_zeros((rows, *local.shape[1:]))
+    padded[: len(local)] = local
+    gathered = idist.all_gather(padded.unsqueeze(0))  # [world, rows, ...]
+    return gathered.transpose(0, 1).reshape(rows * world, *local.shape[1:])[:length]

@@ -17,7 +17,7 @@ from adapt.losses import (
     target_entropy,
     total_loss,
 )
-from adapt.selection import collapsed_class, select
+from adapt.selection import collapsed_class, prediction_spread, select
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor, sigmas: list[float]) -> float:
@@ -131,3 +131,13 @@ def test_collapse_detection_and_label_free_selection() -> None:
     assert {k: v["step"] for k, v in chosen.items()} == {
         "final": 3, "source_validation": 3, "information_maximisation": 2, "oracle": 1,
     }
+
+
+def test_prediction_spread_closed_form() -> None:
+    uniform = prediction_spread(torch.full((4, 3), 1 / 3))
+    assert uniform["entropy"] == pytest.approx(math.log(3)) and uniform["diversity"] == pytest.approx(math.log(3))
+    assert uniform["score"] == pytest.approx(0.0, abs=1e-12)
+    confident = prediction_spread(torch.eye(3)[[0, 1, 2, 0, 1, 2]])  # one-hot, spread evenly: the best score
+    assert confident == pytest.approx({"entropy": 0.0, "diversity": math.log(3), "score": math.log(3)})
+    collapsed = prediction_spread(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert collapsed == pytest.approx({"entropy": 0.0, "diversity": 0.0, "score": 0.0})

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from plumbing.distributed import average_gradients, local_batch_size, mean_values_over_ranks, shard
+from plumbing.distributed import average_gradients, gather_shards, local_batch_size, mean_values_over_ranks, shard
 from plumbing.errors import UserError
 from plumbing.sampling import ResumableBatchSampler
 
@@ -46,6 +46,7 @@ def _worker(local_rank: int, out: str) -> None:
         "batches": list(itertools.islice(iter(sampler), 3)),
         "shard": list(shard(7)),
         "means": mean_values_over_ranks({"a": float(rank), "b": 2.0}),
+        "gathered": gather_shards(torch.tensor([[float(i), -float(i)] for i in shard(7)]), 7).tolist(),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -60,6 +61,7 @@ def test_two_processes_average_gradients_and_split_batches_exactly(tmp_path: Pat
         for got, want in zip(record["grads"], whole, strict=True):
             torch.testing.assert_close(torch.tensor(got), want, rtol=1e-6, atol=1e-7)
         assert record["means"] == {"a": 0.5, "b": 2.0}
+        assert record["gathered"] == [[float(i), -float(i)] for i in range(7)]  # data-set order on every rank
     single = list(itertools.islice(iter(ResumableBatchSampler(10, 4, seed=3, start=2)), 3))
     assert [a + b for a, b in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True)] == single
     assert ranks[0]["shard"] == [0, 2, 4, 6] and ranks[1]["shard"] == [1, 3, 5]
