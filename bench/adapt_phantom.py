@@ -1,72 +1,152 @@
-"""Evidence on the phantom shift: no alignment, DCAN, "ours" and "ours" + diversity over seeds.
+"""Does alignment work, and does prior correction fix label shift? Rows built so that a working method must show.
 
     python -m bench.adapt_phantom --runs-dir runs/adapt-phantom --device cpu
 
-1. Writes a v1-0s store from the shipped demo generator (``python -m
-   synth.generate --version 1 --setting 0s``, ``--train-per-class`` images
-   per class) unless ``--store`` names one.
-2. Trains the grid ``--alignment none,dcan,ours --seeds 0,1,2`` and
-   ``ours`` with ``--diversity`` on synthetic -> ``phantom-nih``
-   (the seed's synthetic-to-real block), and the same grid on ``phantom``
-   -> ``phantom-nih`` (its real-to-real block), each a ``python -m
-   adapt.train`` process; a finished cell is skipped, so the benchmark
-   resumes where it stopped.
-3. Prints ``python -m adapt.report`` for the final-step figure and the oracle.
+Rows (target ``phantom-nih``, task v1-0s: No Finding vs Pneumothorax; every
+source batch is class-balanced, so the source prior is 50/50):
 
-Every run trains from scratch (no ImageNet weights here), with batch norm
-trained (``--batchnorm auto``), at ``--image-size`` with ``--steps`` steps.
+* **a** - appearance shift only: ``phantom`` -> ``phantom-nih`` resampled to
+  the balanced prior (``--target-prior balanced``), so source and target
+  priors match. The positive control of alignment: ``ours`` should beat
+  ``none`` here.
+* **b** - appearance and label shift: ``phantom`` -> ``phantom-nih`` at its
+  natural prior (3.6% Pneumothorax). The positive control of prior
+  correction: ``ours+bbse`` / ``ours+em`` should beat ``ours``.
+* **c** - the seed's synthetic-to-real block: a v1-0s store of the shipped
+  demo generator -> ``phantom-nih`` at its natural prior.
+* **d** - row c from a self-supervised backbone (``ssl.curriculum`` on
+  unlabelled phantoms of both domains) instead of from scratch.
+
+Columns ``none``, ``ours``, ``ours+bbse``, ``ours+em`` (and ``dcan`` on row
+b), ``--seeds`` seeds each; every cell is one ``adapt.train`` run, and a
+finished cell is skipped, so the benchmark resumes where it stopped
+(``--rows`` runs a part). Prints three tables: final-step balanced accuracy
+(mean +- std over seeds, with how many seeds collapsed); the target prior
+estimated by BBSE and EM at the final step against the true one; the
+selection table of ``adapt.report`` (how far each label-free criterion's
+choice lies from the oracle's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from plumbing.cli import make_parser, run_cli
+from plumbing.cli import make_parser, parse_list, run_cli
+from plumbing.errors import UserError
 
 from .run_module import run_module
 
 PROG = "python -m bench.adapt_phantom"
+COLUMNS = ("none", "ours", "ours+bbse", "ours+em", "dcan")
+POSITIVE = "Pneumothorax"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the benchmark: its source, the target prior, the backbone's start and its columns."""
+
+    name: str
+    what: str
+    source: str
+    target_prior: str
+    ssl: bool
+    columns: tuple[str, ...]
+
+
+ROWS = {
+    row.name: row for row in (
+        Row("a", "appearance shift (priors matched)", "phantom", "balanced", False, COLUMNS[:4]),
+        Row("b", "appearance + label shift", "phantom", "natural", False, COLUMNS),
+        Row("c", "synthetic v1-0s store", "synthetic", "natural", False, COLUMNS[:4]),
+        Row("d", "synthetic v1-0s store, SSL backbone", "synthetic", "natural", True, COLUMNS[:4]),
+    )
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(PROG, "Adaptation on the phantom shift: none, dcan, ours, ours + diversity over seeds.")
+    parser = make_parser(PROG, "Adaptation on the phantom shift: alignment and prior correction against source only.")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/adapt-phantom"), help="folder of every run")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to run ({', '.join(ROWS)})")
     parser.add_argument("--store", type=Path, default=None,
                         help="a v1-0s synthetic store (default: written into --runs-dir from the demo generator)")
     parser.add_argument("--train-per-class", type=int, default=1000, help="store images per class (training split)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--steps", type=int, default=400, help="steps of every run")
-    parser.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    parser.add_argument("--image-size", type=int, default=48, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=300, help="steps of every run")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations")
+    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--backbone", default="resnet18", help="residual backbone")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the backbone")
-    parser.add_argument("--diversity", type=float, default=1.0, help="diversity weight of the ours+div cells")
-    parser.add_argument("--eval-length", type=int, default=2000, help="target evaluation images")
+    parser.add_argument("--target-pool", type=int, default=20000,
+                        help="phantom-nih images drawn before resampling to the target prior (adaptation and "
+                             "evaluation pools each)")
+    parser.add_argument("--ssl-images", type=int, default=2048, help="unlabelled images of the SSL pre-training")
+    parser.add_argument("--ssl-epochs", type=int, default=4, help="epochs of the SSL pretext step")
     parser.add_argument("--device", default="cpu", help="torch device")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rows = [ROWS[name] if name in ROWS else _unknown_row(name) for name in parse_list(args.rows, "--rows")]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     store = args.store or args.runs_dir / "synthetic-v1-0s.zarr"
-    if not store.exists():
+    if any(row.source == "synthetic" for row in rows) and not store.exists():
         run_module(["synth.generate", "--version", "1", "--setting", "0s", "--out", str(store), "--train-per-class",
-              str(args.train_per_class), "--val-per-class", str(max(args.train_per_class // 5, 1)),
-              "--device", args.device])
-    common = ["adapt.train", "--target", "phantom-nih", "--version", "1", "--setting", "0s", "--backbone",
-              args.backbone, "--init", "scratch", "--image-size", str(args.image_size), "--steps", str(args.steps),
-              "--eval-every", str(args.eval_every), "--lr", str(args.lr), "--eval-length", str(args.eval_length),
-              "--seeds", args.seeds, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"]
-    for source in (["--source", "synthetic", "--source-store", str(store)], ["--source", "phantom"]):
-        run_module([*common, *source, "--alignment", "none,dcan,ours"])
-        run_module([*common, *source, "--alignment", "ours", "--diversity", str(args.diversity)])
-    for figure in ("final", "oracle"):
-        run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", figure])
+                    str(args.train_per_class), "--val-per-class", str(max(args.train_per_class // 5, 1)),
+                    "--device", args.device])
+    ssl_run = _ssl_backbone(args) if any(row.ssl for row in rows) else None
+    for row in rows:
+        _train_row(args, row, store, ssl_run)
+    runs = _results(args.runs_dir)
+    print(accuracy_table(runs, rows))
+    print(prior_table(runs, rows))
+    run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", "final"])
     return 0
 
 
-if __name__ == "__main__":
-    run_cli(main)
+def _unknown_row(name: str) -> Row:
+    raise UserError(f"--rows: unknown row {name!r} (known: {', '.join(ROWS)})")
+
+
+def _ssl_backbone(args: argparse.Namespace) -> str:
+    """The SSL run whose backbone row d starts from: Relative Location on unlabelled phantoms of both domains."""
+    prefix = "ssl-backbone"
+    run_module(["ssl.curriculum", "run", "--tasks", "relloc", "--no-singles", "--data", "phantom,phantom-nih",
+                "--max-images", str(args.ssl_images), "--backbone", args.backbone, "--image-size",
+                str(args.image_size), "--epochs", str(args.ssl_epochs), "--lr-grid", "0.01,0.05",
+                "--downstream", "phantom-nih", "--version", "1", "--setting", "0s", "--length", "500",
+                "--eval-length", "500", "--downstream-epochs", "1", "--downstream-lr-grid", "3e-4",
+                "--prefix", prefix, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"])
+    return f"{prefix}-phantom-nih-relloc-seed0"
+
+
+def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | None) -> None:
+    source = ["--source", "synthetic", "--source-store", str(store)] if row.source == "synthetic" else [
+        "--source", "phantom"]
+    init = f"ssl:{ssl_run}" if row.ssl else "scratch"
+    common = ["adapt.train", *source, "--target", "phantom-nih", "--version", "1", "--setting", "0s",
+              "--target-prior", row.target_prior, "--target-length", str(args.target_pool), "--eval-length",
+              str(args.target_pool), "--backbone", args.backbone, "--init", init, "--image-size",
+              str(args.image_size), "--steps", str(args.steps), "--eval-every", str(args.eval_every), "--lr",
+              str(args.lr), "--seeds", args.seeds, "--name", f"row-{row.name}", "--runs-dir", str(args.runs_dir),
+              "--device", args.device, "--no-progress"]
+    plain = [c for c in row.columns if "+" not in c]
+    corrections = [c.split("+")[1] for c in row.columns if c.startswith("ours+")]
+    run_module([*common, "--alignment", ",".join(plain)])
+    if corrections:
+        run_module([*common, "--alignment", "ours", "--prior-correction", ",".join(corrections)])
+
+
+def _results(runs_dir: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(runs_dir.glob("row-*/results.json")):
+        results = json.loads(path.read_text())
+        results["row"] = path.parent.name.removeprefix("row-").split("-")[0]
+        runs.append(results)
+    return runs
