@@ -148,7 +148,7 @@ class DcanTrainer:
                                 data.classes)
         spread = {"spread": PredictionSpread(self.num_classes, device=self.device)}
         unlabelled = evaluation_batches(data.target_selection, batch_size, workers, self.device)
-        engine = predict(self.model, unlabelled, self.device, self.amp, self.num_classes, spread)
+        engine = predict(self.model, unlabelled, self.device, self.amp, self.num_classes, spread, labelled=False)
         values = engine.state.metrics["spread"]
         source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
                        batch_size=batch_size, workers=0, device=self.device, amp=self.amp)
