@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from adapt.train import main as adapt_main
 from datasets.findings import CHEXPERT
 from datasets.label_tasks import label_task
 from datasets.registry import build_dataset, get_spec
@@ -210,3 +211,20 @@ def test_finetune_on_a_labelled_folder_and_one_line_without_labels(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"folder {labelled_folder}: none of its 20 images" in err[0], err
     assert not (tmp_path / "runs" / "unlabelled").exists()
+
+
+def test_a_partly_labelled_folder_is_an_adaptation_target_scored_on_its_labelled_test_images(
+    labelled_folder: Path, tmp_path: Path
+) -> None:
+    for extra in write_images(tmp_path / "more", 4):  # four images without a row: unlabelled, adapted to
+        (labelled_folder / "more" / extra).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "more" / extra).rename(labelled_folder / "more" / extra)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(adapt_main, ["--source", "phantom", "--source-length", "32", "--target", "folder", "--target-root",
+                             str(labelled_folder), "--version", "1", "--setting", "0s", "--backbone", "resnet18",
+                             "--init", "scratch", "--image-size", "32", "--batch-size", "8", "--steps", "2",
+                             "--eval-every", "2", "--device", "cpu", "--no-progress", "--runs-dir",
+                             str(tmp_path / "runs"), "--name", "own"])
+    assert exit_info.value.code == 0
+    results = json.loads((tmp_path / "runs" / "own-dcan-seed0" / "results.json").read_text())
+    assert results["images"]["target"] == 14 + 4 and results["images"]["target_evaluation"] == 4
