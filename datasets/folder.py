@@ -144,7 +144,7 @@ def image_paths(root: Path) -> list[str]:
 
 def _text(values: pd.Series) -> np.ndarray:
     """A column as stripped strings, blank cells as ``""`` (``[N]`` object)."""
-    return values.fillna("").astype(str).str.strip().to_numpy(dtype=object)
+    return values.astype(object).where(values.notna(), "").astype(str).str.strip().to_numpy(dtype=object)
 
 
 def _canonical_class(name: str, row: str, csv: Path) -> str:
@@ -204,11 +204,12 @@ def read_labels(root: Path, paths: list[str]) -> FolderLabels | None:
         given = _text(frame["patient"])
         patients[at[given != ""]] = given[given != ""]
     if "split" in frame.columns:
-        given = np.array([s.lower() for s in _text(frame["split"])], dtype=object)
+        text = _text(frame["split"])
+        given = np.array([s.lower() for s in text], dtype=object)
         wrong = ~np.isin(given, SPLIT_VALUES)
         if wrong.any():
-            raise UserError(f"{csv}: split {frame['split'].iloc[int(np.argmax(wrong))]!r} of "
-                            f"{rows[int(np.argmax(wrong))]}; use one of {', '.join(SPLIT_VALUES)}")
+            i = int(np.argmax(wrong))
+            raise UserError(f"{csv}: split {text[i]!r} of {rows[i]}; use one of {', '.join(SPLIT_VALUES)}")
         splits = np.full(n, "", dtype=object)
         splits[at] = given
     return FolderLabels(listed, classes, findings, patients, splits)

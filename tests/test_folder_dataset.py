@@ -160,6 +160,7 @@ def test_each_mistake_is_one_line(tmp_path: Path) -> None:
         ([{"path": paths[0], "label": "No Finding"}], "neither a class nor a finding column"),
         ([{"path": paths[0], "class": "No Finding", "Edema": 1}], "both a class column and finding columns"),
         ([{"path": paths[0], "class": "No Finding", "split": "holdout"}], "split 'holdout' of " + paths[0]),
+        ([{"path": paths[0], "class": "No Finding", "split": None}], "split '' of " + paths[0]),
         ([{"path": paths[0], "Edema": 2}], "Edema of " + paths[0] + " is 2"),
         ([{"path": paths[0], "Edema": "yes"}], "Edema of " + paths[0] + " is 'yes'"),
         ([{"path": paths[0], "class": "No Finding"}, {"path": paths[0], "class": "No Finding"}], "more than once"),
