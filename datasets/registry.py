@@ -3,7 +3,7 @@
 :data:`REGISTRY` is a plain table of names to :class:`~datasets.spec.DataSetSpec`
 (each reader module defines its spec; importing a reader registers nothing);
 :func:`build_dataset` builds any of them with the same keyword arguments.
-Real data sets find their root from the ``root`` argument (a command's
+Real data sets (and ``folder``, one's own images) find their root from the ``root`` argument (a command's
 ``--data-root`` flag) or, when it is not given, from the spec's environment
 variable; phantoms need no files and refuse a root. The arguments shared by
 every data set and the names of the reader options (``spec.options``) are
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from plumbing.errors import UserError
 from plumbing.lookup import look_up
 
-from . import chexpert, isic, nih, siim_covid, synthetic
+from . import chexpert, folder, isic, nih, siim_covid, synthetic
 from .label_tasks import LabelTask
 from .options import flag, is_integer
 from .phantoms import dataset as phantom
@@ -37,6 +37,7 @@ REGISTRY: dict[str, DataSetSpec] = {
         isic.SPEC,
         *phantom.SPECS.values(),
         synthetic.SPEC,
+        folder.SPEC,
     )
 }
 

@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 
 
+class NoLabelsError(UserError):
+    """A use that needs labelled images met a data set that has none (a ``folder`` without ``labels.csv``,
+    or none of whose images has a class of the task); an adaptation target may go without."""
+
+
 @dataclass(frozen=True, eq=False)
 class Records:
     """One row per image.

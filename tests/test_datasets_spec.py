@@ -20,9 +20,9 @@ from plumbing.errors import UserError
 def test_held_out_and_validation_splits() -> None:
     splits = {name: spec.eval_split for name, spec in registry.REGISTRY.items()}
     assert splits == {"chexpert": "valid", "chestxray8": "valid", "siim-covid": "valid", "isic2019": "valid",
-                      "phantom": "test", "phantom-nih": "test", "synthetic": "val"}
+                      "phantom": "test", "phantom-nih": "test", "synthetic": "val", "folder": "test"}
     own = {name: spec.validation_split for name, spec in registry.REGISTRY.items() if spec.validation_split}
-    assert own == {"synthetic": "val"}
+    assert own == {"synthetic": "val", "folder": "val"}
 
 
 def test_default_counts_only_for_generated_data_sets() -> None:
@@ -55,7 +55,7 @@ def test_label_tables_come_from_the_specs() -> None:
 
 def test_groups_and_channels() -> None:
     groups = {name: spec.groups for name, spec in registry.REGISTRY.items() if spec.groups}
-    assert groups == {"chexpert": "patient", "chestxray8": "patient", "siim-covid": "study"}
+    assert groups == {"chexpert": "patient", "chestxray8": "patient", "siim-covid": "study", "folder": "patient"}
     assert {name for name, spec in registry.REGISTRY.items() if spec.channels == 3} == {"isic2019"}
 
 

@@ -299,6 +299,7 @@ ACCEPTED = {
     "phantom": "length, seed, shortcut, balanced",
     "phantom-nih": "length, seed, shortcut, balanced",
     "synthetic": "none",
+    "folder": "max_samples, seed, on_error, holdout",
 }
 
 

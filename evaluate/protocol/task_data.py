@@ -18,6 +18,11 @@ Three disjoint sets of one labelled task (:func:`task_data`):
   on the store's ``val`` split, so it needs ``--eval-data`` (real or phantom
   images, or another store).
 
+Every set keeps the images that have a class (:func:`labelled`): a
+``folder`` of one's own images also holds unlabelled ones, which serve
+adaptation and pretext training only; a set left without any is a
+:class:`~datasets.tabular.NoLabelsError`.
+
 Data sets with finding vectors take a label task (``--version`` /
 ``--setting``); ISIC-2019 and SIIM-COVID bring their own classes.
 Training batches come from :class:`plumbing.sampling.ResumableBatchSampler`
@@ -37,6 +42,7 @@ from torch.utils.data import Dataset, Subset
 
 from datasets.label_tasks import LabelTask, label_task
 from datasets.registry import build_dataset, get_spec
+from datasets.tabular import NoLabelsError
 from plumbing.distributed import world_size
 from plumbing.errors import OPTION, DataRoleError, UserError
 from plumbing.seeding import numpy_rng
@@ -107,8 +113,30 @@ def task_classes(choice: DataChoice) -> tuple[str, ...]:
 
 def groups_of(dataset: Dataset) -> np.ndarray | None:
     """The patient (or study) of every image where the reader knows it (:class:`datasets.tabular.Records`)."""
+    if isinstance(dataset, Subset):
+        groups = groups_of(dataset.dataset)
+        return None if groups is None else groups[np.asarray(dataset.indices, dtype=np.int64)]
     records = getattr(dataset, "records", None)
     return None if records is None else records.groups
+
+
+def labelled(dataset: Dataset, choice: DataChoice, role: str) -> Dataset:
+    """The images of ``dataset`` that have a class (label >= 0): ``dataset`` itself when all have one.
+
+    Readers of published data sets return only such images under a label
+    task; a ``folder`` also keeps its unlabelled ones (label -1). A
+    :class:`~datasets.tabular.NoLabelsError` naming the data set and ``role``
+    (``training``, ``validation``, ``evaluation``) when none has a class.
+    """
+    keep = labels_of(dataset).numpy() >= 0
+    if keep.all():
+        return dataset
+    if not keep.any():
+        spec = get_spec(choice.name)
+        where = choice.name if choice.root is None else f"{choice.name} {choice.root}"
+        raise NoLabelsError(f"{where}: none of its {len(keep)} images for the {role} set has a label of the task "
+                            f"({', '.join(task_classes(choice))}); labelled images are needed (layout: {spec.layout})")
+    return Subset(dataset, np.flatnonzero(keep).tolist())
 
 
 def validation_rows(groups: np.ndarray | None, n: int, seed: int) -> np.ndarray:
@@ -142,26 +170,29 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
     if get_spec(evaluation.name).channels != channels:
         raise UserError(f"the evaluation data set {evaluation.name} and the training data set {train.name} differ in "
                         "image channels")
-    if spec.validation_split is not None and (train.name, train.root) == (evaluation.name, evaluation.root):
+    same = (train.name, train.root) == (evaluation.name, evaluation.root)
+    if same and spec.validation_split is not None and spec.validation_split == get_spec(evaluation.name).eval_split:
         raise DataRoleError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "
                             f"pass {OPTION} (phantom, a real data set or another store) for the evaluation images",
                             "evaluation_data")
     try:
-        full = train.build("train", resolution, train.augment)
+        full = labelled(train.build("train", resolution, train.augment), train, "training")
         if spec.validation_split is not None:
-            fit, validation = full, train.build(spec.validation_split, resolution, False)
+            fit = full
+            validation = labelled(train.build(spec.validation_split, resolution, False), train, "validation")
         else:
             held = validation_rows(groups_of(full), len(full), seed)
             if held.all():
                 raise UserError(f"--data {train.name} has {len(full)} training images in one "
                                 f"{spec.groups or 'group'}; more are needed")
-            plain = full if not train.augment else train.build("train", resolution, False)
+            plain = full if not train.augment else labelled(train.build("train", resolution, False), train, "training")
             fit = Subset(full, np.flatnonzero(~held).tolist())
             validation = Subset(plain, np.flatnonzero(held).tolist())
     except DataRoleError as exc:
         raise exc.in_role("train") from None
     try:
-        held_out = evaluation.build(get_spec(evaluation.name).eval_split, resolution, False)
+        held_out = labelled(evaluation.build(get_spec(evaluation.name).eval_split, resolution, False), evaluation,
+                            "evaluation")
     except DataRoleError as exc:
         raise exc.in_role("evaluation") from None
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))

@@ -50,6 +50,7 @@ from evaluate.protocol.task_data import (
     DataChoice,
     TaskData,
     groups_of,
+    labelled,
     labels_of,
     task_classes,
     validation_rows,
@@ -152,7 +153,8 @@ def _reference_set(choice: DataChoice, split: str, per_class: int, size: int, se
                                 balanced=True, seed=seed, **spec.count_options(per_class * num_classes))
         rows = None
     else:
-        dataset = build_dataset(choice.name, root=choice.root, split=split, task=task, resolution=size)
+        dataset = labelled(build_dataset(choice.name, root=choice.root, split=split, task=task, resolution=size),
+                           choice, f"reference ({split})")
         rows = balanced_rows(labels_of(dataset), num_classes, per_class, seed)
     images = read_image_set(dataset, desc, rows=rows, progress=progress)
     groups = groups_of(dataset)
