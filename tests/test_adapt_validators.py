@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adapt.cells import complete_results, selected_figures, summary_line
 from adapt.outputs import Outputs
 from adapt.report import GROUP_SETTINGS, render, selection_groups, table
 from adapt.selection import select, selection_gaps
@@ -169,3 +170,12 @@ def test_selection_table_gaps_on_hand_made_histories() -> None:
     assert "| snd | 0.1000 | 0.2000 | 2 |" in text
     assert render(rows, "csv", "final", overall, groups, "selection").splitlines()[0] == \
         "criterion,mean_gap,worst_gap,runs"
+
+
+def test_an_unlabelled_run_records_label_free_figures_only() -> None:
+    chosen = select([_entry(1, None, 3.0, 0.2, 0.9), _entry(2, None, 1.0, 0.5, 0.3)])
+    figures = {name: selected_figures(entry) for name, entry in chosen.items()}
+    assert figures["snd"]["balanced_accuracy"] is None and figures["snd"]["snd"] == 3.0
+    assert complete_results({"seed": 0, "figures": figures}) and not complete_results({"seed": 0, "figures": {}})
+    line = summary_line({"alignment": "ours", "seed": 0, "balanced_accuracy": None, "collapsed": None})
+    assert line == "ours seed 0: no target labels, label-free figures only"
