@@ -29,7 +29,7 @@ from plumbing.run_folders import RESULTS_FILE, check_run_name, read_results_file
 from .config import AdaptConfig
 from .data import AdaptData, choices
 from .model import export_classifier
-from .selection import CRITERIA, select
+from .selection import criterion_text, select
 from .trainer import DcanTrainer
 
 TRAINED_BY = "python -m adapt.train"
@@ -49,12 +49,13 @@ def adapt_cell(prefix: str, cfg: AdaptConfig, runs_dir: Path) -> Cell[AdaptConfi
 
 
 def complete_results(results: dict[str, Any]) -> bool:
-    """Whether a cell's ``results.json`` holds what a finished cell records: the seed and every criterion's figure
-    (:data:`adapt.selection.CRITERIA`, each with its balanced accuracy and collapse flag)."""
+    """Whether a cell's ``results.json`` holds what a finished cell records: the seed and the ``final`` figure,
+    every figure with its balanced accuracy (``None`` without target labels) and collapse flag (a criterion
+    that chose nothing, as the oracle without target labels, has no figure)."""
     figures = results.get("figures")
-    return isinstance(results.get("seed"), int) and isinstance(figures, dict) and all(
-        isinstance(figures.get(name), dict) and {"balanced_accuracy", "collapsed"} <= figures[name].keys()
-        for name in CRITERIA)
+    return isinstance(results.get("seed"), int) and isinstance(figures, dict) and "final" in figures and all(
+        isinstance(figure, dict) and {"balanced_accuracy", "collapsed"} <= figure.keys()
+        for figure in figures.values())
 
 
 def finished_results(cell: Cell[AdaptConfig]) -> dict[str, Any]:
@@ -70,13 +71,14 @@ def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:
 
 
 SELECTED_FIGURES = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation",
-                    "collapsed")
+                    "snd", "dev_risk", "bnm", "prediction_entropy", "collapsed")
 """What ``results.json`` keeps of the evaluation a selection criterion chose."""
 
 
 def selected_figures(entry: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`SELECTED_FIGURES` of one evaluation of a cell's history."""
-    return {k: entry[k] for k in SELECTED_FIGURES}
+    """The :data:`SELECTED_FIGURES` of one evaluation of a cell's history (``None`` for one it lacks: no target
+    labels, or a score an older run did not record)."""
+    return {k: entry.get(k) for k in SELECTED_FIGURES}
 
 
 def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: AdaptData) -> dict[str, Any]:
@@ -97,13 +99,13 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "image_size": cfg.image_size,
         "init": record.get("init_provenance"),
         "steps": cfg.steps,
-        "balanced_accuracy": final["balanced_accuracy"],
-        "recall": final["recall"],
-        "confusion_matrix": final["confusion_matrix"],
+        "balanced_accuracy": final.get("balanced_accuracy"),
+        "recall": final.get("recall"),
+        "confusion_matrix": final.get("confusion_matrix"),
         "predicted_histogram": final["predicted_histogram"],
         "collapsed": final["collapsed"],
         "figures": {name: selected_figures(entry) for name, entry in chosen.items()},
-        "figure_criteria": {name: key or "last step" for name, key in CRITERIA.items()},
+        "figure_criteria": {name: criterion_text(name) for name in chosen},
         "history": history,
         "images": data.sizes(),
     } | ({MISSING: final[MISSING]} if MISSING in final else {})
@@ -116,7 +118,10 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
 
 def summary_line(results: dict[str, Any]) -> str:
     """The cell's closing line: its final balanced accuracy, qualified where the evaluation set lacks a class
-    (:func:`evaluate.metrics.missing_classes_note`), and its collapse."""
+    (:func:`evaluate.metrics.missing_classes_note`), or that the target has no labels; and its collapse."""
     collapsed = f", collapsed onto {results['collapsed']}" if results["collapsed"] else ""
+    if results["balanced_accuracy"] is None:
+        return (f"{results['alignment']} seed {results['seed']}: no target labels, label-free figures only"
+                f"{collapsed}")
     return (f"{results['alignment']} seed {results['seed']}: target balanced accuracy "
             f"{results['balanced_accuracy']:.4f}{missing_classes_note(results)} (final step){collapsed}")

@@ -60,6 +60,7 @@ from .losses import (
 from .model import SourceNetwork, average_batchnorm_statistics, build_model, parameter_groups, source_rows, train_mode
 from .outputs import collect_outputs
 from .selection import COLLAPSE_SHARE, collapsed_class, prediction_spread
+from .validators import validator_scores
 
 
 @dataclass
@@ -141,7 +142,9 @@ class DcanTrainer:
         Trained batch-norm statistics are first averaged over ranks, so every
         rank scores (and checkpoints) the same network. An unlabelled target
         evaluation set gets no metrics; its collapse flag comes from the
-        evaluation network's predictions alone.
+        evaluation network's predictions alone. The label-free validators of
+        :mod:`adapt.validators` score the evaluation network's outputs on the
+        source validation images and the target selection slice.
         """
         if not self.cfg.frozen_batchnorm:
             average_batchnorm_statistics(self.model)
@@ -157,6 +160,7 @@ class DcanTrainer:
             target = {"predicted_histogram": dict(zip(data.classes, counts, strict=True)), "n": len(predicted)}
         selection = collect_outputs(self.model, data.target_selection, **kwargs)
         spread = prediction_spread(selection.probabilities)
+        validation = collect_outputs(self.model, data.source_validation, **kwargs)
         source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
                        batch_size=batch_size, workers=0, device=self.device, amp=self.amp)
         return target | {
@@ -165,6 +169,7 @@ class DcanTrainer:
             "information_maximisation": spread["score"],
             "prediction_entropy": spread["entropy"],
             "prediction_diversity": spread["diversity"],
+            **validator_scores(validation, selection, self.cfg.seed),
             "collapsed": collapsed_class(target["predicted_histogram"]),
         }
 

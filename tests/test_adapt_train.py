@@ -54,7 +54,9 @@ def test_short_run_on_phantoms_beats_chance_and_fills_the_run_folder(tmp_path: P
     results = _results(run)
     assert results["balanced_accuracy"] > 0.35  # chance is 0.25 (four classes); measured 0.46-0.48
     assert [h["step"] for h in results["history"]] == [40, 80, 120]
-    assert set(results["figures"]) == {"final", "source_validation", "information_maximisation", "oracle"}
+    assert set(results["figures"]) == {"final", "source_validation", "information_maximisation", "snd", "dev", "bnm",
+                                       "target_entropy", "oracle"}
+    assert all(isinstance(results["history"][-1][k], float) for k in ("snd", "dev_risk", "bnm", "prediction_entropy"))
     config = json.loads((run / "config.json").read_text())
     assert config["adapt"]["alignment"] == "ours" and config["evaluation_data"]["name"] == "phantom"
     model, info = load_classifier(run / "classifier.safetensors")
