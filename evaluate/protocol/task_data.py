@@ -157,6 +157,34 @@ def validation_rows(groups: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     return np.isin(codes, chosen)
 
 
+def training_sets(train: DataChoice, resolution: int, seed: int) -> tuple[Dataset, Dataset]:
+    """The labelled training and validation sets of ``train`` (module docstring); errors name the ``train`` role."""
+    spec = get_spec(train.name)
+    try:
+        full = labelled(train.build("train", resolution, train.augment), train, "training")
+        if spec.validation_split is not None:
+            return full, labelled(train.build(spec.validation_split, resolution, False), train, "validation")
+        held = validation_rows(groups_of(full), len(full), seed)
+        if held.all():
+            raise UserError(f"--data {train.name} has {len(full)} training images in one "
+                            f"{spec.groups or 'group'}; more are needed")
+        plain = full if not train.augment else labelled(train.build("train", resolution, False), train, "training")
+        return Subset(full, np.flatnonzero(~held).tolist()), Subset(plain, np.flatnonzero(held).tolist())
+    except DataRoleError as exc:
+        raise exc.in_role("train") from None
+
+
+def evaluation_set(evaluation: DataChoice, resolution: int) -> Dataset:
+    """The labelled held-out split of ``evaluation`` (its spec's ``eval_split``); a
+    :class:`~datasets.tabular.NoLabelsError` when none of its images has a label; errors name the ``evaluation``
+    role."""
+    try:
+        return labelled(evaluation.build(get_spec(evaluation.name).eval_split, resolution, False), evaluation,
+                        "evaluation")
+    except DataRoleError as exc:
+        raise exc.in_role("evaluation") from None
+
+
 def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: int) -> TaskData:
     """The training, validation and evaluation sets (module docstring); one :class:`UserError` line for a mismatch."""
     classes, evaluation_classes = task_classes(train), task_classes(evaluation)
@@ -175,26 +203,8 @@ def task_data(train: DataChoice, evaluation: DataChoice, resolution: int, seed: 
         raise DataRoleError(f"the {spec.validation_split} split of {train.name} is the validation set of a run on it; "
                             f"pass {OPTION} (phantom, a real data set or another store) for the evaluation images",
                             "evaluation_data")
-    try:
-        full = labelled(train.build("train", resolution, train.augment), train, "training")
-        if spec.validation_split is not None:
-            fit = full
-            validation = labelled(train.build(spec.validation_split, resolution, False), train, "validation")
-        else:
-            held = validation_rows(groups_of(full), len(full), seed)
-            if held.all():
-                raise UserError(f"--data {train.name} has {len(full)} training images in one "
-                                f"{spec.groups or 'group'}; more are needed")
-            plain = full if not train.augment else labelled(train.build("train", resolution, False), train, "training")
-            fit = Subset(full, np.flatnonzero(~held).tolist())
-            validation = Subset(plain, np.flatnonzero(held).tolist())
-    except DataRoleError as exc:
-        raise exc.in_role("train") from None
-    try:
-        held_out = labelled(evaluation.build(get_spec(evaluation.name).eval_split, resolution, False), evaluation,
-                            "evaluation")
-    except DataRoleError as exc:
-        raise exc.in_role("evaluation") from None
+    fit, validation = training_sets(train, resolution, seed)
+    held_out = evaluation_set(evaluation, resolution)
     data = TaskData(classes, channels, fit, validation, held_out, labels_of(fit))
     empty = [name for name, n in data.sizes().items() if n == 0]
     if empty:

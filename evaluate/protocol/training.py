@@ -171,12 +171,8 @@ class ClassifierTrainer:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device, amp: bool,
-            num_classes: int, extra: Mapping[str, Metric] | None = None, *, labelled: bool = True) -> Engine:
-    """Run ``model`` over ``batches`` in an Ignite evaluator with the classification metrics (and ``extra``).
-
-    ``labelled=False``: images that may have no class (label -1, a ``folder``'s unlabelled images) get only the
-    ``extra`` metrics, which must not read the labels; the classification metrics refuse a label outside the classes.
-    """
+            num_classes: int, extra: Mapping[str, Metric] | None = None) -> Engine:
+    """Run ``model`` over ``batches`` in an Ignite evaluator with the classification metrics (and ``extra``)."""
 
     def process(_: Engine, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()
@@ -186,8 +182,7 @@ def predict(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.d
         return logits.float(), torch.as_tensor(batch["label"]).to(device)
 
     evaluator = Engine(process)
-    metrics = classification_metrics(num_classes, device=device) if labelled else {}
-    for name, metric in (metrics | dict(extra or {})).items():
+    for name, metric in (classification_metrics(num_classes, device=device) | dict(extra or {})).items():
         metric.attach(evaluator, name)
     evaluator.run(batches)
     return evaluator
