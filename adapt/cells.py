@@ -2,7 +2,8 @@
 
 A cell (:class:`plumbing.grid.Cell`) has the folder
 ``<runs-dir>/<prefix>-<label>-seed<seed>`` (``label`` is the alignment
-preset, with ``+div<W>`` for a diversity weight). Running the same grid
+preset, with ``+bbse`` / ``+em`` for a prior correction and ``+div<W>`` for a
+diversity weight: :attr:`adapt.config.AdaptConfig.label`). Running the same grid
 command again skips every cell that holds ``results.json``, resumes every
 cell that holds a checkpoint from its newest one, and starts the others; a
 cell whose recorded configuration differs from the one asked for is refused

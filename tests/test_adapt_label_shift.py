@@ -207,6 +207,7 @@ def test_a_prior_correction_with_every_weight_one_is_the_uncorrected_loss() -> N
     assert losses["em"] == pytest.approx(losses["none"] + 0.5 * math.log(4), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_with_em_correction_on_a_balanced_target_records_estimates_and_truth(tmp_path: Path) -> None:
     _train(tmp_path, *PHANTOMS, "--alignment", "ours", "--prior-correction", "em", "--target-prior", "balanced",
            "--target-length", "2000", "--eval-length", "2000", "--steps", "4", "--eval-every", "2", "--name", "p")

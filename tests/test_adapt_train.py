@@ -101,7 +101,7 @@ def test_a_diverged_cell_does_not_stop_the_grid(
 def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = [*PHANTOMS, "--alignment", "dcan", "--steps", "6", "--eval-every", "2"]
+    args = [*PHANTOMS, "--alignment", "dcan", "--prior-correction", "bbse", "--steps", "6", "--eval-every", "2"]
     _train(tmp_path / "full", *args)
     attach = engine.attach_training_handlers
 
@@ -114,7 +114,7 @@ def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
         with pytest.raises(SystemExit) as exit_info:
             run_cli(main, [*args, "--runs-dir", str(tmp_path / "split")])
         assert exit_info.value.code == 130  # interrupted
-    name = "adapt-phantom-phantom-nih-dcan-seed0"
+    name = "adapt-phantom-phantom-nih-dcan+bbse-seed0"  # steps 5 and 6 weigh by the prior estimated at step 4
     assert latest_checkpoint(tmp_path / "split" / name).name == "checkpoint_4.pt"
     _train(tmp_path / "split", *args)
     a, b = (load_checkpoint(latest_checkpoint(tmp_path / d / name)) for d in ("full", "split"))
@@ -122,6 +122,7 @@ def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
     torch.testing.assert_close(b["model"], a["model"], rtol=0, atol=0)
     ra, rb = _results(tmp_path / "full" / name), _results(tmp_path / "split" / name)
     assert ra["history"] == rb["history"]
+    assert b["run"]["prior"] == a["run"]["prior"] and len(a["run"]["prior"]) == 4
     config = json.loads((tmp_path / "split" / name / "config.json").read_text())
     assert len(config["resumed_with"]) == 1
 
