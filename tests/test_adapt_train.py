@@ -156,11 +156,12 @@ def test_missing_data_root_and_class_mismatch_are_one_line(
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_a_grid_cell(tmp_path: Path) -> None:
-    args = [*PHANTOMS, "--alignment", "ours", "--steps", "3", "--eval-every", "3", "--runs-dir", str(tmp_path)]
+    args = [*PHANTOMS, "--alignment", "ours", "--prior-correction", "em", "--steps", "3", "--eval-every", "1",
+            "--runs-dir", str(tmp_path)]
     torchrun("adapt.train", args)
-    results = _results(tmp_path / "adapt-phantom-phantom-nih-ours-seed0")
+    results = _results(tmp_path / "adapt-phantom-phantom-nih-ours+em-seed0")
     assert results["history"][0]["n"] == 32  # every evaluation image counted once over both ranks
-    assert (tmp_path / "adapt-phantom-phantom-nih-ours-seed0" / "classifier.safetensors").is_file()
+    assert (tmp_path / "adapt-phantom-phantom-nih-ours+em-seed0" / "classifier.safetensors").is_file()
 
 
 def _fake_run(runs: Path, name: str, alignment: str, seed: int, accuracy: float, collapsed: str | None) -> None:
