@@ -4,7 +4,8 @@ The network, losses and presets are :mod:`adapt.model`, :mod:`adapt.losses`
 and :mod:`adapt.config`; the images :mod:`adapt.data`; model selection and
 collapse detection :mod:`adapt.selection`; run folders and grids
 :mod:`adapt.cells`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
-whole grid, one run folder per cell; the same command run again skips
+whole grid, one run folder per cell (``--prior-correction none,bbse,em``
+multiplies it by the label-shift corrections of :mod:`adapt.label_shift`); the same command run again skips
 finished cells and resumes interrupted ones. Every option is checked, the
 data sets of every seed are opened and the cells already on disk are
 compared with the settings asked for before any folder is created.
