@@ -2,7 +2,8 @@
 
 A cell (:class:`plumbing.grid.Cell`) has the folder
 ``<runs-dir>/<prefix>-<label>-seed<seed>`` (``label`` is the alignment
-preset, with ``+div<W>`` for a diversity weight). Running the same grid
+preset, with ``+bbse`` / ``+em`` for a prior correction and ``+div<W>`` for a
+diversity weight: :attr:`adapt.config.AdaptConfig.label`). Running the same grid
 command again skips every cell that holds ``results.json``, resumes every
 cell that holds a checkpoint from its newest one, and starts the others; a
 cell whose recorded configuration differs from the one asked for is refused
@@ -27,7 +28,8 @@ from plumbing.grid import Cell
 from plumbing.run_folders import RESULTS_FILE, check_run_name, read_results_file
 
 from .config import AdaptConfig
-from .data import AdaptData, choices
+from .data import AdaptData, choices, known_labels
+from .label_shift import class_shares
 from .model import export_classifier
 from .selection import criterion_text, select
 from .trainer import DcanTrainer
@@ -71,7 +73,7 @@ def evaluation_record(cfg: AdaptConfig) -> dict[str, Any]:
 
 
 SELECTED_FIGURES = ("step", "balanced_accuracy", "source_validation_balanced_accuracy", "information_maximisation",
-                    "snd", "dev_risk", "bnm", "prediction_entropy", "collapsed")
+                    "snd", "dev_risk", "bnm", "prediction_entropy", "collapsed", "prior_estimates")
 """What ``results.json`` keeps of the evaluation a selection criterion chose."""
 
 
@@ -79,6 +81,24 @@ def selected_figures(entry: dict[str, Any]) -> dict[str, Any]:
     """The :data:`SELECTED_FIGURES` of one evaluation of a cell's history (``None`` for one it lacks: no target
     labels, or a score an older run did not record)."""
     return {k: entry.get(k) for k in SELECTED_FIGURES}
+
+
+def prior_record(cfg: AdaptConfig, data: AdaptData) -> dict[str, Any]:
+    """The class priors beside the estimates: ``source_prior`` (``batches``: what training saw,
+    ``validation_images``: what the estimators' confusion matrix saw) and ``target_prior`` (``asked``: the
+    ``--target-prior`` text; ``drawn``: the prior resampled to; the oracle figures ``true``, of the target evaluation
+    images, and ``true_adaptation``, of the adaptation images the estimates are made on, where labelled)."""
+    def shares(images: Any) -> list[float] | None:
+        labels = known_labels(images)
+        return None if labels is None else class_shares(labels, len(data.classes)).tolist()
+
+    target: dict[str, Any] = {"asked": cfg.target_prior}
+    if data.target_prior is not None:
+        target["drawn"] = data.target_prior.tolist()
+    truth = {"true": shares(data.target_evaluation), "true_adaptation": shares(data.target)}
+    return {"source_prior": {"batches": data.source_batch_prior.tolist(),
+                             "validation_images": shares(data.source_validation)},
+            "target_prior": target | {k: v for k, v in truth.items() if v is not None}}
 
 
 def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: AdaptData) -> dict[str, Any]:
@@ -92,6 +112,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "source": cfg.source,
         "target": cfg.target,
         "alignment": cfg.label,
+        "prior_correction": cfg.prior_correction,
         "seed": cfg.seed,
         "task": None if cfg.version is None else f"v{cfg.version}-{cfg.setting}",
         "classes": list(data.classes),
@@ -104,11 +125,12 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
         "confusion_matrix": final.get("confusion_matrix"),
         "predicted_histogram": final["predicted_histogram"],
         "collapsed": final["collapsed"],
+        "prior_estimates": final["prior_estimates"],
         "figures": {name: selected_figures(entry) for name, entry in chosen.items()},
         "figure_criteria": {name: criterion_text(name) for name in chosen},
         "history": history,
         "images": data.sizes(),
-    } | ({MISSING: final[MISSING]} if MISSING in final else {})
+    } | prior_record(cfg, data) | ({MISSING: final[MISSING]} if MISSING in final else {})
     if is_main_process():
         training = training_record(TRAINED_BY, record, alignment=cfg.label, steps=cfg.steps)
         export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)

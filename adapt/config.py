@@ -17,6 +17,17 @@ rate multipliers, schedule and batch composition default to the official
 ones (SGD, lr 1e-4, momentum 0.9, Nesterov, weight decay 1e-3;
 multipliers backbone 1, classifier 10, correction blocks 0.01;
 ``lr * (1 + gamma * p) ** -0.75``; 36 source + 36 target images a step).
+
+``--prior-correction bbse|em`` (:data:`PRIOR_CORRECTIONS`, off by default)
+corrects the alignment for label shift with the target prior estimated by
+that estimator (:mod:`adapt.label_shift`): class-weighted MMD terms and the
+diversity term towards the estimate; its cells are labelled
+``<preset>+<estimator>`` (``ours+em``). It changes only the MMD and
+diversity terms, so a cell with neither is refused
+(:func:`check_prior_correction`). ``--target-prior`` (default ``natural``)
+resamples a labelled target to a class prior (:mod:`adapt.data`); it names
+the data, as ``--target-length`` does, not the method, so it is not in the
+label (a grid under another target prior takes another ``--name``).
 """
 
 from __future__ import annotations
@@ -24,9 +35,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from plumbing.errors import UserError
 from plumbing.lookup import look_up
 
 ALIGNMENTS = ("none", "dcan", "ours")
+PRIOR_CORRECTIONS = ("none", "bbse", "em")
 BN_MODES = ("auto", "frozen", "train")
 PRESET_WEIGHTS: dict[str, dict[str, float]] = {
     "none": {"feature_mmd": 0.0, "output_mmd": 0.0, "regulariser": 0.0, "entropy": 0.0},
@@ -55,6 +68,8 @@ class AdaptConfig:
     entropy: float = 0.1
     diversity: float = 0.0
     alpha: float = 1.5
+    prior_correction: str = "none"
+    target_prior: str = "natural"
     backbone: str = "resnet50"
     init: str = "imagenet"
     batchnorm: str = "auto"
@@ -93,9 +108,11 @@ class AdaptConfig:
 
     @property
     def label(self) -> str:
-        """The cell's name in grids and reports: the preset, then ``+div<W>`` when diversity is on and
-        ``+<term><W>`` for every weight that differs from the preset's (``+alpha<A>`` for another ``alpha``)."""
-        label = self.alignment + (f"+div{self.diversity:g}" if self.diversity else "")
+        """The cell's name in grids and reports: the preset, then ``+<estimator>`` with a prior correction
+        (``ours+em``), ``+div<W>`` when diversity is on and ``+<term><W>`` for every weight that differs from the
+        preset's (``+alpha<A>`` for another ``alpha``)."""
+        label = self.alignment + (f"+{self.prior_correction}" if self.prior_correction != "none" else "")
+        label += f"+div{self.diversity:g}" if self.diversity else ""
         preset = PRESET_WEIGHTS.get(self.alignment, {})
         for key, value in preset.items():
             if getattr(self, key) != value:
@@ -109,6 +126,22 @@ class AdaptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_prior_correction(cfg: AdaptConfig) -> AdaptConfig:
+    """``cfg`` if its prior correction is known and changes a term it weighs; one :class:`UserError` line if not.
+
+    A correction weighs the MMD terms and the diversity term; with all three
+    off (the ``none`` preset without ``--diversity``) its cell would train
+    exactly as the uncorrected one, so it is refused rather than run twice.
+    """
+    look_up("prior correction", cfg.prior_correction, PRIOR_CORRECTIONS, option="--prior-correction")
+    corrected = ("feature_mmd", "output_mmd", "diversity")
+    if cfg.prior_correction != "none" and not any(cfg.weights()[k] for k in corrected):
+        raise UserError(f"--prior-correction {cfg.prior_correction} weighs the MMD and diversity terms, which the "
+                        f"{cfg.alignment} preset leaves off: add --diversity W, or run --alignment {cfg.alignment} "
+                        "in its own command without a prior correction")
+    return cfg
 
 
 def with_preset(cfg: AdaptConfig, alignment: str) -> AdaptConfig:

@@ -14,6 +14,15 @@
   held-out split - the ``test`` seed stream of phantoms, CheXpert's official
   ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
   in both), a store's ``val`` split (:attr:`datasets.spec.DataSetSpec.eval_split`).
+
+``--target-prior`` other than ``natural`` (:func:`adapt.label_shift.parse_target_prior`)
+resamples a *labelled* target: the adaptation images (before the selection
+slice is cut) and the evaluation images each become their largest subset
+whose class counts follow the prior (:func:`adapt.label_shift.resample_to_prior`,
+drawn with ``numpy_rng(seed, "target prior", "adaptation" | "evaluation")``),
+read from the readers' labels without loading images. A target without
+labels, or without an image of a class the prior asks for, is one
+:class:`UserError` line.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
@@ -35,6 +45,7 @@ from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
 from plumbing.seeding import numpy_rng
 
 from .config import AdaptConfig
+from .label_shift import parse_target_prior, resample_to_prior
 
 SELECTION_IMAGES = 1000
 """Unlabelled target training images whose predictions give the label-free selection score."""
@@ -49,17 +60,35 @@ class AdaptData:
     target: Dataset
     target_evaluation: Dataset
     target_selection: Dataset
+    target_prior: np.ndarray | None = None
+    """The class prior ``--target-prior`` resampled the target to (``None``: ``natural``, not resampled)."""
+
+    @property
+    def source_batch_prior(self) -> torch.Tensor:
+        """The class prior of the source training batches: uniform over the classes the source images hold (the
+        batches are class-balanced, module docstring), float64 ``[C]``."""
+        present = torch.bincount(labels_of(self.source), minlength=len(self.classes))[: len(self.classes)] > 0
+        return present.double() / present.sum()
 
     @property
     def target_labelled(self) -> bool:
         """Whether every target evaluation image has a label (else the run reports label-free figures only)."""
-        labels = labels_of(self.target_evaluation)
-        return bool(len(labels)) and bool((labels >= 0).all())
+        return known_labels(self.target_evaluation) is not None
 
     def sizes(self) -> dict[str, int]:
         return {"source": len(self.source), "source_validation": len(self.source_validation),
                 "target": len(self.target), "target_evaluation": len(self.target_evaluation),
                 "target_selection": len(self.target_selection)}
+
+
+def known_labels(images: Dataset) -> torch.Tensor | None:
+    """The class of every image of ``images`` (:func:`evaluate.protocol.task_data.labels_of`), or ``None`` when
+    the set is empty, its reader has no labels or an image has none (``-1``)."""
+    try:
+        labels = labels_of(images)
+    except TypeError:  # a reader without labels
+        return None
+    return labels if len(labels) and bool((labels >= 0).all()) else None
 
 
 def choices(cfg: AdaptConfig) -> tuple[DataChoice, DataChoice, DataChoice]:
@@ -90,7 +119,14 @@ def adapt_data(cfg: AdaptConfig) -> AdaptData:
         raise UserError(f"--target {target.name} has the classes {', '.join(target_classes)}, not those of "
                         f"--source {source.name} ({', '.join(source_classes)})")
     fitted = task_data(source, evaluation, cfg.image_size, cfg.seed)
-    adaptation = target.build("train", cfg.image_size, False)
+    adaptation, held_out = target.build("train", cfg.image_size, False), fitted.evaluation
+    prior = parse_target_prior(cfg.target_prior, len(fitted.classes), cfg.seed)
+    if prior is not None:
+        adaptation, held_out = (_resampled(images, prior, fitted.classes, cfg, role)
+                                for role, images in (("adaptation", adaptation), ("evaluation", held_out)))
+        if len(held_out) < world_size():
+            raise UserError(f"--target-prior {cfg.target_prior} leaves {len(held_out)} evaluation images of --target "
+                            f"{target.name}; pass a larger --eval-length")
     if len(adaptation) < world_size():
         raise UserError(f"--target {target.name} has {len(adaptation)} training images; more are needed")
     for role, images in (("source", fitted.train), ("target", adaptation)):
@@ -100,8 +136,25 @@ def adapt_data(cfg: AdaptConfig) -> AdaptData:
                             f"larger --{role}-length or a smaller --batch-size")
     slice_rows = numpy_rng(cfg.seed, "selection").permutation(len(adaptation))[:SELECTION_IMAGES]
     selection = Subset(adaptation, sorted(slice_rows.tolist()))
-    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, fitted.evaluation,
-                     selection)
+    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, held_out,
+                     selection, prior)
+
+
+def _resampled(images: Dataset, prior: np.ndarray, classes: tuple[str, ...], cfg: AdaptConfig, role: str) -> Subset:
+    """The largest subset of the labelled target ``images`` (``role``: adaptation or evaluation) that follows
+    ``prior`` (module docstring); one :class:`UserError` line for unlabelled images or a class the prior needs."""
+    labels = known_labels(images)
+    asked = f"--target-prior {cfg.target_prior}"
+    if labels is None:
+        raise UserError(f"{asked} resamples a labelled target, and the {role} images of --target {cfg.target} have "
+                        "no labels; use --target-prior natural")
+    labels = labels.numpy()
+    lacking = [name for c, name in enumerate(classes) if prior[c] > 0 and not (labels == c).any()]
+    if lacking:
+        length = "--target-length" if role == "adaptation" else "--eval-length"
+        raise UserError(f"{asked}: the {role} images of --target {cfg.target} hold no image of {', '.join(lacking)}; "
+                        f"pass a larger {length} or a prior without it")
+    return Subset(images, resample_to_prior(labels, prior, numpy_rng(cfg.seed, "target prior", role)).tolist())
 
 
 def source_batches(

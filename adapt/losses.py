@@ -15,6 +15,14 @@ The objective (:func:`total_loss`)::
 with the official weights ``alpha = 1.5``, ``beta = 0.1``, ``w_fm = w_om =
 w_reg = 1``, ``gamma = 0`` (the diversity term ``D`` is this project's
 addition against collapse, off by default).
+
+With a label-shift correction (:mod:`adapt.label_shift`, off by default)
+each source image of class ``y`` weighs ``w_y = q(y) / p_s(y)`` on the
+source side of both MMD terms (:func:`weighted_mk_mmd`), and ``D`` becomes
+``D_q = -KL(pbar || q)`` (:func:`prior_diversity`), which pulls the mean
+target prediction towards the estimated target prior ``q`` instead of the
+uniform one; the correction regulariser ``R`` (source images alone) is
+unchanged.
 """
 
 from __future__ import annotations
@@ -77,6 +85,43 @@ def mk_mmd(
     return (k[i, j] + k[i + n, j + n] - k[i, j + n] - k[j, i + n]).mean()
 
 
+def weighted_mk_mmd(
+    source: torch.Tensor, target: torch.Tensor, source_weights: torch.Tensor, *, kernels: int = KERNELS,
+    multiplier: float = MULTIPLIER, bandwidth: float | None = None,
+) -> torch.Tensor:
+    """:func:`mk_mmd` with a weight per source image: the MMD between the re-weighted source and the target.
+
+    The weights ``w`` of the ``n`` source images used are normalised by their
+    mean, ``v_i = w_i / ((1/n) sum_k w_k)`` (so only their ratios matter and
+    all ``w_i = 1`` gives exactly :func:`mk_mmd`), and enter the same cyclic
+    pairs ``j = (i + 1) mod n`` (weighted MMD, Yan et al. 2017)::
+
+        MMD_w = (1 / n) * sum_i [ v_i v_j k(s_i, s_j) + k(t_i, t_j) - v_i k(s_i, t_j) - v_j k(s_j, t_i) ]
+
+    An estimate of the MMD between the source distribution re-weighted by
+    ``w`` and the target (each source pair's kernel mean is weighted by the
+    product of its weights). The bandwidth comes from the unweighted joint
+    sample, as in :func:`mk_mmd`; the weights carry no gradient. When every
+    weight of the batch is 0 the weighting says nothing and the plain
+    :func:`mk_mmd` is returned.
+
+    Args:
+        source: ``[n_s, d]``; target: ``[n_t, d]`` (both cut to ``n = min(n_s, n_t)``).
+        source_weights: ``[n_s]`` non-negative weights of the source rows.
+    """
+    n = min(len(source), len(target))
+    if n < 1:
+        return source.new_zeros(()).float()
+    w = source_weights[:n].detach().float().to(source.device)
+    if float(w.sum()) <= 0:
+        return mk_mmd(source, target, kernels=kernels, multiplier=multiplier, bandwidth=bandwidth)
+    v = w / w.mean()
+    k = gaussian_kernels(torch.cat([source[:n], target[:n]]), kernels, multiplier, bandwidth)
+    i = torch.arange(n, device=k.device)
+    j = (i + 1) % n
+    return (v[i] * v[j] * k[i, j] + k[i + n, j + n] - v[i] * k[i, j + n] - v[j] * k[j, i + n]).mean()
+
+
 def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``CE = -(1/B) sum_i log p(h(f_s,i))[y_i]`` on the uncorrected source logits."""
     return F.cross_entropy(logits.float(), labels)
@@ -100,16 +145,37 @@ def prediction_diversity(logits: torch.Tensor) -> torch.Tensor:
     return -(mean * torch.log(mean.clamp(min=1e-12))).sum()
 
 
+def prior_diversity(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``D_q = -KL(pbar || q) = -sum_c pbar_c log(pbar_c / q_c)``: how close the mean prediction is to the prior ``q``.
+
+    ``pbar = (1/B) sum_i p_i`` as in :func:`prediction_diversity`; maximal (0)
+    when ``pbar = q``. For the uniform ``q`` it is ``D - log C``: the same
+    gradient as :func:`prediction_diversity`. ``q`` must be positive where
+    ``pbar`` is (:func:`adapt.label_shift.floored_prior`); ``0 log 0 = 0``.
+    """
+    mean = F.softmax(logits.float(), dim=1).mean(dim=0)
+    q = prior.to(mean.device, torch.float32)
+    return -(mean * (torch.log(mean.clamp(min=1e-12)) - torch.log(q.clamp(min=1e-12)))).sum()
+
+
 def alignment_mmd(
     source_features: torch.Tensor, corrected_target_features: torch.Tensor, source_logits: torch.Tensor,
-    corrected_target_logits: torch.Tensor,
+    corrected_target_logits: torch.Tensor, source_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(MMD_K(f_s, f^_t), MMD_1(p(h(f_s)), p(g^_t)))``: five kernels on features, one of bandwidth 1.68 on outputs."""
-    features = mk_mmd(source_features, corrected_target_features)
-    outputs = mk_mmd(
-        F.softmax(source_logits.float(), dim=1), F.softmax(corrected_target_logits.float(), dim=1),
-        kernels=1, bandwidth=OUTPUT_BANDWIDTH,
-    )
+    """``(MMD_K(f_s, f^_t), MMD_1(p(h(f_s)), p(g^_t)))``: five kernels on features, one of bandwidth 1.68 on outputs.
+
+    With ``source_weights`` (``[B]``, the class weight ``w_{y_s}`` of every
+    source image) both are :func:`weighted_mk_mmd`.
+    """
+    source_outputs = F.softmax(source_logits.float(), dim=1)
+    target_outputs = F.softmax(corrected_target_logits.float(), dim=1)
+    if source_weights is None:
+        features = mk_mmd(source_features, corrected_target_features)
+        outputs = mk_mmd(source_outputs, target_outputs, kernels=1, bandwidth=OUTPUT_BANDWIDTH)
+    else:
+        features = weighted_mk_mmd(source_features, corrected_target_features, source_weights)
+        outputs = weighted_mk_mmd(source_outputs, target_outputs, source_weights, kernels=1,
+                                  bandwidth=OUTPUT_BANDWIDTH)
     return features, outputs
 
 
@@ -145,7 +211,9 @@ def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float], 
 
     ``terms`` holds the computed terms (``cross_entropy``, ``feature_mmd``,
     ``output_mmd``, ``regulariser``, ``entropy``, ``diversity``; a term whose
-    weight is 0 may be absent); ``weights`` their weights.
+    weight is 0 may be absent); ``weights`` their weights. Under a label-shift
+    correction the MMD terms are the class-weighted ones and ``diversity`` is
+    ``D_q`` (module docstring): the sum is the same.
     """
     loss = terms["cross_entropy"].float()
     for name in ("feature_mmd", "output_mmd", "regulariser"):

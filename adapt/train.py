@@ -4,7 +4,8 @@ The network, losses and presets are :mod:`adapt.model`, :mod:`adapt.losses`
 and :mod:`adapt.config`; the images :mod:`adapt.data`; model selection and
 collapse detection :mod:`adapt.selection`; run folders and grids
 :mod:`adapt.cells`. ``--alignment none,dcan,ours --seeds 0,1,2`` trains the
-whole grid, one run folder per cell; the same command run again skips
+whole grid, one run folder per cell (``--prior-correction none,bbse,em``
+multiplies it by the label-shift corrections of :mod:`adapt.label_shift`); the same command run again skips
 finished cells and resumes interrupted ones. Every option is checked, the
 data sets of every seed are opened and the cells already on disk are
 compared with the settings asked for before any folder is created.
@@ -60,7 +61,7 @@ from plumbing.run_folders import command_line, open_run, record_config, run_name
 from plumbing.runtime import Runtime
 from plumbing.training import checkpoints
 
-from .config import ALIGNMENTS, BN_MODES, AdaptConfig, with_preset
+from .config import ALIGNMENTS, BN_MODES, PRIOR_CORRECTIONS, AdaptConfig, check_prior_correction, with_preset
 from .data import adapt_data
 from .model import build_model
 from .trainer import train_adaptation
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--source-root", default=None, help="root of a real source (else its environment variable)")
     data.add_argument("--target", default="chexpert", help="unlabelled target data set (its labels only score)")
     data.add_argument("--target-root", default=None, help="root of the target (else its environment variable)")
+    data.add_argument("--target-prior", default=d.target_prior,
+                      help="class prior to resample a labelled target's adaptation and evaluation images to, as the "
+                           "largest subset that follows it: natural (as they are) | balanced | P1,P2,... (one share "
+                           "per class, in the task's order, summing to 1) | dirichlet:ALPHA (drawn per seed); to "
+                           "measure how a method degrades under label shift")
     data.add_argument("--version", type=int, default=d.version, help="label-task version (data with findings)")
     data.add_argument("--setting", default=d.setting, help="label-task setting, 0s or Xs (data with findings)")
     data.add_argument("--source-length", type=int, default=None,
@@ -101,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         method.add_argument(f"--{key.replace('_', '-')}", type=float, default=None,
                             help=f"weight of the {key.replace('_', ' ')} term (none given: the preset's)")
     method.add_argument("--alpha", type=float, default=d.alpha, help="weight of the MMD and regulariser terms")
+    method.add_argument("--prior-correction", default=d.prior_correction,
+                        help=f"comma-separated label-shift corrections, one grid column each per preset "
+                             f"({', '.join(PRIOR_CORRECTIONS)}): bbse | em weigh the source side of the MMD terms by "
+                             "q(y) / p_s(y) and pull the diversity term towards q, the target prior estimated at each "
+                             "evaluation by black-box shift estimation | EM on calibrated probabilities (cells "
+                             "PRESET+bbse, PRESET+em); none = uncorrected. Both estimates are recorded either way")
     model = parser.add_argument_group("model")
     residual = sorted(n for n, s in BACKBONES.items() if s.residual)
     model.add_argument("--backbone", choices=residual, default=d.backbone, help="residual backbone")
@@ -128,12 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _alignments(text: str) -> list[str]:
-    values = parse_list(text, "--alignment", what=f"presets ({', '.join(ALIGNMENTS)})")
+def _names(text: str, option: str, kind: str, known: tuple[str, ...]) -> list[str]:
+    values = parse_list(text, option, what=f"{kind}s ({', '.join(known)})")
     for v in values:
-        look_up("alignment", v, ALIGNMENTS, option="--alignment")
-    if len(set(values)) != len(values):
-        raise UserError(f"--alignment {text!r}: give each of {', '.join(ALIGNMENTS)} at most once, comma-separated")
+        look_up(kind, v, known, option=option)
     return values
 
 
@@ -184,6 +194,7 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
         source=args.source, source_root=_source_root(args), target=args.target, target_root=args.target_root,
         version=args.version, setting=args.setting, source_length=args.source_length,
         target_length=args.target_length, eval_length=args.eval_length, diversity=args.diversity, alpha=args.alpha,
+        target_prior=args.target_prior,
         backbone=args.backbone, init=_init(args.init, args.backbone), batchnorm=args.batchnorm,
         image_size=args.image_size, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, eval_every=args.eval_every,
@@ -191,14 +202,18 @@ def base_config(args: argparse.Namespace) -> AdaptConfig:
 
 
 def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell[AdaptConfig]]:
-    """Every (alignment, seed) cell, with the weights given on the command line over the presets'."""
+    """Every (alignment, prior correction, seed) cell, with the weights given on the command line over the
+    presets'; a prior correction that changes no term of its preset is refused (:func:`check_prior_correction`)."""
     prefix = run_name_or(args.name, f"adapt-{base.source}-{base.target}")
     overrides = {k: getattr(args, k) for k in WEIGHT_OPTIONS if getattr(args, k) is not None}
+    corrections = _names(args.prior_correction, "--prior-correction", "prior correction", PRIOR_CORRECTIONS)
     cells = []
-    for alignment in _alignments(args.alignment):
-        for seed in parse_seeds(args.seeds):
-            cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides)
-            cells.append(adapt_cell(prefix, cfg, args.runs_dir))
+    for alignment in _names(args.alignment, "--alignment", "alignment", ALIGNMENTS):
+        for correction in corrections:
+            for seed in parse_seeds(args.seeds):
+                cfg = replace(with_preset(replace(base, seed=seed), alignment), **overrides,
+                              prior_correction=correction)
+                cells.append(adapt_cell(prefix, check_prior_correction(cfg), args.runs_dir))
     return cells
 
 

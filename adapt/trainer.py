@@ -24,6 +24,20 @@ checkpointed history. Under several processes with trained batch norm each
 rank normalises with its own share of the batch (as DDP without synchronised
 batch norm) and the running statistics are averaged over ranks before every
 evaluation and checkpoint.
+
+Label shift: every evaluation also estimates the target prior both ways
+(:func:`adapt.label_shift.estimate_priors`: BBSE and EM) from the evaluation
+network's outputs on the source validation set and the target selection
+slice, and records them (``prior_estimates``). With ``--prior-correction
+bbse|em`` the step weighs each source image of class ``y`` by ``w_y = q(y) /
+p_s(y)`` in both MMD terms and the diversity term becomes ``D_q``
+(:mod:`adapt.losses`), ``q`` the latest estimate of that estimator floored
+at :data:`~adapt.label_shift.PRIOR_FLOOR` and ``p_s`` the source batches'
+prior. Until the first evaluation ``q = p_s`` (every weight 1): the first
+``eval_every`` steps are uncorrected, as an untrained classifier's confusion
+matrix says nothing. ``q`` is part of the checkpointed :class:`RunState`, so
+a resumed run is exact; the outputs are gathered over ranks, so every rank
+computes the same ``q``.
 """
 
 from __future__ import annotations
@@ -49,10 +63,12 @@ from plumbing.training import Progress, restore
 
 from .config import AdaptConfig
 from .data import AdaptData, source_batches, target_batches
+from .label_shift import PRIOR_FLOOR, class_weights, estimate_priors, floored_prior
 from .losses import (
     alignment_mmd,
     correction_regulariser,
     prediction_diversity,
+    prior_diversity,
     source_cross_entropy,
     target_entropy,
     total_loss,
@@ -65,15 +81,22 @@ from .validators import validator_scores
 
 @dataclass
 class RunState(Progress):
-    """The checkpointed progress: the run's record, its step and every evaluation so far."""
+    """The checkpointed progress: the run's record, its step, every evaluation so far and the target prior a prior
+    correction trains towards (empty until the first evaluation: the source batch prior)."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
+    prior: list[float] = field(default_factory=list)
 
 
 class DcanTrainer:
-    """The network, its optimiser and schedule, and one adaptation step."""
+    """The network, its optimiser and schedule, and one adaptation step.
 
-    def __init__(self, model: Classifier, cfg: AdaptConfig, device: torch.device, amp: bool) -> None:
+    ``source_prior`` is the class prior of the source batches (default
+    uniform: class-balanced batches, :attr:`adapt.data.AdaptData.source_batch_prior`).
+    """
+
+    def __init__(self, model: Classifier, cfg: AdaptConfig, device: torch.device, amp: bool,
+                 source_prior: torch.Tensor | None = None) -> None:
         self.cfg, self.device, self.amp = cfg, device, amp
         self.layout = memory_layout(device)
         self.model = model.to(device, memory_format=self.layout)
@@ -84,6 +107,19 @@ class DcanTrainer:
         )
         self.state = RunState()
         self.num_classes = model.head.out_features
+        uniform = torch.full((self.num_classes,), 1 / self.num_classes, dtype=torch.float64)
+        self.source_prior = uniform if source_prior is None else source_prior.double()
+
+    @property
+    def prior(self) -> torch.Tensor:
+        """The target prior ``q`` the correction trains towards (module docstring), float64 ``[C]``."""
+        return torch.tensor(self.state.prior, dtype=torch.float64) if self.state.prior else self.source_prior
+
+    def correct_towards(self, estimates: dict[str, Any]) -> None:
+        """With a prior correction, train from the next step on towards its estimator's estimate in ``estimates``
+        (an evaluation's ``prior_estimates``), floored (:func:`adapt.label_shift.floored_prior`)."""
+        if self.cfg.prior_correction != "none":
+            self.state.prior = floored_prior(torch.tensor(estimates[self.cfg.prior_correction]), PRIOR_FLOOR).tolist()
 
     def objects(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "schedule": self.schedule, "run": self.state}
@@ -112,12 +148,16 @@ class DcanTrainer:
         if target is None:
             return terms
         ft_hat, gt_hat = self.model.corrected(features[len(xs):])
+        corrected = cfg.prior_correction != "none"
         if weights["feature_mmd"] or weights["output_mmd"]:
-            terms["feature_mmd"], terms["output_mmd"] = alignment_mmd(fs, ft_hat, zs, gt_hat)
+            source_weights = None
+            if corrected:  # w_y of every source image
+                source_weights = class_weights(self.prior, self.source_prior).float().to(self.device)[ys]
+            terms["feature_mmd"], terms["output_mmd"] = alignment_mmd(fs, ft_hat, zs, gt_hat, source_weights)
         if weights["entropy"]:
             terms["entropy"] = target_entropy(gt_hat)
         if weights["diversity"]:
-            terms["diversity"] = prediction_diversity(gt_hat)
+            terms["diversity"] = prior_diversity(gt_hat, self.prior) if corrected else prediction_diversity(gt_hat)
         return terms
 
     def step(self, batch: tuple[dict[str, Any], dict[str, Any] | None]) -> dict[str, float]:
@@ -137,7 +177,8 @@ class DcanTrainer:
 
     @torch.no_grad()
     def evaluate(self, data: AdaptData, batch_size: int, workers: int, step: int) -> dict[str, Any]:
-        """Target metrics, the label-free scores and the collapse flag at ``step`` (one history entry).
+        """Target metrics, the label-free scores, the prior estimates and the collapse flag at ``step`` (one
+        history entry).
 
         Trained batch-norm statistics are first averaged over ranks, so every
         rank scores (and checkpoints) the same network. An unlabelled target
@@ -159,8 +200,9 @@ class DcanTrainer:
             counts = torch.bincount(predicted, minlength=self.num_classes).tolist()
             target = {"predicted_histogram": dict(zip(data.classes, counts, strict=True)), "n": len(predicted)}
         selection = collect_outputs(self.model, data.target_selection, **kwargs)
-        spread = prediction_spread(selection.probabilities)
         validation = collect_outputs(self.model, data.source_validation, **kwargs)
+        spread = prediction_spread(selection.probabilities)
+        estimates = estimate_priors(validation.logits, validation.labels, selection.logits, self.source_prior)
         source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
                        batch_size=batch_size, workers=0, device=self.device, amp=self.amp)
         return target | {
@@ -171,6 +213,8 @@ class DcanTrainer:
             "prediction_diversity": spread["diversity"],
             **validator_scores(validation, selection, self.cfg.seed),
             "collapsed": collapsed_class(target["predicted_histogram"]),
+            "prior_estimates": {k: estimates[k] for k in ("bbse", "em")},
+            "calibration_temperature": estimates["temperature"],
         }
 
 
@@ -182,7 +226,7 @@ def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_di
                      checkpoint: dict[str, Any] | None) -> DcanTrainer:
     """Train (or resume) the run in ``run_dir`` to ``cfg.steps``, evaluating every ``cfg.eval_every`` steps."""
     model, provenance = build_model(cfg, data.channels, len(data.classes), runtime.runs_dir)
-    trainer = DcanTrainer(model, cfg, runtime.device, runtime.bf16)
+    trainer = DcanTrainer(model, cfg, runtime.device, runtime.bf16, data.source_batch_prior)
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
         provenance = trainer.state.config["init_provenance"]
@@ -200,6 +244,7 @@ def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_di
     def evaluate(iteration: int) -> None:  # registered before the checkpoint of the same iteration
         entry = trainer.evaluate(data, cfg.batch_size, runtime.workers, iteration)
         trainer.state.history.append(entry)
+        trainer.correct_towards(entry["prior_estimates"])
         note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
                 "predictions (collapse)" if entry["collapsed"] else "")
         print_on_main(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "

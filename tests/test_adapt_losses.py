@@ -14,8 +14,10 @@ from adapt.losses import (
     gaussian_kernels,
     mk_mmd,
     prediction_diversity,
+    prior_diversity,
     target_entropy,
     total_loss,
+    weighted_mk_mmd,
 )
 from adapt.selection import collapsed_class, prediction_spread, select
 
@@ -50,6 +52,41 @@ def test_mmd_matches_a_direct_computation_over_all_pairs() -> None:
     assert float(fixed[0, 7]) == pytest.approx(_kernel(s[0], t[1], [OUTPUT_BANDWIDTH]), rel=1e-5)
 
 
+def test_weighted_mmd_is_the_plain_one_for_equal_weights_and_matches_a_direct_computation() -> None:
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64) + 1
+    assert float(weighted_mk_mmd(s, t, torch.ones(6))) == float(mk_mmd(s, t))  # exactly
+    assert float(weighted_mk_mmd(s, t, torch.full((6,), 3.0))) == pytest.approx(float(mk_mmd(s, t)), rel=1e-6)
+    assert float(weighted_mk_mmd(s, t, torch.zeros(6))) == float(mk_mmd(s, t))  # no weight: the plain estimator
+    w = torch.tensor([2.0, 0.5, 1.0, 0.0, 1.5, 1.0])
+    v = [float(x) / (float(w.sum()) / 6) for x in w]  # weights over their mean
+    sig = _sigmas(torch.cat([s[:6], t[:6]]), 5, 2.0)  # the bandwidth from every pair of the (unweighted) joint sample
+    direct = 0.0
+    for i in range(6):
+        j = (i + 1) % 6
+        direct += (v[i] * v[j] * _kernel(s[i], s[j], sig) + _kernel(t[i], t[j], sig)
+                   - v[i] * _kernel(s[i], t[j], sig) - v[j] * _kernel(s[j], t[i], sig))
+    assert float(weighted_mk_mmd(s, t, w)) == pytest.approx(direct / 6, rel=1e-5)
+    fixed = float(weighted_mk_mmd(s, t, w, kernels=1, bandwidth=OUTPUT_BANDWIDTH))
+    b = [OUTPUT_BANDWIDTH]
+    one = sum(v[i] * v[(i + 1) % 6] * _kernel(s[i], s[(i + 1) % 6], b) + _kernel(t[i], t[(i + 1) % 6], b)
+              - v[i] * _kernel(s[i], t[(i + 1) % 6], b) - v[(i + 1) % 6] * _kernel(s[(i + 1) % 6], t[i], b)
+              for i in range(6)) / 6
+    assert fixed == pytest.approx(one, rel=1e-5)
+
+
+def test_weighting_the_source_to_the_target_prior_removes_a_label_shift_from_the_mmd() -> None:
+    g = torch.Generator().manual_seed(6)
+    means = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    source_labels = torch.randperm(2000, generator=g) % 2  # class-balanced source, shuffled
+    target_labels = (torch.rand(2000, generator=g) < 0.1).long()  # 10% of class 1
+    source = means[source_labels] + torch.randn(2000, 2, generator=g)
+    target = means[target_labels] + torch.randn(2000, 2, generator=g)
+    weights = torch.tensor([0.9 / 0.5, 0.1 / 0.5])[source_labels]  # w_y = q(y) / p_s(y)
+    plain, weighted = float(mk_mmd(source, target)), float(weighted_mk_mmd(source, target, weights))
+    assert abs(weighted) < 0.25 * plain, (plain, weighted)
+
+
 def test_mmd_is_near_zero_for_one_distribution_and_positive_for_shifted_ones() -> None:
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g)
@@ -78,6 +115,21 @@ def test_entropy_and_diversity_closed_forms() -> None:
     g = torch.Generator().manual_seed(2)
     for _ in range(20):
         assert float(prediction_diversity(torch.randn(6, 3, generator=g) * 3)) <= math.log(3) + 1e-6
+
+
+def test_diversity_towards_a_prior_closed_forms() -> None:
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(6, 4, generator=g) * 2
+    uniform = torch.full((4,), 0.25)
+    assert float(prior_diversity(logits, uniform)) == pytest.approx(float(prediction_diversity(logits)) - math.log(4),
+                                                                    abs=1e-6)  # D_u = D - log C
+    q = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    pbar = torch.softmax(logits, dim=1).mean(dim=0)
+    kl = sum(float(pbar[c]) * math.log(float(pbar[c]) / float(q[c])) for c in range(4))
+    assert float(prior_diversity(logits, q)) == pytest.approx(-kl, abs=1e-6)
+    at_prior = torch.log(q)[None, :].repeat(3, 1)  # every prediction is q: pbar = q, D_q = 0 (its maximum)
+    assert float(prior_diversity(at_prior, q)) == pytest.approx(0.0, abs=1e-6)
+    assert float(prior_diversity(logits, q)) < 0
 
 
 def test_regulariser_is_zero_without_correction_and_positive_with_one() -> None:

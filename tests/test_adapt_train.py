@@ -103,7 +103,7 @@ def test_a_diverged_cell_does_not_stop_the_grid(
 def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = [*PHANTOMS, "--alignment", "dcan", "--steps", "6", "--eval-every", "2"]
+    args = [*PHANTOMS, "--alignment", "dcan", "--prior-correction", "bbse", "--steps", "6", "--eval-every", "2"]
     _train(tmp_path / "full", *args)
     attach = engine.attach_training_handlers
 
@@ -116,7 +116,7 @@ def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
         with pytest.raises(SystemExit) as exit_info:
             run_cli(main, [*args, "--runs-dir", str(tmp_path / "split")])
         assert exit_info.value.code == 130  # interrupted
-    name = "adapt-phantom-phantom-nih-dcan-seed0"
+    name = "adapt-phantom-phantom-nih-dcan+bbse-seed0"  # steps 5 and 6 weigh by the prior estimated at step 4
     assert latest_checkpoint(tmp_path / "split" / name).name == "checkpoint_4.pt"
     _train(tmp_path / "split", *args)
     a, b = (load_checkpoint(latest_checkpoint(tmp_path / d / name)) for d in ("full", "split"))
@@ -124,6 +124,7 @@ def test_interrupted_cell_resumes_exactly_when_the_command_runs_again(
     torch.testing.assert_close(b["model"], a["model"], rtol=0, atol=0)
     ra, rb = _results(tmp_path / "full" / name), _results(tmp_path / "split" / name)
     assert ra["history"] == rb["history"]
+    assert b["run"]["prior"] == a["run"]["prior"] and len(a["run"]["prior"]) == 4
     config = json.loads((tmp_path / "split" / name / "config.json").read_text())
     assert len(config["resumed_with"]) == 1
 
@@ -157,11 +158,12 @@ def test_missing_data_root_and_class_mismatch_are_one_line(
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_a_grid_cell(tmp_path: Path) -> None:
-    args = [*PHANTOMS, "--alignment", "ours", "--steps", "3", "--eval-every", "3", "--runs-dir", str(tmp_path)]
+    args = [*PHANTOMS, "--alignment", "ours", "--prior-correction", "em", "--steps", "3", "--eval-every", "1",
+            "--runs-dir", str(tmp_path)]
     torchrun("adapt.train", args)
-    results = _results(tmp_path / "adapt-phantom-phantom-nih-ours-seed0")
+    results = _results(tmp_path / "adapt-phantom-phantom-nih-ours+em-seed0")
     assert results["history"][0]["n"] == 32  # every evaluation image counted once over both ranks
-    assert (tmp_path / "adapt-phantom-phantom-nih-ours-seed0" / "classifier.safetensors").is_file()
+    assert (tmp_path / "adapt-phantom-phantom-nih-ours+em-seed0" / "classifier.safetensors").is_file()
 
 
 def _fake_run(runs: Path, name: str, alignment: str, seed: int, accuracy: float, collapsed: str | None) -> None:

@@ -66,7 +66,8 @@ def test_adaptation_steps_on_the_gpu_stay_finite_and_export(tmp_path: Path) -> N
 
     main([
         "--source", "phantom", "--target", "phantom-nih", "--version", "3", "--setting", "0s", "--alignment", "dcan",
-        "--backbone", "resnet18", "--init", "scratch", "--image-size", "32", "--batch-size", "8", "--steps", "4",
+        "--prior-correction", "none,em", "--backbone", "resnet18", "--init", "scratch", "--image-size", "32",
+        "--batch-size", "8", "--steps", "4",
         "--eval-every", "2", "--source-length", "64", "--target-length", "64", "--eval-length", "32",
         "--device", "cuda", "--amp", "auto", "--no-progress", "--runs-dir", str(tmp_path), "--name", "gpu",
     ])
@@ -74,6 +75,9 @@ def test_adaptation_steps_on_the_gpu_stay_finite_and_export(tmp_path: Path) -> N
     assert [h["step"] for h in results["history"]] == [2, 4]
     assert all(np.isfinite(h["balanced_accuracy"]) for h in results["history"])
     assert (tmp_path / "gpu-dcan-seed0" / "classifier.safetensors").is_file()
+    corrected = json.loads((tmp_path / "gpu-dcan+em-seed0" / "results.json").read_text())  # class-weighted steps
+    assert all(np.isfinite(h["balanced_accuracy"]) and sum(h["prior_estimates"]["em"]) == pytest.approx(1.0)
+               for h in corrected["history"])
 
 
 def test_every_pretext_task_steps_on_the_gpu_in_bf16(tmp_path: Path) -> None:
