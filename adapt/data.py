@@ -14,6 +14,8 @@
   held-out split - the ``test`` seed stream of phantoms, CheXpert's official
   ``valid`` split, ChestX-ray14's test list (patients disjoint from ``train``
   in both), a store's ``val`` split (:attr:`datasets.spec.DataSetSpec.eval_split`).
+  A target without labels (a ``folder`` without ``labels.csv``) has none:
+  the run adapts to it and records the label-free figures only.
 
 ``--target-prior`` other than ``natural`` (:func:`adapt.label_shift.parse_target_prior`)
 resamples a *labelled* target: the adaptation images (before the selection
@@ -38,7 +40,8 @@ from torch.utils.data import Dataset, Subset
 from datasets.batches import sampled_batches, training_batches
 from datasets.registry import get_spec
 from datasets.synthetic import SyntheticDataset
-from evaluate.protocol.task_data import DataChoice, labels_of, task_classes, task_data
+from datasets.tabular import NoLabelsError
+from evaluate.protocol.task_data import DataChoice, evaluation_set, labels_of, task_classes, training_sets
 from plumbing.distributed import rank, world_size
 from plumbing.errors import DataRoleError, UserError
 from plumbing.sampling import BalancedBatchSampler, ResumableBatchSampler
@@ -58,7 +61,8 @@ class AdaptData:
     source: Dataset
     source_validation: Dataset
     target: Dataset
-    target_evaluation: Dataset
+    target_evaluation: Dataset | None
+    """The labelled held-out target images; ``None`` for a target without labels."""
     target_selection: Dataset
     target_prior: np.ndarray | None = None
     """The class prior ``--target-prior`` resampled the target to (``None``: ``natural``, not resampled)."""
@@ -72,18 +76,20 @@ class AdaptData:
 
     @property
     def target_labelled(self) -> bool:
-        """Whether every target evaluation image has a label (else the run reports label-free figures only)."""
-        return known_labels(self.target_evaluation) is not None
+        """Whether the target has labelled evaluation images (else the run reports label-free figures only)."""
+        return self.target_evaluation is not None
 
     def sizes(self) -> dict[str, int]:
         return {"source": len(self.source), "source_validation": len(self.source_validation),
-                "target": len(self.target), "target_evaluation": len(self.target_evaluation),
+                "target": len(self.target), "target_evaluation": len(self.target_evaluation or ()),
                 "target_selection": len(self.target_selection)}
 
 
-def known_labels(images: Dataset) -> torch.Tensor | None:
+def known_labels(images: Dataset | None) -> torch.Tensor | None:
     """The class of every image of ``images`` (:func:`evaluate.protocol.task_data.labels_of`), or ``None`` when
-    the set is empty, its reader has no labels or an image has none (``-1``)."""
+    there is no set, the set is empty, its reader has no labels or an image has none (``-1``)."""
+    if images is None:
+        return None
     try:
         labels = labels_of(images)
     except TypeError:  # a reader without labels
@@ -118,29 +124,39 @@ def adapt_data(cfg: AdaptConfig) -> AdaptData:
     if source_classes != target_classes:
         raise UserError(f"--target {target.name} has the classes {', '.join(target_classes)}, not those of "
                         f"--source {source.name} ({', '.join(source_classes)})")
-    fitted = task_data(source, evaluation, cfg.image_size, cfg.seed)
-    adaptation, held_out = target.build("train", cfg.image_size, False), fitted.evaluation
-    prior = parse_target_prior(cfg.target_prior, len(fitted.classes), cfg.seed)
+    if get_spec(target.name).channels != get_spec(source.name).channels:
+        raise UserError(f"--target {target.name} and --source {source.name} differ in image channels")
+    fit, validation = training_sets(source, cfg.image_size, cfg.seed)
+    adaptation = target.build("train", cfg.image_size, False)
+    try:
+        held_out = evaluation_set(evaluation, cfg.image_size)
+    except NoLabelsError:  # an unlabelled target: adapted to, never scored
+        held_out = None
+    prior = parse_target_prior(cfg.target_prior, len(source_classes), cfg.seed)
     if prior is not None:
-        adaptation, held_out = (_resampled(images, prior, fitted.classes, cfg, role)
+        adaptation, held_out = (_resampled(images, prior, source_classes, cfg, role)
                                 for role, images in (("adaptation", adaptation), ("evaluation", held_out)))
-        if len(held_out) < world_size():
-            raise UserError(f"--target-prior {cfg.target_prior} leaves {len(held_out)} evaluation images of --target "
-                            f"{target.name}; pass a larger --eval-length")
+    small = [name for name, images in (("source validation", validation), ("target evaluation", held_out))
+             if images is not None and len(images) < world_size()]
+    if small:
+        raise UserError(f"the {' and '.join(small)} set has fewer images than the {world_size()} processes; pass a "
+                        "larger --source-length or --eval-length")
     if len(adaptation) < world_size():
         raise UserError(f"--target {target.name} has {len(adaptation)} training images; more are needed")
-    for role, images in (("source", fitted.train), ("target", adaptation)):
+    for role, images in (("source", fit), ("target", adaptation)):
         if len(images) < cfg.batch_size:  # a step would repeat a few images to fill its batch
             raise UserError(f"--{role} {source.name if role == 'source' else target.name} gives {len(images)} "
                             f"{role} training images, fewer than one batch (--batch-size {cfg.batch_size}); pass a "
                             f"larger --{role}-length or a smaller --batch-size")
     slice_rows = numpy_rng(cfg.seed, "selection").permutation(len(adaptation))[:SELECTION_IMAGES]
     selection = Subset(adaptation, sorted(slice_rows.tolist()))
-    return AdaptData(fitted.classes, fitted.channels, fitted.train, fitted.validation, adaptation, held_out,
+    return AdaptData(source_classes, get_spec(source.name).channels, fit, validation, adaptation, held_out,
                      selection, prior)
 
 
-def _resampled(images: Dataset, prior: np.ndarray, classes: tuple[str, ...], cfg: AdaptConfig, role: str) -> Subset:
+def _resampled(
+    images: Dataset | None, prior: np.ndarray, classes: tuple[str, ...], cfg: AdaptConfig, role: str
+) -> Subset:
     """The largest subset of the labelled target ``images`` (``role``: adaptation or evaluation) that follows
     ``prior`` (module docstring); one :class:`UserError` line for unlabelled images or a class the prior needs."""
     labels = known_labels(images)

@@ -181,9 +181,9 @@ class DcanTrainer:
         history entry).
 
         Trained batch-norm statistics are first averaged over ranks, so every
-        rank scores (and checkpoints) the same network. An unlabelled target
-        evaluation set gets no metrics; its collapse flag comes from the
-        evaluation network's predictions alone. The label-free validators of
+        rank scores (and checkpoints) the same network. A target without
+        labels gets no metrics; its collapse flag comes from the evaluation
+        network's predictions on the target selection slice. The label-free validators of
         :mod:`adapt.validators` score the evaluation network's outputs on the
         source validation images and the target selection slice.
         """
@@ -191,16 +191,15 @@ class DcanTrainer:
             average_batchnorm_statistics(self.model)
         self.model.eval()
         kwargs = {"batch_size": batch_size, "workers": workers, "device": self.device, "amp": self.amp}
+        selection = collect_outputs(self.model, data.target_selection, **kwargs)
+        validation = collect_outputs(self.model, data.source_validation, **kwargs)
         if data.target_labelled:
             batches = evaluation_batches(data.target_evaluation, batch_size, workers, self.device)
             engine = predict(self.model, batches, self.device, self.amp, self.num_classes)
             target = metrics_report(engine.state.metrics, data.classes)
-        else:
-            predicted = collect_outputs(self.model, data.target_evaluation, **kwargs).logits.argmax(dim=1)
-            counts = torch.bincount(predicted, minlength=self.num_classes).tolist()
-            target = {"predicted_histogram": dict(zip(data.classes, counts, strict=True)), "n": len(predicted)}
-        selection = collect_outputs(self.model, data.target_selection, **kwargs)
-        validation = collect_outputs(self.model, data.source_validation, **kwargs)
+        else:  # the predictions of the unlabelled selection slice
+            counts = torch.bincount(selection.logits.argmax(dim=1), minlength=self.num_classes).tolist()
+            target = {"predicted_histogram": dict(zip(data.classes, counts, strict=True)), "n": len(selection.logits)}
         spread = prediction_spread(selection.probabilities)
         estimates = estimate_priors(validation.logits, validation.labels, selection.logits, self.source_prior)
         source = score(SourceNetwork(self.model, self.cfg.domain_attention), data.source_validation, data.classes,
@@ -247,8 +246,10 @@ def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_di
         trainer.correct_towards(entry["prior_estimates"])
         note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
                 "predictions (collapse)" if entry["collapsed"] else "")
-        print_on_main(f"step {entry['step']}: target balanced accuracy {entry['balanced_accuracy']:.4f}, source "
-                      f"validation {entry['source_validation_balanced_accuracy']:.4f}{note}")
+        target = ("no target labels" if "balanced_accuracy" not in entry
+                  else f"target balanced accuracy {entry['balanced_accuracy']:.4f}")
+        print_on_main(f"step {entry['step']}: {target}, source validation "
+                      f"{entry['source_validation_balanced_accuracy']:.4f}{note}")
 
     runner = StepRunner(trainer.step, trainer.state, total=cfg.steps, epoch_length=cfg.steps)
     runner.every(cfg.eval_every, evaluate, at_end=True)

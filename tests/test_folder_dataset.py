@@ -22,6 +22,7 @@ from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from ssl.data import parse_data, unlabelled_images
 from tests.real_layouts import truncate, two_tone, write_dicom
+from tests.test_synthetic_store import write_store
 
 RES = 32
 V1 = label_task(1, "0s")
@@ -229,3 +230,48 @@ def test_a_partly_labelled_folder_is_an_adaptation_target_scored_on_its_labelled
     assert exit_info.value.code == 0
     results = json.loads((tmp_path / "runs" / "own-dcan-seed0" / "results.json").read_text())
     assert results["images"]["target"] == 14 + 4 and results["images"]["target_evaluation"] == 4
+
+
+def test_a_synthetic_store_adapts_to_an_unlabelled_folder_and_scores_a_labelled_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, root, runs = tmp_path / "store.zarr", tmp_path / "own", tmp_path / "runs"
+    write_store(store)  # v1-0s, 40 training and 10 validation images
+    paths = write_images(root, 20)  # PNG, JPEG and DICOM files, no labels.csv
+    args = ["--source", "synthetic", "--source-store", str(store), "--target", "folder", "--target-root", str(root),
+            "--version", "1", "--setting", "0s", "--alignment", "ours", "--backbone", "resnet18", "--init", "scratch",
+            "--image-size", "32", "--batch-size", "8", "--steps", "2", "--eval-every", "2", "--device", "cpu",
+            "--no-progress", "--runs-dir", str(runs)]
+
+    def adapt(name: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(adapt_main, [*args, "--name", name])
+        return exit_info.value.code
+
+    assert adapt("unlabelled") == 0
+    results = json.loads((runs / "unlabelled-ours-seed0" / "results.json").read_text())
+    assert results["balanced_accuracy"] is None and "oracle" not in results["figures"]
+    assert results["images"]["target"] == 20 and results["images"]["target_evaluation"] == 0
+    assert set(results["prior_estimates"]) == {"bbse", "em"} and results["history"][-1]["snd"] is not None
+    assert "no target labels" in capsys.readouterr().err
+    write_labels(root, [{"path": p, "class": ("No Finding", "Pneumothorax")[i % 2]} for i, p in enumerate(paths)])
+    assert adapt("labelled") == 0
+    results = json.loads((runs / "labelled-ours-seed0" / "results.json").read_text())
+    assert 0.0 <= results["balanced_accuracy"] <= 1.0 and results["figures"]["oracle"]["balanced_accuracy"] is not None
+    assert results["images"]["target_evaluation"] == 4 and sum(results["target_prior"]["true"]) == pytest.approx(1)
+    for name, rows, match in (
+        ("missing", [{"path": "gone.png", "class": "No Finding"}], "gone.png"),
+        ("outside", [{"path": paths[0], "class": "Cardiomegaly"}], "Cardiomegaly"),
+    ):
+        write_labels(root, rows)
+        capsys.readouterr()
+        assert adapt(name) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not list(runs.glob(f"{name}-*"))
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no image here\n")
+    args[args.index(str(root))] = str(empty)
+    assert adapt("empty") == 2
+    assert "no PNG, JPEG or DICOM" in capsys.readouterr().err and not list(runs.glob("empty-*"))
