@@ -1,7 +1,7 @@
 """``python -m adapt.report``: the adaptation runs as the seed's Tables 4-6 (Markdown, CSV or JSON).
 
-One row per (target, source, task, backbone, image size, steps, alignment)
-over every finished ``adapt.train`` run in ``--runs-dir`` (runs differing in
+One row per (target, source, task, backbone, image size, steps, backbone
+start, target prior, alignment) over every finished ``adapt.train`` run in ``--runs-dir`` (runs differing in
 anything else than the seed are never averaged together): the balanced accuracy on the target evaluation set
 as mean +- standard deviation over seeds (sample standard deviation; 0 for
 one seed), the seeds, and the collapse flag (how many seeds ended with one
@@ -44,7 +44,7 @@ from .selection import CRITERIA, selection_gaps
 PROG = "python -m adapt.report"
 FORMATS = ("markdown", "csv", "json")
 TABLES = ("main", "selection", "selection-groups")
-SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "alignment")
+SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "init", "target_prior", "alignment")
 COLUMNS = (*SETTINGS, "balanced_accuracy", "std", "seeds", "collapsed")
 GROUP_SETTINGS = tuple(k for k in SETTINGS if k != "alignment")
 GAP_COLUMNS = ("criterion", "mean_gap", "worst_gap", "runs")
@@ -62,7 +62,7 @@ def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[st
     without any), best first per target."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[tuple(run.get(k) for k in SETTINGS)].append(run)
+        groups[tuple(setting(run, k) for k in SETTINGS)].append(run)
     rows = []
     for key, members in groups.items():
         figures = [m["figures"][figure] for m in members if figure in m["figures"]]
@@ -78,6 +78,17 @@ def table(runs: Sequence[dict[str, Any]], figure: str = "final") -> list[dict[st
                                        r["alignment"]))
 
 
+def setting(run: dict[str, Any], key: str) -> Any:
+    """One setting of a run's ``results.json``: ``init`` is the backbone's start (``scratch``, ``ssl:RUN``, ...)
+    and ``target_prior`` the asked ``--target-prior`` (``natural`` for runs that predate it)."""
+    value = run.get(key)
+    if key == "init":
+        return value.get("init") if isinstance(value, dict) else value
+    if key == "target_prior":
+        return value.get("asked") if isinstance(value, dict) else "natural"
+    return value
+
+
 def _number(value: float | None) -> float:
     return -math.inf if value is None else value
 
@@ -87,7 +98,7 @@ def selection_groups(runs: Sequence[dict[str, Any]], settings: Sequence[str] = (
     (one group of every run without settings), rows ``{**settings, **gap_row}`` in sorted group order."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[tuple(run.get(k) for k in settings)].append(run)
+        groups[tuple(setting(run, k) for k in settings)].append(run)
     return [dict(zip(settings, key, strict=True)) | row
             for key in sorted(groups, key=lambda key: tuple(map(str, key)))
             for row in selection_gaps([run.get("history") or [] for run in groups[key]])]
@@ -111,8 +122,8 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, figure: str, selection: Seq
         return out.getvalue().rstrip("\n")
     lines = [f"Balanced accuracy on the target evaluation set ({figure.replace('_', ' ')} figure), "
              "mean +- std over seeds", "",
-             "| target | source | task | backbone | px | steps | alignment | balanced accuracy | seeds | collapsed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | source | task | backbone | px | steps | init | target prior | alignment | balanced accuracy | "
+             "seeds | collapsed |", "|---" * 12 + "|"]
     for r in rows:
         collapsed = f"yes ({r['collapsed']}/{len(r['seeds'])})" if r["collapsed"] else "no"
         settings = " | ".join(str(r[k]) for k in SETTINGS)
@@ -128,7 +139,7 @@ def _gap_lines(rows: Sequence[dict[str, Any]], settings: Sequence[str]) -> list[
     if not rows:
         return ["Selection table: no finished run records a history with target labels, so no criterion can be "
                 "compared with the oracle."]
-    head = "".join(f" {'px' if k == 'image_size' else k} |" for k in settings)
+    head = "".join(f" {'px' if k == 'image_size' else k.replace('_', ' ')} |" for k in settings)
     lines = [f"Selection table{' per group' if settings else ''}: balanced accuracy of the oracle's evaluation "
              "(best by target labels) minus that of each label-free criterion's choice, over the runs with target "
              "labels, best first", "",

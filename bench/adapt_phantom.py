@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="resnet18", help="residual backbone")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate of the backbone")
     parser.add_argument("--target-pool", type=int, default=20000,
-                        help="phantom-nih images drawn before resampling to the target prior (adaptation and "
-                             "evaluation pools each)")
+                        help="phantom-nih adaptation images (drawn before resampling; the evaluation pool of a "
+                             "resampled row too)")
+    parser.add_argument("--eval-length", type=int, default=2000,
+                        help="phantom-nih evaluation images of a row at its natural prior")
     parser.add_argument("--ssl-images", type=int, default=2048, help="unlabelled images of the SSL pre-training")
     parser.add_argument("--ssl-epochs", type=int, default=4, help="epochs of the SSL pretext step")
     parser.add_argument("--device", default="cpu", help="torch device")
@@ -104,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         _train_row(args, row, store, ssl_run)
     runs = _results(args.runs_dir)
-    print(accuracy_table(runs, rows))
-    print(prior_table(runs, rows))
+    for text in (accuracy_table(runs, rows), accuracy_table(runs, rows, "oracle"), prior_table(runs, rows),
+                 "\n".join(verdicts(runs, rows))):
+        print(f"\n{text}")
     run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", "final"])
     return 0
 
@@ -130,12 +133,13 @@ def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | N
     source = ["--source", "synthetic", "--source-store", str(store)] if row.source == "synthetic" else [
         "--source", "phantom"]
     init = f"ssl:{ssl_run}" if row.ssl else "scratch"
+    evaluation = args.target_pool if row.target_prior != "natural" else args.eval_length
     common = ["adapt.train", *source, "--target", "phantom-nih", "--version", "1", "--setting", "0s",
               "--target-prior", row.target_prior, "--target-length", str(args.target_pool), "--eval-length",
-              str(args.target_pool), "--backbone", args.backbone, "--init", init, "--image-size",
-              str(args.image_size), "--steps", str(args.steps), "--eval-every", str(args.eval_every), "--lr",
-              str(args.lr), "--seeds", args.seeds, "--name", f"row-{row.name}", "--runs-dir", str(args.runs_dir),
-              "--device", args.device, "--no-progress"]
+              str(evaluation), "--backbone", args.backbone, "--init", init, "--image-size", str(args.image_size),
+              "--steps", str(args.steps), "--eval-every", str(args.eval_every), "--lr", str(args.lr), "--seeds",
+              args.seeds, "--name", f"row-{row.name}", "--runs-dir", str(args.runs_dir), "--device", args.device,
+              "--no-progress"]
     plain = [c for c in row.columns if "+" not in c]
     corrections = [c.split("+")[1] for c in row.columns if c.startswith("ours+")]
     run_module([*common, "--alignment", ",".join(plain)])
@@ -144,9 +148,79 @@ def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | N
 
 
 def _results(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every finished cell's ``results.json`` with its benchmark row (from the folder ``row-<row>-<label>-seed<s>``)."""
     runs = []
     for path in sorted(runs_dir.glob("row-*/results.json")):
         results = json.loads(path.read_text())
-        results["row"] = path.parent.name.removeprefix("row-").split("-")[0]
+        results["row"] = path.parent.name.split("-")[1]
         runs.append(results)
     return runs
+
+
+def _cells(runs: Sequence[dict[str, Any]], row: str, column: str) -> list[dict[str, Any]]:
+    return [r for r in runs if r["row"] == row and r["alignment"] == column]
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} +- {std:.3f}"
+
+
+def accuracy_table(runs: Sequence[dict[str, Any]], rows: Sequence[Row], figure: str = "final") -> str:
+    """Markdown: per row and column the ``figure`` balanced accuracy, mean +- std over seeds, and collapses."""
+    lines = [f"Balanced accuracy on phantom-nih evaluation images ({figure} figure), mean +- std over seeds", "",
+             "| row | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for row in rows:
+        cells = []
+        for column in COLUMNS:
+            members = _cells(runs, row.name, column) if column in row.columns else []
+            values = [m["figures"][figure]["balanced_accuracy"] for m in members]
+            collapsed = sum(1 for m in members if m["figures"][figure]["collapsed"])
+            cells.append(_mean_std(values) + (f" ({collapsed}/{len(members)} collapsed)" if collapsed else ""))
+        lines.append(f"| {row.name}: {row.what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def prior_table(runs: Sequence[dict[str, Any]], rows: Sequence[Row]) -> str:
+    """Markdown: the Pneumothorax share of the target adaptation images, true and estimated at the final step by
+    BBSE and EM from each column's network (mean +- std over seeds)."""
+    lines = [f"Target prior P({POSITIVE}) at the final step: the truth (adaptation images) and the BBSE / EM "
+             "estimates of each column's network, mean +- std over seeds", "",
+             "| row | estimator | true | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 3) + "|"]
+    for row in rows:
+        members = [r for r in runs if r["row"] == row.name]
+        if not members:
+            continue
+        index = members[0]["classes"].index(POSITIVE)
+        truth = _mean_std([m["target_prior"]["true_adaptation"][index] for m in members])
+        for estimator in ("bbse", "em"):
+            cells = [_mean_std([m["prior_estimates"][estimator][index] for m in _cells(runs, row.name, column)])
+                     for column in COLUMNS]
+            lines.append(f"| {row.name} | {estimator} | {truth} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(runs: Sequence[dict[str, Any]], rows: Sequence[Row]) -> list[str]:
+    """The positive controls, one line each: alignment against source only on row a, prior correction against
+    the uncorrected preset on the other rows (final-step means over seeds)."""
+    def mean(row: str, column: str) -> float | None:
+        values = [m["balanced_accuracy"] for m in _cells(runs, row, column)]
+        return statistics.fmean(values) if values else None
+
+    lines = []
+    for row in rows:
+        pairs = [("ours", "none")] if row.target_prior == "balanced" else [("ours+bbse", "ours"), ("ours+em", "ours")]
+        for better, base in pairs:
+            a, b = mean(row.name, better), mean(row.name, base)
+            if a is None or b is None:
+                continue
+            verdict = "yes" if a > b else "no"
+            lines.append(f"positive control, row {row.name}: {better} beats {base}? {verdict} "
+                         f"({a:.3f} against {b:.3f})")
+    return lines
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -171,7 +171,7 @@ def _fake_run(runs: Path, name: str, alignment: str, seed: int, accuracy: float,
               "information_maximisation": 0.1, "collapsed": collapsed}
     results = {"trained_by": "python -m adapt.train", "source": "synthetic", "target": "chexpert",
                "alignment": alignment, "seed": seed, "task": "v1-0s", "backbone": "resnet50", "image_size": 224,
-               "steps": 10,
+               "steps": 10, "init": {"init": "imagenet"}, "target_prior": {"asked": "natural"},
                "figures": {k: figure for k in ("final", "source_validation", "information_maximisation", "oracle")}}
     (runs / name).mkdir(parents=True)
     (runs / name / "results.json").write_text(json.dumps(results))
@@ -197,7 +197,8 @@ def test_report_averages_seeds_flags_collapse_and_sorts_best_first(
     assert rows[1]["collapsed"] == 1 and rows[1]["seeds"] == [0, 1]
     with pytest.raises(SystemExit):
         run_cli(report, ["--runs-dir", str(tmp_path)])
-    row = "| chexpert | synthetic | v1-0s | resnet50 | 224 | 10 | dcan | 0.5000 +- 0.0000 | 0, 1 | yes (1/2) |"
+    row = ("| chexpert | synthetic | v1-0s | resnet50 | 224 | 10 | imagenet | natural | dcan | 0.5000 +- 0.0000 | 0, 1 "
+           "| yes (1/2) |")
     assert row in capsys.readouterr().out
     assert _error(tmp_path / "empty", capsys, command=report).startswith("python -m adapt.report: error: no finished")
 

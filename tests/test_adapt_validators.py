@@ -166,7 +166,7 @@ def test_selection_table_gaps_on_hand_made_histories() -> None:
     rows = table(runs)
     assert [r["balanced_accuracy"] for r in rows] == [None, 0.9, 0.8]
     text = render(rows, "markdown", "final", overall, groups)
-    assert "| folder | phantom | v3-0s | resnet18 | 32 | 2 | ours | n/a | 0 | no |" in text
+    assert "| folder | phantom | v3-0s | resnet18 | 32 | 2 | None | natural | ours | n/a | 0 | no |" in text
     assert "| snd | 0.1000 | 0.2000 | 2 |" in text
     assert render(rows, "csv", "final", overall, groups, "selection").splitlines()[0] == \
         "criterion,mean_gap,worst_gap,runs"
