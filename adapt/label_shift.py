@@ -39,6 +39,8 @@ PRIOR_SUM_TOLERANCE = 1e-3
 TARGET_PRIORS = ("natural", "balanced", "P1,P2,...", "dirichlet:ALPHA")
 PRIOR_FLOOR = 1e-3
 """The least share of a class in an estimated prior that training is corrected towards (:func:`floored_prior`)."""
+RELIABLE_CONDITIONING = 0.2
+"""The least :func:`confusion_conditioning` at which a prior correction trusts an evaluation's estimates."""
 
 
 def joint_confusion(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -99,6 +101,26 @@ def bbse_prior(confusion: torch.Tensor, target_marginal: torch.Tensor) -> torch.
             return torch.full_like(mu, 1 / len(mu))
         return validation_prior / validation_prior.sum()
     return weighted / weighted.sum()
+
+
+def confusion_conditioning(confusion: torch.Tensor) -> float:
+    """``sigma_min`` of the class-conditional confusion matrix ``M[i, j] = P(yhat = i | y = j) = C[i, j] / p_val(j)``.
+
+    Over the classes present in the validation set (``p_val(j) > 0``; none:
+    0). 1 for a classifier that is always right, 0 for one whose predictions
+    do not depend on the class (every column alike, e.g. chance or one class
+    predicted for all). The error bound of BBSE grows with ``1 / sigma_min``
+    (Lipton et al. 2018, Theorem 3), and EM from a classifier near chance is
+    as unfounded, so a prior correction uses an evaluation's estimates only
+    when this is at least :data:`RELIABLE_CONDITIONING`; for two classes
+    ``sigma_min sigma_max = |det M| = TPR + TNR - 1`` (Youden's J).
+    """
+    c = confusion.double()
+    present = c.sum(dim=0) > 0
+    if not bool(present.any()):
+        return 0.0
+    conditional = c[:, present] / c.sum(dim=0)[present]
+    return float(torch.linalg.svdvals(conditional).min())
 
 
 def _temperature_slope(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> float:
@@ -190,20 +212,23 @@ def estimate_priors(
     train_prior: torch.Tensor,
 ) -> dict[str, Any]:
     """Both estimates of the target prior from one network's logits on labelled source validation images and on
-    unlabelled target images: ``{"bbse": [q...], "em": [q...], "temperature": T}``.
+    unlabelled target images: ``{"bbse": [q...], "em": [q...], "temperature": T, "conditioning": s}``.
 
     ``bbse``: :func:`bbse_prior` of the validation images' joint confusion
     matrix and the target's predicted marginal (predictions: the arg-max
     logits). ``em``: :func:`em_prior` of the target probabilities
     ``softmax(z / T)``, ``T`` fitted on the validation images
-    (:func:`fit_temperature`), under ``train_prior``.
+    (:func:`fit_temperature`), under ``train_prior``. ``conditioning``:
+    :func:`confusion_conditioning` of the validation confusion matrix, how far
+    the estimates can be trusted.
     """
     c = len(train_prior)
     confusion = joint_confusion(validation_logits.argmax(dim=1), validation_labels, c)
     bbse = bbse_prior(confusion, class_shares(target_logits.argmax(dim=1), c))
     temperature = fit_temperature(validation_logits, validation_labels)
     em = em_prior(torch.softmax(target_logits.double() / temperature, dim=1), train_prior)
-    return {"bbse": bbse.tolist(), "em": em.tolist(), "temperature": temperature}
+    return {"bbse": bbse.tolist(), "em": em.tolist(), "temperature": temperature,
+            "conditioning": confusion_conditioning(confusion)}
 
 
 def class_weights(prior: torch.Tensor, source_prior: torch.Tensor) -> torch.Tensor:

@@ -31,11 +31,15 @@ network's outputs on the source validation set and the target selection
 slice, and records them (``prior_estimates``). With ``--prior-correction
 bbse|em`` the step weighs each source image of class ``y`` by ``w_y = q(y) /
 p_s(y)`` in both MMD terms and the diversity term becomes ``D_q``
-(:mod:`adapt.losses`), ``q`` the latest estimate of that estimator floored
-at :data:`~adapt.label_shift.PRIOR_FLOOR` and ``p_s`` the source batches'
-prior. Until the first evaluation ``q = p_s`` (every weight 1): the first
-``eval_every`` steps are uncorrected, as an untrained classifier's confusion
-matrix says nothing. ``q`` is part of the checkpointed :class:`RunState`, so
+(:mod:`adapt.losses`), ``q`` the latest trusted estimate of that estimator
+floored at :data:`~adapt.label_shift.PRIOR_FLOOR` and ``p_s`` the source
+batches' prior. An estimate is trusted when the evaluation network's
+class-conditional confusion matrix on the source validation set has its
+smallest singular value at least :data:`~adapt.label_shift.RELIABLE_CONDITIONING`
+(:func:`~adapt.label_shift.confusion_conditioning`, recorded as
+``prior_conditioning``); until then ``q = p_s`` (every weight 1): an
+untrained classifier's estimates say nothing, and training towards them
+drove short runs to collapse. ``q`` is part of the checkpointed :class:`RunState`, so
 a resumed run is exact; the outputs are gathered over ranks, so every rank
 computes the same ``q``.
 """
@@ -63,7 +67,7 @@ from plumbing.training import Progress, restore
 
 from .config import AdaptConfig
 from .data import AdaptData, source_batches, target_batches
-from .label_shift import PRIOR_FLOOR, class_weights, estimate_priors, floored_prior
+from .label_shift import PRIOR_FLOOR, RELIABLE_CONDITIONING, class_weights, estimate_priors, floored_prior
 from .losses import (
     alignment_mmd,
     correction_regulariser,
@@ -115,10 +119,12 @@ class DcanTrainer:
         """The target prior ``q`` the correction trains towards (module docstring), float64 ``[C]``."""
         return torch.tensor(self.state.prior, dtype=torch.float64) if self.state.prior else self.source_prior
 
-    def correct_towards(self, estimates: dict[str, Any]) -> None:
+    def correct_towards(self, estimates: dict[str, Any], conditioning: float) -> None:
         """With a prior correction, train from the next step on towards its estimator's estimate in ``estimates``
-        (an evaluation's ``prior_estimates``), floored (:func:`adapt.label_shift.floored_prior`)."""
-        if self.cfg.prior_correction != "none":
+        (an evaluation's ``prior_estimates``), floored (:func:`adapt.label_shift.floored_prior`), when
+        ``conditioning`` (its ``prior_conditioning``) is at least :data:`~adapt.label_shift.RELIABLE_CONDITIONING`;
+        else keep the previous ``q``."""
+        if self.cfg.prior_correction != "none" and conditioning >= RELIABLE_CONDITIONING:
             self.state.prior = floored_prior(torch.tensor(estimates[self.cfg.prior_correction]), PRIOR_FLOOR).tolist()
 
     def objects(self) -> dict[str, Any]:
@@ -214,6 +220,7 @@ class DcanTrainer:
             "collapsed": collapsed_class(target["predicted_histogram"]),
             "prior_estimates": {k: estimates[k] for k in ("bbse", "em")},
             "calibration_temperature": estimates["temperature"],
+            "prior_conditioning": estimates["conditioning"],
         }
 
 
@@ -243,7 +250,7 @@ def train_adaptation(cfg: AdaptConfig, data: AdaptData, runtime: Runtime, run_di
     def evaluate(iteration: int) -> None:  # registered before the checkpoint of the same iteration
         entry = trainer.evaluate(data, cfg.batch_size, runtime.workers, iteration)
         trainer.state.history.append(entry)
-        trainer.correct_towards(entry["prior_estimates"])
+        trainer.correct_towards(entry["prior_estimates"], entry["prior_conditioning"])
         note = (f"; warning: {entry['collapsed']} takes over {100 * COLLAPSE_SHARE:.0f}% of the target "
                 "predictions (collapse)" if entry["collapsed"] else "")
         target = ("no target labels" if "balanced_accuracy" not in entry

@@ -13,10 +13,12 @@ import torch
 from adapt import data as adapt_data_module
 from adapt.config import AdaptConfig, with_preset
 from adapt.label_shift import (
+    RELIABLE_CONDITIONING,
     TEMPERATURE_RANGE,
     bbse_prior,
     class_shares,
     class_weights,
+    confusion_conditioning,
     em_prior,
     estimate_priors,
     fit_temperature,
@@ -198,7 +200,10 @@ def test_a_prior_correction_with_every_weight_one_is_the_uncorrected_loss() -> N
         with torch.no_grad():
             terms = trainer.terms(source, target, step=1)  # before the first evaluation: q = p_s, every w_y = 1
             losses[correction] = float(total_loss(terms, trainer.cfg.weights(), trainer.cfg.alpha))
-            trainer.correct_towards({"em": [0.7, 0.1, 0.1, 0.1], "bbse": [0.25] * 4})
+            estimates = {"em": [0.7, 0.1, 0.1, 0.1], "bbse": [0.25] * 4}
+            trainer.correct_towards(estimates, conditioning=0.1)  # a classifier near chance: not trusted
+            assert trainer.state.prior == []
+            trainer.correct_towards(estimates, conditioning=0.5)
             shifted = trainer.terms(source, target, step=1)
         if correction == "em":
             assert float(shifted["feature_mmd"]) != pytest.approx(float(terms["feature_mmd"]))
@@ -224,8 +229,9 @@ def test_a_run_with_em_correction_on_a_balanced_target_records_estimates_and_tru
     assert results["prior_estimates"] == results["history"][-1]["prior_estimates"]
     assert all("prior_estimates" in figure for figure in results["figures"].values())
     state = torch.load(tmp_path / "p-ours+em-seed0" / "checkpoint_4.pt", weights_only=True)
-    em = torch.tensor(results["history"][-1]["prior_estimates"]["em"])
-    assert state["run"]["prior"] == pytest.approx(floored_prior(em, 1e-3).tolist())  # checkpointed for a resume
+    trusted = [e for e in results["history"] if e["prior_conditioning"] >= RELIABLE_CONDITIONING]
+    expected = floored_prior(torch.tensor(trusted[-1]["prior_estimates"]["em"]), 1e-3).tolist() if trusted else []
+    assert state["run"]["prior"] == pytest.approx(expected)  # the latest trusted estimate, checkpointed for a resume
 
 
 def test_a_target_prior_needs_a_labelled_target_and_a_correction_a_term_to_change(
@@ -244,3 +250,17 @@ def test_a_target_prior_needs_a_labelled_target_and_a_correction_a_term_to_chang
     err = _error(runs, capsys, *PHANTOMS, "--steps", "1", "--target-prior", "balanced")
     assert "--target-prior balanced resamples a labelled target" in err
     assert not runs.exists()
+
+
+def test_confusion_conditioning_closed_forms() -> None:
+    assert confusion_conditioning(torch.eye(3) / 3) == pytest.approx(1.0)  # always right
+    assert confusion_conditioning(torch.tensor([[0.3, 0.2], [0.3, 0.2]])) == pytest.approx(0.0, abs=1e-12)  # chance
+    assert confusion_conditioning(torch.tensor([[0.6, 0.4], [0.0, 0.0]])) == pytest.approx(0.0, abs=1e-12)  # one class
+    tpr, tnr = 0.7, 0.9  # two classes: sigma_min * sigma_max = TPR + TNR - 1
+    conditional = torch.tensor([[tnr, 1 - tpr], [1 - tnr, tpr]], dtype=torch.float64)
+    joint = conditional * torch.tensor([0.8, 0.2], dtype=torch.float64)  # any validation prior
+    sigma = torch.linalg.svdvals(conditional)
+    assert confusion_conditioning(joint) == pytest.approx(float(sigma.min()))
+    assert float(sigma.min() * sigma.max()) == pytest.approx(tpr + tnr - 1)
+    absent = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 0.0]])  # class 1 not in validation
+    assert confusion_conditioning(absent) == pytest.approx(1.0)
