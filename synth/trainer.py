@@ -156,12 +156,21 @@ def training_dataset(cfg: TrainingConfig, data_root: str | None) -> Dataset:
     the task are dropped: a generator trained for a task is asked by
     ``synth.generate`` for that task's classes alone, in equal numbers and with
     its members' condition vectors, which is then exactly what it trains on.
-    A class without a training image is a :class:`UserError`.
+    A class without a training image, or an image without a finding vector
+    (the generator's condition: a ``folder`` labelled by class or not at all),
+    is a :class:`UserError`.
     """
     spec = training_spec(cfg.data)
     options = spec.count_options(cfg.data_length)
     task = balance_label_task(cfg.balance_task)
     dataset = build_dataset(spec.name, root=data_root, split="train", task=task, resolution=cfg.resolution, **options)
+    records = getattr(dataset, "records", None)  # readers of files; generated data sets always carry findings
+    if records is not None:
+        lacking = len(dataset) if records.findings is None else int(np.isnan(records.findings).all(axis=1).sum())
+        if lacking:
+            raise UserError(f"--data {spec.name}: {lacking} of its {len(dataset)} training images have no finding "
+                            "vector, which conditions the generator (a folder needs a labels.csv row with finding "
+                            "columns for every image)")
     if task is not None:
         counts = np.bincount(np.asarray(dataset.labels), minlength=len(task.classes))  # type: ignore[attr-defined]
         empty = [name for name, n in zip(task.classes, counts, strict=True) if n == 0]

@@ -21,6 +21,8 @@ from evaluate.protocol.task_data import DataChoice, task_data
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from ssl.data import parse_data, unlabelled_images
+from synth.config import TrainingConfig
+from synth.trainer import training_dataset
 from tests.real_layouts import truncate, two_tone, write_dicom
 from tests.test_synthetic_store import write_store
 
@@ -275,3 +277,12 @@ def test_a_synthetic_store_adapts_to_an_unlabelled_folder_and_scores_a_labelled_
     args[args.index(str(root))] = str(empty)
     assert adapt("empty") == 2
     assert "no PNG, JPEG or DICOM" in capsys.readouterr().err and not list(runs.glob("empty-*"))
+
+
+def test_the_gan_takes_a_folder_with_finding_vectors_and_refuses_one_without(tmp_path: Path) -> None:
+    paths = write_images(tmp_path, 6)
+    write_labels(tmp_path, [{"path": p, "Pneumothorax": i % 2, "No Finding": 1 - i % 2} for i, p in enumerate(paths)])
+    cfg = TrainingConfig(data="folder", resolution=RES)
+    assert len(training_dataset(cfg, str(tmp_path))) == 4  # the training split: test and val images held out
+    write_labels(tmp_path, [{"path": p, "class": "No Finding"} for p in paths])
+    one_error(lambda: training_dataset(cfg, str(tmp_path)), "--data folder: 4 of its 4 training images have no finding")
