@@ -126,7 +126,10 @@ def _ssl_backbone(args: argparse.Namespace) -> str:
                 "--downstream", "phantom-nih", "--version", "1", "--setting", "0s", "--length", "500",
                 "--eval-length", "500", "--downstream-epochs", "1", "--downstream-lr-grid", "3e-4",
                 "--prefix", prefix, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"])
-    return f"{prefix}-phantom-nih-relloc-seed0"
+    run = f"{prefix}-phantom-nih-v1-0s-relloc-seed0"  # ssl.curriculum's PREFIX-DOWNSTREAM-TASK-ORDERING-seedS
+    if not (args.runs_dir / run / "backbone.safetensors").is_file():
+        raise UserError(f"the SSL run {args.runs_dir / run} holds no backbone.safetensors")
+    return run
 
 
 def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | None) -> None:
