@@ -20,7 +20,7 @@ source batch is class-balanced, so the source prior is 50/50):
 Columns ``none``, ``ours``, ``ours+bbse``, ``ours+em`` (and ``dcan`` on row
 b; row d without ``ours+bbse``), ``--seeds`` seeds each; every cell is one ``adapt.train`` run, and a
 finished cell is skipped, so the benchmark resumes where it stopped
-(``--rows`` runs a part). Prints three tables: final-step balanced accuracy
+(``--rows`` runs a part, ``--tables-only`` trains nothing). Prints three tables: final-step balanced accuracy
 (mean +- std over seeds, with how many seeds collapsed); the target prior
 estimated by BBSE and EM at the final step against the true one; the
 selection table of ``adapt.report`` (how far each label-free criterion's
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="phantom-nih evaluation images of a row at its natural prior")
     parser.add_argument("--ssl-images", type=int, default=2048, help="unlabelled images of the SSL pre-training")
     parser.add_argument("--ssl-epochs", type=int, default=4, help="epochs of the SSL pretext step")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="train nothing: print the tables of the cells finished so far")
     parser.add_argument("--device", default="cpu", help="torch device")
     return parser
 
@@ -96,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = [ROWS[name] if name in ROWS else _unknown_row(name) for name in parse_list(args.rows, "--rows")]
+    if not args.tables_only:
+        _train(args, rows)
+    runs = _results(args.runs_dir)
+    for text in (accuracy_table(runs, rows), accuracy_table(runs, rows, "oracle"), prior_table(runs, rows),
+                 "\n".join(verdicts(runs, rows))):
+        print(f"\n{text}")
+    run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", "final"])
+    return 0
+
+
+def _train(args: argparse.Namespace, rows: Sequence[Row]) -> None:
+    """Every cell of ``rows`` not finished yet (and the store and SSL backbone they need)."""
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     store = args.store or args.runs_dir / "synthetic-v1-0s.zarr"
     if any(row.source == "synthetic" for row in rows) and not store.exists():
@@ -105,12 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ssl_run = _ssl_backbone(args) if any(row.ssl for row in rows) else None
     for row in rows:
         _train_row(args, row, store, ssl_run)
-    runs = _results(args.runs_dir)
-    for text in (accuracy_table(runs, rows), accuracy_table(runs, rows, "oracle"), prior_table(runs, rows),
-                 "\n".join(verdicts(runs, rows))):
-        print(f"\n{text}")
-    run_module(["adapt.report", "--runs-dir", str(args.runs_dir), "--figure", "final"])
-    return 0
 
 
 def _unknown_row(name: str) -> Row:
