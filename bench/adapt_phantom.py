@@ -16,6 +16,10 @@ source batch is class-balanced, so the source prior is 50/50):
   demo generator -> ``phantom-nih`` at its natural prior.
 * **d** - row c from a self-supervised backbone (``ssl.curriculum`` on
   unlabelled phantoms of both domains) instead of from scratch.
+* **f** - row a starting from row a's trained source-only network of the
+  same seed (``--init`` its ``classifier.safetensors``), as the reference
+  starts from trained weights: alignment acts on discriminative features;
+  ``none`` here is the same network trained on for as many steps again.
 
 Columns ``none``, ``ours``, ``ours+bbse``, ``ours+em`` (and ``dcan`` on row
 b; row d without ``ours+bbse``), ``--seeds`` seeds each; every cell is one ``adapt.train`` run, and a
@@ -57,6 +61,8 @@ class Row:
     target_prior: str
     ssl: bool
     columns: tuple[str, ...]
+    init_from: str | None = None
+    """The row whose ``none`` cell of the same seed gives the starting network (its ``classifier.safetensors``)."""
 
 
 ROWS = {
@@ -65,6 +71,7 @@ ROWS = {
         Row("b", "appearance + label shift", "phantom", "natural", False, COLUMNS),
         Row("c", "synthetic v1-0s store", "synthetic", "natural", False, COLUMNS[:4]),
         Row("d", "synthetic v1-0s store, SSL backbone", "synthetic", "natural", True, ("none", "ours", "ours+em")),
+        Row("f", "row a from row a's source-only network", "phantom", "balanced", False, ("none", "ours"), "a"),
     )
 }
 
@@ -147,10 +154,17 @@ def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | N
     evaluation = args.target_pool if row.target_prior != "natural" else args.eval_length
     common = ["adapt.train", *source, "--target", "phantom-nih", "--version", "1", "--setting", "0s",
               "--target-prior", row.target_prior, "--target-length", str(args.target_pool), "--eval-length",
-              str(evaluation), "--backbone", args.backbone, "--init", init, "--image-size", str(args.image_size),
-              "--steps", str(args.steps), "--eval-every", str(args.eval_every), "--lr", str(args.lr), "--seeds",
-              args.seeds, "--name", f"row-{row.name}", "--runs-dir", str(args.runs_dir), "--device", args.device,
-              "--no-progress"]
+              str(evaluation), "--backbone", args.backbone, "--image-size", str(args.image_size), "--steps",
+              str(args.steps), "--eval-every", str(args.eval_every), "--lr", str(args.lr), "--name", f"row-{row.name}",
+              "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"]
+    if row.init_from is not None:  # one start per seed
+        for seed in parse_list(args.seeds, "--seeds"):
+            start = args.runs_dir / f"row-{row.init_from}-none-seed{seed}" / "classifier.safetensors"
+            if not start.is_file():
+                raise UserError(f"row {row.name} starts from {start}, which does not exist: run row {row.init_from}")
+            run_module([*common, "--seeds", seed, "--init", str(start), "--alignment", ",".join(row.columns)])
+        return
+    common += ["--seeds", args.seeds, "--init", init]
     plain = [c for c in row.columns if "+" not in c]
     corrections = [c.split("+")[1] for c in row.columns if c.startswith("ours+")]
     run_module([*common, "--alignment", ",".join(plain)])
