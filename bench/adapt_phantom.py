@@ -17,8 +17,8 @@ source batch is class-balanced, so the source prior is 50/50):
 * **d** - row c from a self-supervised backbone (``ssl.curriculum`` on
   unlabelled phantoms of both domains) instead of from scratch.
 * **f** - row a starting from row a's trained source-only network of the
-  same seed (``--init`` its ``classifier.safetensors``), as the reference
-  starts from trained weights: alignment acts on discriminative features;
+  same seed (``--init`` its ``classifier.safetensors``, batch norm trained
+  as there), as the reference starts from trained weights: alignment acts on discriminative features;
   ``none`` here is the same network trained on for as many steps again.
 
 Columns ``none``, ``ours``, ``ours+bbse``, ``ours+em`` (and ``dcan`` on row
@@ -162,7 +162,8 @@ def _train_row(args: argparse.Namespace, row: Row, store: Path, ssl_run: str | N
             start = args.runs_dir / f"row-{row.init_from}-none-seed{seed}" / "classifier.safetensors"
             if not start.is_file():
                 raise UserError(f"row {row.name} starts from {start}, which does not exist: run row {row.init_from}")
-            run_module([*common, "--seeds", seed, "--init", str(start), "--alignment", ",".join(row.columns)])
+            run_module([*common, "--seeds", seed, "--init", str(start), "--batchnorm", "train", "--alignment",
+                        ",".join(row.columns)])  # batch norm trained as in the row it starts from
         return
     common += ["--seeds", args.seeds, "--init", init]
     plain = [c for c in row.columns if "+" not in c]
