@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.adapt_phantom import ROWS, _results, accuracy_table, main, prior_table, verdicts
+from bench.adapt_phantom import ROWS, _ceiling, _results, accuracy_table, main, prior_table, verdicts
 from plumbing.cli import run_cli
 
 CLASSES = ["No Finding", "Pneumothorax"]
@@ -38,10 +38,15 @@ def test_tables_and_verdicts_from_finished_cells(tmp_path: Path) -> None:
     priors = prior_table(runs, rows)
     assert "| b | bbse | 0.040 +- 0.000 | - | 0.300 +- 0.000 | - | 0.100 +- 0.000 | - |" in priors
     assert "| b | em | 0.040 +- 0.000 | - | 0.150 +- 0.000 | - | 0.050 +- 0.000 | - |" in priors
-    assert verdicts(runs, rows) == [
-        "positive control, row a: ours beats none? no (0.610 against 0.700)",
-        "positive control, row b: ours+em beats ours? yes (0.650 against 0.500)",
+    assert verdicts(runs, rows, [0.88, 0.9]) == [
+        "ceiling, the source-only network trained on labelled phantom-nih (row a's target): 0.890 +- 0.014",
+        "positive control, row a: ours beats none? no (0.610 against 0.700; better in 0 of 2 seeds)",
+        "positive control, row b: ours+em beats ours? yes (0.650 against 0.500; better in 2 of 2 seeds)",
     ]
+
+
+def test_rows_share_their_starts() -> None:
+    assert [ROWS[name].start for name in "abcd"] == ["phantom", "phantom", "synthetic", "synthetic-ssl"]
 
 
 def test_an_unknown_row_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -51,3 +56,11 @@ def test_an_unknown_row_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown row 'z'" in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_ceiling_is_read_from_the_starts_trained_on_the_target(tmp_path: Path) -> None:
+    starts = {"phantom-nih-none-seed0": 0.9, "phantom-nih-none-seed1": 0.8, "phantom-none-seed0": 0.6}
+    for name, accuracy in starts.items():
+        (tmp_path / "start" / name).mkdir(parents=True)
+        (tmp_path / "start" / name / "results.json").write_text(json.dumps({"balanced_accuracy": accuracy}))
+    assert _ceiling(tmp_path) == [0.9, 0.8]
