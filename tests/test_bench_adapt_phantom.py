@@ -46,7 +46,7 @@ def test_tables_and_verdicts_from_finished_cells(tmp_path: Path) -> None:
 
 
 def test_rows_share_their_starts() -> None:
-    assert [ROWS[name].start for name in "abcd"] == ["phantom", "phantom", "synthetic", "synthetic-ssl"]
+    assert [ROWS[name].start for name in "abcde"] == ["phantom", "phantom", "synthetic", "synthetic-ssl", "phantom-nih"]
 
 
 def test_an_unknown_row_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
