@@ -93,6 +93,14 @@ def binary_auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     return ((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
 
 
+def macro_auroc(probabilities: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
+    """The mean of :func:`binary_auroc` of ``probabilities[:, c]`` for ``targets == c`` over the classes with both
+    positives and negatives in ``targets``; NaN when there is none."""
+    aucs = [binary_auroc(probabilities[:, c], targets == c) for c in range(num_classes)]
+    qualified = [auc for auc in aucs if not math.isnan(auc)]
+    return sum(qualified) / len(qualified) if qualified else math.nan
+
+
 class MacroAUROC(Metric):
     """Macro one-vs-rest AUROC of ``softmax(logits)``: the mean of :func:`binary_auroc` over the classes with both
     positives and negatives in the targets, NaN when there is none.
@@ -148,9 +156,7 @@ class MacroAUROC(Metric):
         scores, targets = self._gathered()
         if len(targets) == 0:
             raise NotComputableError("MacroAUROC must have at least one example before it can be computed.")
-        aucs = [binary_auroc(scores[:, c], targets == c) for c in range(self.num_classes)]
-        qualified = [auc for auc in aucs if not math.isnan(auc)]
-        return sum(qualified) / len(qualified) if qualified else math.nan
+        return macro_auroc(scores, targets, self.num_classes)
 
 
 def classification_metrics(
@@ -195,6 +201,22 @@ def metrics_report(metrics: Mapping[str, Any], classes: Sequence[str]) -> dict[s
         "predicted_histogram": dict(zip(names, torch.as_tensor(histogram).long().tolist(), strict=True)),
         "n": int(confusion.sum()),
     } | ({MISSING: absent} if absent else {})
+
+
+def scores_report(logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """:func:`metrics_report` of ``logits`` ``[N, C]`` and ``targets`` ``[N]`` already gathered on this rank
+    (no reduction across ranks): the same metrics, from the same definitions, for a probe scored in one place."""
+    num_classes = len(classes)
+    predicted = logits.argmax(dim=1)
+    confusion = torch.bincount(targets.long() * num_classes + predicted, minlength=num_classes**2)
+    confusion = confusion.view(num_classes, num_classes)
+    probabilities = torch.softmax(logits.double(), dim=1)
+    metrics = {
+        "confusion": confusion, "balanced_accuracy": _balanced_accuracy(confusion), "recall": _recall(confusion),
+        "precision": _precision(confusion), "predicted_histogram": _predicted_histogram(confusion),
+        "auroc": macro_auroc(probabilities, targets, num_classes),
+    }
+    return metrics_report(metrics, classes)
 
 
 def _absent(report: Mapping[str, Any]) -> list[str]:

@@ -25,6 +25,7 @@ from evaluate.metrics import (
     classification_metrics,
     metrics_report,
     missing_classes_note,
+    scores_report,
 )
 from plumbing.errors import UserError
 
@@ -95,6 +96,13 @@ def test_random_inputs_match_sklearn(seed: int, num_classes: int) -> None:
         scores = torch.softmax(logits.double(), dim=1).numpy()
         expected = roc_auc_score(targets.numpy(), scores, multi_class="ovr", average="macro")
         np.testing.assert_allclose(metrics["auroc"], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_scores_report_of_gathered_tensors_equals_the_evaluators_report(num_classes: int) -> None:
+    logits, targets = _data(5, 77, num_classes)
+    classes = [f"c{i}" for i in range(num_classes)]
+    assert scores_report(logits, targets, classes) == metrics_report(_evaluate(logits, targets, num_classes), classes)
 
 
 def test_class_never_predicted_has_precision_zero() -> None:
