@@ -60,7 +60,7 @@ from ssl.curriculum_run import CurriculumRunner, curriculum_cells, read_results,
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
-from .table import config_group, plan, read_runs, render, settings_group, table
+from .table import FIGURES, config_group, plan, read_runs, render, settings_group, table
 from .tasks import get_task, overrides_record, task_names, task_settings
 
 PROG = "python -m ssl.curriculum"
@@ -89,6 +89,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                        help="given: the ordering of --tasks; all: every ordering of 1 to --max-length of them; "
                             "curriculum: the single tasks, then the orderings labelled Curriculum by their results")
     tasks.add_argument("--max-length", type=int, default=None, help="longest ordering (default: all the tasks)")
+    _add_label_by_arg(tasks)
     tasks.add_argument("--no-singles", action="store_true",
                        help="do not record the single-task runs of the tasks (their accuracies label orderings)")
     tasks.add_argument("--set", action="append", default=[], metavar="TASK.KEY=VALUE",
@@ -148,7 +149,14 @@ def _add_runs_parser(sub: argparse._SubParsersAction) -> None:
                    help="propose orderings from the single-task results instead: label, ordering, settings group")
     p.add_argument("--tasks", default=None, help="tasks of the plan (default: those with single-task runs)")
     p.add_argument("--max-length", type=int, default=2, help="longest ordering of the plan")
+    _add_label_by_arg(p)
     add_runs_dir_arg(p)
+
+
+def _add_label_by_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--label-by", choices=FIGURES, default="finetune",
+                        help="the downstream figure whose single-task means label orderings C / AC / MC (and give "
+                             "delta and the baseline columns): fine-tune, k-NN or linear probe balanced accuracy")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,7 +238,7 @@ def _wanted(args: argparse.Namespace, singles_only: bool = False) -> list[tuple[
     probe = _configs(args, [tasks])[0][1]  # the settings group and start of this invocation's runs
     group = config_group(probe)
     runs = [r for r in read_runs(args.runs_dir) if settings_group(r) == group]
-    found = plan(runs, tasks, max_length, probe.init, probe.overrides)
+    found = plan(runs, tasks, max_length, probe.init, probe.overrides, args.label_by)
     return orderings(tasks, "curriculum", max_length, True, {tuple(o.split(",")): label for o, label in found})
 
 
@@ -334,14 +342,15 @@ def _runs(args: argparse.Namespace) -> int:
         for group, members in sorted(groups.items()):
             tasks = _tasks(args.tasks) if args.tasks else tuple(sorted(
                 {r["tasks"][0] for r in members if len(r["tasks"]) == 1 and r["init"] == "scratch"}))
-            proposals += [(label, ordering, group) for ordering, label in plan(members, tasks, args.max_length)
+            proposals += [(label, ordering, group)
+                          for ordering, label in plan(members, tasks, args.max_length, label_by=args.label_by)
                           if len(tasks) >= 2]
         if not proposals:
             raise UserError("--plan needs at least two tasks with single-task runs (or --tasks)")
         for label, ordering, group in proposals:
             print(f"{label}\t{ordering}\t{group}")
         return 0
-    print(render(table(runs), args.format))
+    print(render(table(runs, args.label_by), args.format, args.label_by))
     return 0
 
 

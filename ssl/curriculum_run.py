@@ -9,7 +9,10 @@ baseline; ``adapt.train --init ssl:RUN`` reads it), ``downstream/`` (an
 with every trial, ``classifier.safetensors``, ``results.json`` and, where the
 evaluation images have lung masks, ``attention.json`` / ``attention.png``)
 and, once finished, ``results.json``: the ordering, every step's key,
-learning rate and losses, and the downstream figures. The runs and their
+learning rate and losses with the k-NN and linear probes of its backbone
+(:mod:`evaluate.protocol.probes`, on the downstream task), and the
+downstream figures: the fine-tune's, AIL, and under ``knn`` / ``linear`` the
+probes of the run's backbone (the last step's, or the baseline's start). The runs and their
 steps are the cells of one grid (:func:`curriculum_cells`,
 :mod:`plumbing.grid`): running the same command again skips a finished run
 and continues an interrupted one: finished steps are reused, an interrupted
@@ -32,15 +35,24 @@ from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
 from evaluate.metrics import MISSING, missing_classes_note, missing_classes_warning
-from evaluate.protocol.task_data import task_data
+from evaluate.protocol.probes import probe_backbone
+from evaluate.protocol.task_data import TaskData, task_data
 from evaluate.protocol.training import run_protocol
 from models.backbones import build_backbone
 from models.initialisation import initialise
-from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, load_classifier, save_model, training_record
+from models.model_file import (
+    BACKBONE_FILE,
+    CLASSIFIER_FILE,
+    load_backbone_weights,
+    load_classifier,
+    save_model,
+    training_record,
+)
 from plumbing.distributed import is_main_process, print_on_main
 from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
 from plumbing.grid import Cell, Status, cell_status
+from plumbing.precision import memory_layout
 from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, RunFolder, open_run, read_results_file, record_config
 from plumbing.runtime import Runtime
 from plumbing.seeding import derive_seed
@@ -137,6 +149,22 @@ def _attention(folder: Path, data: Any, dataset_name: str, runtime: Runtime) -> 
     return float(write_attention(folder, result, tuple(info.classes or ()), about)["ail"]["mean"])
 
 
+def _probe_data(cfg: CurriculumConfig) -> TaskData:
+    """The downstream task's images for the probes: as the fine-tune's, the training images unaugmented."""
+    d = cfg.downstream
+    train, evaluation = d.data_choices()
+    return task_data(replace(train, augment=False), evaluation, d.image_size, d.seed)
+
+
+def probe_file(path: Path, cfg: CurriculumConfig, data: TaskData, channels: int, runtime: Runtime) -> dict[str, Any]:
+    """The k-NN and linear probes (:mod:`evaluate.protocol.probes`) of the backbone file ``path`` on ``data``."""
+    backbone = build_backbone(cfg.backbone, channels)
+    load_backbone_weights(backbone, path)
+    backbone.to(runtime.device, memory_format=memory_layout(runtime.device))
+    return probe_backbone(backbone, data, seed=cfg.downstream.seed, batch_size=cfg.downstream.batch_size,
+                          workers=runtime.workers, device=runtime.device, amp=runtime.bf16)
+
+
 def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: str) -> dict[str, Any]:
     d = cfg.downstream
     data = task_data(*d.data_choices(), d.image_size, d.seed)
@@ -219,11 +247,16 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         write_json_atomic(config, record)
     _export_start(cfg, channels, folder, runtime.runs_dir, steps, command)
     idist.barrier()
-    downstream = _downstream(cfg, folder, runtime, command)
+    data = _probe_data(cfg)
+    probes = [probe_file(step_folder(runtime.runs_dir, s["key"]) / BACKBONE_FILE, cfg, data, channels, runtime)
+              for s in steps]
+    final = probes[-1] if probes else probe_file(folder / BACKBONE_FILE, cfg, data, channels, runtime)
+    downstream = _downstream(cfg, folder, runtime, command) | final
+    recorded = ("key", "task", "lr", "epoch_losses")
     results = {
         "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
         "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,
-        "steps": [{k: s[k] for k in ("key", "task", "lr", "epoch_losses")} for s in steps],
+        "steps": [{k: s[k] for k in recorded if k in s} | {"probes": p} for s, p in zip(steps, probes, strict=True)],
         "downstream": downstream, "settings": cfg.to_dict(),
     }
     if is_main_process():
@@ -232,6 +265,8 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
             path.unlink(missing_ok=True)
     print_on_main(f"{folder.name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"
                   + missing_classes_note(downstream)
+                  + f" (k-NN {final['knn']['balanced_accuracy']:.4f}, "
+                    f"linear {final['linear']['balanced_accuracy']:.4f})"
                   + (f", AIL {downstream['ail']:.3f}" if downstream["ail"] is not None else "")
                   + f" -> {folder / RESULTS_FILE}")
     idist.barrier()

@@ -4,8 +4,11 @@ Runs are compared only within one downstream task and one set of settings
 (everything of :class:`ssl.config.CurriculumConfig` but the tasks, their
 setting overrides, the initialisation and the seed). One row per ordering
 (:func:`row_name`: with its tasks' overrides, if any; a run kept under two
-prefixes counts once): balanced accuracy and AIL as mean +- sample standard
-deviation over seeds, and
+prefixes counts once): the downstream balanced accuracy of the k-NN probe,
+the linear probe and the fine-tune (:data:`FIGURES`) and AIL, as mean +-
+sample standard deviation over seeds (a run finished before the probes
+existed has none: ``-``), and, by one of the three figures (``label_by``,
+the fine-tune's by default, as the seed):
 
 - the label (:func:`curriculum_label`): for an ordering of two tasks or
   more, ``C`` (Curriculum) when the single tasks' mean downstream balanced
@@ -44,8 +47,11 @@ from .config import CurriculumConfig
 UNGROUPED = ("tasks", "init", "seed", "overrides")
 DOWNSTREAM_UNGROUPED = ("init", "seed")
 """The downstream protocol starts from the run's own backbone file with the run's seed."""
-COLUMNS = ("ordering", "label", "balanced_accuracy", "std", "delta", "ail", "ail_std", "beats_imagenet",
-           "beats_scratch", "seeds")
+FIGURES = ("finetune", "knn", "linear")
+"""The downstream balanced accuracies of a run: the fine-tune's, and the k-NN and linear probes' of its backbone."""
+FIGURE_NAMES = {"finetune": "fine-tune", "knn": "k-NN", "linear": "linear probe"}
+COLUMNS = ("ordering", "label", "knn", "knn_std", "linear", "linear_std", "balanced_accuracy", "std", "delta", "ail",
+           "ail_std", "beats_imagenet", "beats_scratch", "seeds")
 
 
 def curriculum_label(tasks: Sequence[Hashable], singles: Mapping[Hashable, float]) -> str:
@@ -90,11 +96,24 @@ def single_key(run: Mapping[str, Any], task: str) -> tuple[str, str, str]:
     return task, json.dumps(overrides, sort_keys=True), run["init"]
 
 
-def _single_means(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], float]:
+def figure(run: Mapping[str, Any], by: str) -> float | None:
+    """The run's downstream balanced accuracy by ``by`` (:data:`FIGURES`); ``None`` for a probe it lacks."""
+    downstream = run["downstream"]
+    if by == "finetune":
+        return downstream["balanced_accuracy"]
+    probe = downstream.get(by)
+    return probe["balanced_accuracy"] if isinstance(probe, dict) else None
+
+
+def _figures(runs: Sequence[Mapping[str, Any]], by: str) -> list[float]:
+    return [v for v in (figure(r, by) for r in runs) if v is not None]
+
+
+def _single_means(runs: Sequence[Mapping[str, Any]], by: str) -> dict[tuple[str, str, str], float]:
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in runs:
-        if len(run["tasks"]) == 1:
-            values[single_key(run, run["tasks"][0])].append(run["downstream"]["balanced_accuracy"])
+        if len(run["tasks"]) == 1 and (value := figure(run, by)) is not None:
+            values[single_key(run, run["tasks"][0])].append(value)
     return {k: statistics.fmean(v) for k, v in values.items()}
 
 
@@ -126,49 +145,53 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _beats(value: float, baseline: float | None) -> str:
-    return "?" if baseline is None else ("yes" if value > baseline else "no")
+def _beats(value: float | None, baseline: float | None) -> str:
+    return "?" if value is None or baseline is None else ("yes" if value > baseline else "no")
 
 
-def table(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The rows of every settings group (module docstring), best first."""
+def table(runs: Sequence[Mapping[str, Any]], label_by: str = "finetune") -> dict[str, list[dict[str, Any]]]:
+    """The rows of every settings group (module docstring), best first by ``label_by``'s figure."""
     groups: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         groups[settings_group(run)][row_name(run)].append(run)
     tables = {}
     for group, orderings in sorted(groups.items()):
         orderings = {o: _distinct_seeds(rs) for o, rs in orderings.items()}
-        means = {o: statistics.fmean(r["downstream"]["balanced_accuracy"] for r in rs) for o, rs in orderings.items()}
-        singles = _single_means([r for rs in orderings.values() for r in rs])
+        means = {o: _mean_std(_figures(rs, label_by))[0] for o, rs in orderings.items()}
+        singles = _single_means([r for rs in orderings.values() for r in rs], label_by)
         rows = []
         for ordering, members in orderings.items():
             keys = [single_key(members[0], t) for t in members[0]["tasks"]]
-            mean, std = _mean_std([m["downstream"]["balanced_accuracy"] for m in members])
+            knn, knn_std = _mean_std(_figures(members, "knn"))
+            linear, linear_std = _mean_std(_figures(members, "linear"))
+            mean, std = _mean_std(_figures(members, "finetune"))
             ail, ail_std = _mean_std([m["downstream"]["ail"] for m in members if m["downstream"]["ail"] is not None])
             first = singles.get(keys[0]) if len(keys) > 1 else None
+            by = means[ordering]
             rows.append({
-                "ordering": ordering, "label": curriculum_label(keys, singles), "balanced_accuracy": mean, "std": std,
-                "delta": None if first is None else mean - first, "ail": ail, "ail_std": ail_std,
-                "beats_imagenet": "-" if ordering == "imagenet" else _beats(mean, means.get("imagenet")),
-                "beats_scratch": "-" if ordering == "none" else _beats(mean, means.get("none")),
+                "ordering": ordering, "label": curriculum_label(keys, singles), "knn": knn, "knn_std": knn_std,
+                "linear": linear, "linear_std": linear_std, "balanced_accuracy": mean, "std": std,
+                "delta": None if first is None or by is None else by - first, "ail": ail, "ail_std": ail_std,
+                "beats_imagenet": "-" if ordering == "imagenet" else _beats(by, means.get("imagenet")),
+                "beats_scratch": "-" if ordering == "none" else _beats(by, means.get("none")),
                 "seeds": sorted(m["seed"] for m in members),
             })
-        tables[group] = sorted(rows, key=lambda r: (-r["balanced_accuracy"], r["ordering"]))
+        tables[group] = sorted(rows, key=lambda r: (-(means[r["ordering"]] or -1.0), r["ordering"]))
     return tables
 
 
 def plan(
     runs: Sequence[Mapping[str, Any]], tasks: Sequence[str], max_length: int, init: str = "scratch",
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None, label_by: str = "finetune",
 ) -> list[tuple[str, str]]:
     """``(ordering, label)`` of every ordering of 2..``max_length`` of ``tasks``: C first, then MC, then AC.
 
     ``runs`` are those of one settings group (:func:`settings_group`). The
-    single-task accuracies are the means over their single-task runs that
+    single-task accuracies (by ``label_by``'s figure) are the means over their single-task runs that
     start from ``init`` with each task's ``overrides``; orderings with a task
     lacking one are labelled ``?`` and come last.
     """
-    singles = _single_means(_distinct_seeds_per_ordering(runs))
+    singles = _single_means(_distinct_seeds_per_ordering(runs), label_by)
     keys = {t: (t, json.dumps((overrides or {}).get(t, {}), sort_keys=True), init) for t in tasks}
     proposals = [
         (",".join(order), curriculum_label([keys[t] for t in order], singles))
@@ -185,8 +208,9 @@ def _fmt(value: float | None, std: float | None = None, signed: bool = False) ->
     return text if std is None else f"{text} +- {std:.4f}"
 
 
-def render(tables: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str) -> str:
-    """The tables as ``markdown``, ``csv`` (a ``group`` column first) or ``json``."""
+def render(tables: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str, label_by: str = "finetune") -> str:
+    """The tables as ``markdown``, ``csv`` (a ``group`` column first) or ``json``; ``label_by`` names the figure
+    of the label, delta and baseline columns in the markdown title."""
     if fmt == "json":
         return json.dumps(tables, indent=2)
     if fmt == "csv":
@@ -199,13 +223,15 @@ def render(tables: Mapping[str, Sequence[Mapping[str, Any]]], fmt: str) -> str:
         return out.getvalue().rstrip("\n")
     lines = []
     for group, rows in tables.items():
-        lines += [f"Downstream {group}: balanced accuracy and AIL, mean +- std over seeds", "",
-                  "| ordering | label | balanced accuracy | delta vs first task | AIL | > ImageNet | > scratch "
-                  "| seeds |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"Downstream {group}: balanced accuracy of the k-NN probe, the linear probe and the fine-tune, "
+                  f"and AIL, mean +- std over seeds; label, delta and baselines by {FIGURE_NAMES[label_by]}", "",
+                  "| ordering | label | k-NN | linear | fine-tune | delta vs first task | AIL | > ImageNet | "
+                  "> scratch | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(
-                f"| {r['ordering']} | {r['label']} | {_fmt(r['balanced_accuracy'], r['std'])} | "
+                f"| {r['ordering']} | {r['label']} | {_fmt(r['knn'], r['knn_std'])} | "
+                f"{_fmt(r['linear'], r['linear_std'])} | {_fmt(r['balanced_accuracy'], r['std'])} | "
                 f"{_fmt(r['delta'], signed=True)} | {_fmt(r['ail'], r['ail_std'])} | {r['beats_imagenet']} | "
                 f"{r['beats_scratch']} | {', '.join(map(str, r['seeds']))} |"
             )

@@ -222,12 +222,13 @@ def test_a_store_goes_through_the_block_loader_with_indices_and_resumes_exactly(
 
 
 def _fake(ordering: str, tasks: list[str], seed: int, accuracy: float, init: str = "scratch",
-          overrides: dict[str, Any] | None = None, run: str = "ssl") -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, run: str = "ssl", knn: float | None = None) -> dict[str, Any]:
     settings = {"backbone": "tiny", "downstream": {"data": "phantom", "init": f"runs/{ordering}", "seed": seed},
                 "tasks": tasks, "init": init, "seed": seed, "overrides": overrides or {}}
+    probes = {} if knn is None else {"knn": {"balanced_accuracy": knn}, "linear": {"balanced_accuracy": knn + 0.1}}
     return {"ordering": ordering, "tasks": tasks, "init": init, "seed": seed, "downstream_task": "phantom-v3-0s",
             "backbone": "tiny", "image_size": 32, "settings": settings, "run": f"{run}-{ordering}-{seed}",
-            "downstream": {"balanced_accuracy": accuracy, "ail": 0.5}}
+            "downstream": {"balanced_accuracy": accuracy, "ail": 0.5} | probes}
 
 
 def test_curriculum_labels_deltas_and_baseline_flags_on_hand_made_results() -> None:
@@ -250,8 +251,26 @@ def test_curriculum_labels_deltas_and_baseline_flags_on_hand_made_results() -> N
     assert (by["b"]["beats_imagenet"], by["b"]["beats_scratch"]) == ("no", "no")
     assert plan(runs, ["a", "b"], 2) == [("b,a", "C"), ("a,b", "AC")]
     text = render(table(runs), "markdown")
-    assert "| a>b | AC | 0.6500 +- 0.0000 | +0.0500 |" in text
+    assert "| a>b | AC | - | - | 0.6500 +- 0.0000 | +0.0500 |" in text  # finished before the probes: none
     assert render(table(runs), "csv").splitlines()[0].startswith("group,ordering,label")
+
+
+def test_labels_by_the_knn_or_linear_probe() -> None:
+    """By fine-tune, a (0.6) > b (0.4), so a>b is AC; by k-NN, a (0.3) < b (0.5), so a>b is C."""
+    runs = [_fake("a", ["a"], 0, 0.6, knn=0.3), _fake("b", ["b"], 0, 0.4, knn=0.5),
+            _fake("a>b", ["a", "b"], 0, 0.65, knn=0.45), _fake("none", [], 0, 0.5, knn=0.4)]
+    by = {r["ordering"]: r for r in table(runs)[next(iter(table(runs)))]}
+    assert by["a>b"]["label"] == "AC" and by["a>b"]["delta"] == pytest.approx(0.05)
+    (rows,) = table(runs, "knn").values()
+    assert [r["ordering"] for r in rows] == ["b", "a>b", "none", "a"]  # best k-NN first
+    by_knn = {r["ordering"]: r for r in rows}
+    assert by_knn["a>b"]["label"] == "C" and by_knn["a>b"]["delta"] == pytest.approx(0.15)
+    assert by_knn["a"]["beats_scratch"] == "no" and by_knn["a>b"]["beats_scratch"] == "yes"
+    assert by_knn["a>b"]["knn"] == pytest.approx(0.45) and by_knn["a>b"]["linear"] == pytest.approx(0.55)
+    assert plan(runs, ["a", "b"], 2, label_by="knn") == [("a,b", "C"), ("b,a", "AC")]
+    text = render(table(runs, "linear"), "markdown", "linear")
+    assert "label, delta and baselines by linear probe" in text
+    assert "| a>b | C | 0.4500 +- 0.0000 | 0.5500 +- 0.0000 | 0.6500 +- 0.0000 | +0.1500 |" in text
 
 
 def test_singles_match_start_and_settings_and_copies_count_once() -> None:
