@@ -2,8 +2,8 @@
 
 A :class:`StepConfig` holds everything a step's result depends on - the
 images, the task and its settings, the backbone, size, schedule, the
-learning-rate choice, the seed, where it starts (``scratch``,
-``imagenet`` or the key of the step before it) and how it ran: bf16 or not,
+learning-rate choice and the monitor that makes it, the seed, where it
+starts (``scratch``, ``imagenet`` or the key of the step before it) and how it ran: bf16 or not,
 the number of processes (views are drawn per process, batch norm and
 SwAV's queue are per process) and, for a synthetic store read in blocks,
 the loader's workers (the block order depends on them) - and :meth:`StepConfig.key`
@@ -44,6 +44,8 @@ class StepConfig:
     bf16: bool
     processes: int
     store_workers: int | None
+    monitor: dict[str, Any] | None = None
+    """The monitor's :class:`ssl.monitor.MonitorConfig` record (``None``: no monitor): it chooses the rate."""
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self) | {"data": list(self.data), "lr_grid": list(self.lr_grid)}))
@@ -80,6 +82,8 @@ class CurriculumConfig:
     momentum: float
     seed: int
     downstream: FinetuneConfig = field(default_factory=FinetuneConfig)
+    monitor: dict[str, Any] | None = None
+    """The steps' monitor (:class:`ssl.monitor.MonitorConfig` record; ``None``: none)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self) | {"tasks": list(self.tasks), "data": list(self.data), "lr_grid": list(self.lr_grid)}

@@ -2,7 +2,8 @@
 
 ``run`` trains the pretext tasks of ``--tasks`` one after another on the
 unlabelled images of ``--data`` (each step from the previous step's
-backbone, its learning rate chosen by short trials), then the downstream
+backbone, its learning rate chosen by short trials, each watched by the
+k-NN monitor of :mod:`ssl.monitor`), then the downstream
 protocol of :mod:`evaluate.finetune` on ``--downstream``, and records a run
 folder (:mod:`ssl.curriculum_run`). Finished steps are shared between runs through
 their keys (:mod:`ssl.step_store`), so orderings with a common prefix train it
@@ -57,6 +58,7 @@ from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import check_run_name, command_line
 from plumbing.runtime import Runtime
 from ssl.curriculum_run import CurriculumRunner, curriculum_cells, read_results, run_name
+from ssl.monitor import MONITOR_IMAGES, Monitor, MonitorConfig
 
 from .config import CurriculumConfig
 from .data import parse_data, unlabelled_images
@@ -65,6 +67,7 @@ from .tasks import get_task, overrides_record, task_names, task_settings
 
 PROG = "python -m ssl.curriculum"
 NONE = "none"
+MONITOR_DOWNSTREAM = "downstream"
 ORDERINGS = ("given", "all", "curriculum")
 FORMATS = ("markdown", "csv", "json")
 STEP_LR_GRID = "0.01,0.03,0.1"
@@ -129,6 +132,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--eval-length", type=int, default=None,
                       help=f"downstream evaluation images ({default_counts(held_out=True)} when not given)")
     down.add_argument("--mode", choices=MODES, default=DOWNSTREAM.mode, help="fine-tune or linear probe")
+    watch = p.add_argument_group("monitor (k-NN of every step's backbone after every epoch; it chooses the rate)")
+    watch.add_argument("--monitor", default=MONITOR_DOWNSTREAM,
+                       help=f"labelled data set whose training images are the k-NN bank and validation images the "
+                            f"queries ({MONITOR_DOWNSTREAM}: the downstream task's; {NONE}: no monitor, the rate by "
+                            "the lowest loss)")
+    watch.add_argument("--monitor-root", default=None, help="its root (else its environment variable)")
+    watch.add_argument("--monitor-images", type=int, default=MONITOR_IMAGES,
+                       help="bank and query images of the monitor, each at most")
     down.add_argument("--downstream-epochs", type=int, default=None, help="epochs (none given: --epochs)")
     down.add_argument("--downstream-lr-grid", default=",".join(f"{v:g}" for v in DOWNSTREAM.lr_grid),
                       help="AdamW learning rates tried; the best validation balanced accuracy wins")
@@ -219,7 +230,10 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.max_length is None or args.max_length >= 1, "--max-length must be at least 1"),
         ((args.length is None or args.length >= 1) and (args.eval_length is None or args.eval_length >= 1),
          "--length and --eval-length must be at least 1"),
+        (args.monitor_images >= 2, "--monitor-images must be at least 2"),
     ])
+    if args.monitor not in (MONITOR_DOWNSTREAM, NONE):
+        get_spec(args.monitor, option="--monitor")
     get_spec(args.downstream, option="--downstream")
     if args.downstream_eval is not None:
         get_spec(args.downstream_eval, option="--downstream-eval")
@@ -257,6 +271,7 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 lr_grid=parse_lr_grid(args.lr_grid), lr_trial_epochs=args.lr_trial_epochs,
                 weight_decay=args.weight_decay, momentum=args.momentum)
+    monitor = _monitor(args)
     configs = []
     for seed in parse_seeds(args.seeds):
         for order in wanted:
@@ -270,11 +285,23 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 lr_grid=lr_grid, lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )
             recorded = {t: overrides_record(t, overrides[t]) for t in order if t in overrides}
-            cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded, **base)
+            cfg = CurriculumConfig(tasks=order, seed=seed, downstream=downstream, overrides=recorded,
+                                   monitor=None if monitor is None else monitor.to_dict(), **base)
             name = check_run_name(run_name(cfg, prefix), "--prefix")
             start = str(args.runs_dir / name / BACKBONE_FILE)  # the run's own backbone file
             configs.append((name, dataclasses.replace(cfg, downstream=dataclasses.replace(downstream, init=start))))
     return configs
+
+
+def _monitor(args: argparse.Namespace) -> MonitorConfig | None:
+    """The monitor of ``--monitor`` (the downstream task's images by default; ``None`` for ``none``)."""
+    if args.monitor == NONE:
+        return None
+    name, root = (args.downstream, args.downstream_root) if args.monitor == MONITOR_DOWNSTREAM else (
+        args.monitor, args.monitor_root)
+    findings = get_spec(name).schema is not None
+    return MonitorConfig(name, root, args.version if findings else None, args.setting if findings else None,
+                         args.monitor_images)
 
 
 def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
@@ -317,7 +344,7 @@ def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfi
     cells = check_cells(curriculum_cells(configs, images, runtime))
     print_on_main(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}")
-    runner = CurriculumRunner(images, channels, runtime, command)
+    runner = CurriculumRunner(images, channels, runtime, command, _build_monitor(first, channels))
     report = run_here(cells, runner, runner.skipped)
     if args.orderings == "curriculum":  # a run ends at a barrier: every process reads the singles' results
         done = {name for name, _ in configs}
@@ -325,6 +352,19 @@ def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfi
         report = report.add(run_here(check_cells(curriculum_cells(later, images, runtime)), runner, runner.skipped))
     report.raise_if_failed()
     return 0
+
+
+def _build_monitor(cfg: CurriculumConfig, channels: int) -> Monitor | None:
+    """The monitor of ``cfg``'s steps at their image size (its data checked: labelled, the images' channels)."""
+    if cfg.monitor is None:
+        return None
+    monitor_cfg = MonitorConfig(**cfg.monitor)
+    if get_spec(monitor_cfg.data).channels != channels:
+        raise UserError(f"--monitor {monitor_cfg.data} has {get_spec(monitor_cfg.data).channels}-channel images, the "
+                        f"pretext images {channels}-channel ones; one backbone cannot take both")
+    monitor = Monitor(monitor_cfg, cfg.image_size)
+    print_on_main(f"monitor: k-NN balanced accuracy on {monitor_cfg.describe()}")
+    return monitor
 
 
 def _runs(args: argparse.Namespace) -> int:

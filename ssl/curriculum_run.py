@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from plumbing.training import checkpoints
 from ssl.step_store import TRAINED_BY, finished_step, step_cell, step_folder, train_step
 
 from .config import CurriculumConfig, StepConfig
+from .monitor import Monitor
 from .tasks import settings_record
 from .trainer import PretextData
 
@@ -92,7 +93,7 @@ def step_configs(cfg: CurriculumConfig, bf16: bool, store_workers: int | None) -
             backbone=cfg.backbone, image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
             lr=cfg.lr, lr_grid=cfg.lr_grid, lr_trial_epochs=cfg.lr_trial_epochs, weight_decay=cfg.weight_decay,
             momentum=cfg.momentum, seed=cfg.seed, start=start, bf16=bf16, processes=idist.get_world_size(),
-            store_workers=store_workers,
+            store_workers=store_workers, monitor=cfg.monitor,
         )
         steps.append(step)
         start = f"step:{step.key()}"
@@ -156,13 +157,22 @@ def _probe_data(cfg: CurriculumConfig) -> TaskData:
     return task_data(replace(train, augment=False), evaluation, d.image_size, d.seed)
 
 
-def probe_file(path: Path, cfg: CurriculumConfig, data: TaskData, channels: int, runtime: Runtime) -> dict[str, Any]:
-    """The k-NN and linear probes (:mod:`evaluate.protocol.probes`) of the backbone file ``path`` on ``data``."""
+def probe_file(path: Path, cfg: CurriculumConfig, data: TaskData, channels: int, runtime: Runtime,
+               cache: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The k-NN and linear probes (:mod:`evaluate.protocol.probes`) of the backbone file ``path`` on ``data``;
+    ``cache`` keeps them by file and downstream task, so a step two runs share is probed once per command."""
+    task = {k: v for k, v in cfg.downstream.to_dict().items() if k != "init"}  # init: the run's own file
+    key = json.dumps({"file": str(path), "downstream": task}, sort_keys=True)
+    if cache is not None and key in cache:
+        return cache[key]
     backbone = build_backbone(cfg.backbone, channels)
     load_backbone_weights(backbone, path)
     backbone.to(runtime.device, memory_format=memory_layout(runtime.device))
-    return probe_backbone(backbone, data, seed=cfg.downstream.seed, batch_size=cfg.downstream.batch_size,
-                          workers=runtime.workers, device=runtime.device, amp=runtime.bf16)
+    probes = probe_backbone(backbone, data, seed=cfg.downstream.seed, batch_size=cfg.downstream.batch_size,
+                            workers=runtime.workers, device=runtime.device, amp=runtime.bf16)
+    if cache is not None:
+        cache[key] = probes
+    return probes
 
 
 def _downstream(cfg: CurriculumConfig, folder: Path, runtime: Runtime, command: str) -> dict[str, Any]:
@@ -205,19 +215,24 @@ def curriculum_cells(
 
 @dataclass
 class CurriculumRunner:
-    """Runs the cells of :func:`curriculum_cells` here: a step trains on ``images``; a run, its steps finished,
-    exports its backbone and trains the downstream protocol."""
+    """Runs the cells of :func:`curriculum_cells` here: a step trains on ``images`` (watched by ``monitor``, built
+    from the steps' ``monitor`` record); a run, its steps finished, exports its backbone and trains the
+    downstream protocol."""
 
     images: Any
     channels: int
     runtime: Runtime
     command: str
+    monitor: Monitor | None = None
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The probes of the backbone files probed so far (:func:`probe_file`'s cache)."""
 
     def __call__(self, cell: Cell[CurriculumConfig | StepConfig], status: Status) -> None:
         if isinstance(cell.work, StepConfig):
-            train_step(cell.work, PretextData(self.images, self.channels), self.runtime, self.command)
+            data = PretextData(self.images, self.channels, monitor=self.monitor)
+            train_step(cell.work, data, self.runtime, self.command)
         else:
-            finish_run(cell.work, cell.folder, cell.needs, self.channels, self.runtime, self.command)
+            finish_run(cell.work, cell.folder, cell.needs, self.channels, self.runtime, self.command, self.probes)
 
     @staticmethod
     def skipped(cell: Cell[CurriculumConfig | StepConfig]) -> str:
@@ -228,7 +243,7 @@ class CurriculumRunner:
 
 
 def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], channels: int, runtime: Runtime,
-               command: str) -> None:
+               command: str, probe_cache: dict[str, dict[str, Any]] | None = None) -> None:
     """Record the run (``config.json``: its command, or a resume command when the run started before), export
     its start backbone from its finished steps ``step_keys``, train the downstream protocol and write
     ``results.json``."""
@@ -248,11 +263,11 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
     _export_start(cfg, channels, folder, runtime.runs_dir, steps, command)
     idist.barrier()
     data = _probe_data(cfg)
-    probes = [probe_file(step_folder(runtime.runs_dir, s["key"]) / BACKBONE_FILE, cfg, data, channels, runtime)
-              for s in steps]
+    probes = [probe_file(step_folder(runtime.runs_dir, s["key"]) / BACKBONE_FILE, cfg, data, channels, runtime,
+                         probe_cache) for s in steps]
     final = probes[-1] if probes else probe_file(folder / BACKBONE_FILE, cfg, data, channels, runtime)
     downstream = _downstream(cfg, folder, runtime, command) | final
-    recorded = ("key", "task", "lr", "epoch_losses")
+    recorded = ("key", "task", "lr", "epoch_losses", "knn_start", "epoch_knn")
     results = {
         "ordering": cfg.label(), "tasks": list(cfg.tasks), "init": cfg.init, "seed": cfg.seed,
         "downstream_task": downstream_label(cfg), "backbone": cfg.backbone, "image_size": cfg.image_size,

@@ -6,7 +6,8 @@ settings, the schedule, the learning-rate choice, the seed and the key of the
 step before it): ``config.json`` (the step's configuration and the command),
 its checkpoints and ``tb/``, and once finished (the checkpoints removed)
 ``backbone.safetensors`` (the shared model-file format) and ``step.json`` (the chosen learning rate with
-every trial's score, the mean loss of every epoch). A step is a cell of the
+every trial's score, the mean loss of every epoch and, with a monitor, its k-NN balanced accuracy of the start
+and after every epoch: ``knn_start``, ``epoch_knn``). A step is a cell of the
 curricula's grid (:func:`step_cell`, :mod:`plumbing.grid`): a finished step
 is reused as it is, an interrupted one resumes from its last checkpoint (its
 learning-rate trials are not run again; :func:`train_step`) and a new one
@@ -90,7 +91,8 @@ def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: st
     data = replace(data, start=start)
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
     if run.checkpoint is not None:
-        choice = resumed_choice(run.checkpoint["run"]["lr_choice"], maximise=False)
+        saved = run.checkpoint["run"]["lr_choice"]
+        choice = resumed_choice(saved, maximise=saved.get("best") == "highest")
         print_on_main(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}")
     else:
         choice = choose_step_lr(cfg, data, runtime)
@@ -103,7 +105,7 @@ def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: st
     result = {
         "key": key, "task": cfg.task, "start": cfg.start, "lr": trainer.state.lr_choice,
         "epoch_losses": trainer.state.epoch_losses, "images": len(data.images),
-    }
+    } | trainer.state.monitored()
     if is_main_process():
         images = f"{', '.join(cfg.data)} ({len(data.images)} unlabelled images)"
         described = {"command": command} | record | {"init_provenance": provenance, "data_description": images}

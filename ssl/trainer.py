@@ -12,9 +12,12 @@ r)``, so a resumed step draws what the uninterrupted one would have.
 :func:`fit_step` trains for a number of epochs with the shared skeleton
 (:class:`plumbing.engine.StepRunner`): the shared handlers (NaN guard,
 checkpoints every epoch, progress bar, TensorBoard) for the full step, a
-bare engine that stops at a non-finite loss for an LR trial. Its score is
-the mean loss of its last epoch. :func:`choose_step_lr` runs the trials of
-the grid and keeps the lowest (:func:`plumbing.lr_selection.choose_lr`).
+bare engine that stops at a non-finite loss for an LR trial. With a
+monitor (:mod:`ssl.monitor`) it scores the start's k-NN balanced accuracy
+before training and the backbone's after every epoch. A trial's score is
+the monitor's last value (highest kept) or, without a monitor, the mean loss
+of its last epoch (lowest kept); :func:`choose_step_lr` runs the trials of
+the grid (:func:`plumbing.lr_selection.choose_lr`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from torch.utils.data import Dataset
 
 from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
 from models.backbones import Backbone, build_backbone
-from plumbing.distributed import average_gradients, mean_values_over_ranks, rank
+from plumbing.distributed import average_gradients, mean_values_over_ranks, print_on_main, rank
 from plumbing.engine import StepRunner
 from plumbing.lr_schedules import cosine_decay
 from plumbing.lr_selection import LrChoice, choose_lr
@@ -40,9 +43,11 @@ from plumbing.seeding import derive_seed, generator
 from plumbing.training import Progress, restore
 
 from .config import StepConfig
+from .monitor import Monitor
 from .tasks import PretextTask, TaskContext, get_task, task_settings
 
 CRITERION = "mean loss of the last epoch"
+MONITOR_CRITERION = "monitor k-NN balanced accuracy after the last epoch"
 
 
 @dataclass
@@ -51,11 +56,20 @@ class StepState(Progress):
 
     lr_choice: dict[str, Any] = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
+    knn_start: float | None = None
+    """The monitor's k-NN balanced accuracy of the start (``None`` without a monitor)."""
+    epoch_knn: list[float] = field(default_factory=list)
+    """The monitor's k-NN balanced accuracy after every epoch."""
+
+    def monitored(self) -> dict[str, Any]:
+        """The monitor's values for ``step.json`` (nothing without a monitor)."""
+        return {} if self.knn_start is None else {"knn_start": self.knn_start, "epoch_knn": self.epoch_knn}
 
 
 @dataclass(frozen=True)
 class PretextData:
-    """What a step trains on besides its configuration: the unlabelled images and the start backbone's weights.
+    """What a step trains on besides its configuration: the unlabelled images, the start backbone's weights and
+    the monitor (``None``: none; built once for every step of a command, as the step's ``monitor`` says).
 
     ``start`` (``None``: the seeded random initialisation) is filled in by :func:`ssl.step_store.train_step`.
     """
@@ -63,6 +77,7 @@ class PretextData:
     images: Dataset
     channels: int
     start: dict[str, torch.Tensor] | None = None
+    monitor: Monitor | None = None
 
 
 def build_task(cfg: StepConfig, data: PretextData) -> PretextTask:
@@ -124,6 +139,8 @@ class PretextTrainer:
         self.task.after_step()
         out = mean_values_over_ranks(logs | {"lr": self.schedule.get_last_lr()[0]})
         self.epoch_losses.append(out["loss"])
+        if self.state.knn_start is not None:  # the latest monitor value: progress bar and TensorBoard
+            out["monitor_knn"] = self.state.epoch_knn[-1] if self.state.epoch_knn else self.state.knn_start
         return out
 
 
@@ -143,9 +160,14 @@ def fit_step(
     task = build_task(cfg, data)
     steps = steps_per_epoch(data.images, cfg.batch_size, runtime.workers)
     trainer = PretextTrainer(task, cfg, lr, steps * epochs, runtime.device, runtime.bf16)
+    monitor = data.monitor
     if checkpoint is not None:
         restore(trainer.objects(), checkpoint)
     else:
+        if monitor is not None:
+            trainer.state.knn_start = monitor.knn(trainer.backbone, runtime, cfg.batch_size)
+            if run_dir is not None:
+                print_on_main(f"{cfg.task}: monitor k-NN balanced accuracy of the start {trainer.state.knn_start:.4f}")
         task.initialise(_all_images(data, cfg.batch_size, runtime.device))
         trainer.state.lr_choice = lr_choice.to_dict() if lr_choice is not None else {}
     trainer.state.config = dict(record or {})
@@ -155,7 +177,17 @@ def fit_step(
     checkpoint_position(batches, to_save, checkpoint)
     runner = StepRunner(trainer.step, trainer.state, total=steps * epochs, epoch_length=steps)
     runner.at_epoch_start(trainer.start_epoch)
-    runner.every(steps, lambda _: trainer.end_epoch())  # before the checkpoint of the same iteration
+
+    def end_epoch(_: int) -> None:  # before the checkpoint of the same iteration
+        trainer.end_epoch()
+        if monitor is None:
+            return
+        trainer.state.epoch_knn.append(monitor.knn(trainer.backbone, runtime, cfg.batch_size))
+        if run_dir is not None:
+            print_on_main(f"{cfg.task} epoch {len(trainer.state.epoch_knn)}/{epochs}: mean loss "
+                          f"{trainer.state.epoch_losses[-1]:.4f}, monitor k-NN {trainer.state.epoch_knn[-1]:.4f}")
+
+    runner.every(steps, end_epoch)
     if run_dir is not None:
         runner.train(batches, run_dir=run_dir, to_save=to_save, checkpoint_every=steps, progress=runtime.progress)
     else:
@@ -165,11 +197,16 @@ def fit_step(
 
 
 def choose_step_lr(cfg: StepConfig, data: PretextData, runtime: Runtime) -> LrChoice:
-    """The step's learning rate: ``cfg.lr``, or the grid's trial with the lowest last-epoch mean loss."""
+    """The step's learning rate: ``cfg.lr``, or the grid's trial whose backbone the monitor scores highest after
+    its last epoch, or without a monitor the trial with the lowest last-epoch mean loss (a diverged trial is the
+    worst either way)."""
+    monitored = data.monitor is not None
 
     def trial(lr: float) -> float:
-        losses = fit_step(cfg, data, runtime, lr, cfg.lr_trial_epochs).state.epoch_losses
-        return losses[-1] if losses else math.inf
+        state = fit_step(cfg, data, runtime, lr, cfg.lr_trial_epochs).state
+        if not state.epoch_losses or not math.isfinite(state.epoch_losses[-1]):
+            return -math.inf if monitored else math.inf
+        return state.epoch_knn[-1] if monitored else state.epoch_losses[-1]
 
-    return choose_lr(cfg.lr, cfg.lr_grid, trial, criterion=CRITERION, maximise=False,
-                     trial_epochs=cfg.lr_trial_epochs, label=f"{cfg.task} ")
+    return choose_lr(cfg.lr, cfg.lr_grid, trial, criterion=MONITOR_CRITERION if monitored else CRITERION,
+                     maximise=monitored, trial_epochs=cfg.lr_trial_epochs, label=f"{cfg.task} ")

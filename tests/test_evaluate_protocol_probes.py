@@ -9,6 +9,7 @@ import torch
 
 from evaluate.protocol.probes import (
     Features,
+    class_balanced,
     fit_linear_probe,
     knn_probe,
     knn_scores,
@@ -40,6 +41,21 @@ def test_knn_scores_are_chunked_without_changing_them() -> None:
     bank, queries = torch.randn(50, 8, generator=generator), torch.randn(23, 8, generator=generator)
     labels = torch.randint(0, 3, (50,), generator=generator)
     torch.testing.assert_close(knn_scores(bank, labels, queries, 3, chunk=5), knn_scores(bank, labels, queries, 3))
+
+
+def test_class_balanced_votes_let_a_rare_class_win_where_its_neighbours_are_denser() -> None:
+    """A bank of 18 negatives around (1, 0) and 2 positives at (0, 1); a query at (0.2, 1) has both positives
+    among its 20 neighbours but also every negative: the plain vote calls it negative, the balanced one positive."""
+    bank = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(18, 1), torch.tensor([[0.0, 1.0]]).repeat(2, 1)])
+    labels = torch.tensor([0] * 18 + [1] * 2)
+    query = Features(torch.tensor([[0.2, 1.0]]), torch.tensor([1]))
+    plain = knn_scores(bank, labels, query.features, 2, temperature=1.0)
+    assert plain[0, 0] > plain[0, 1]
+    torch.testing.assert_close(class_balanced(plain, labels), plain / torch.tensor([0.9, 0.1]))
+    assert class_balanced(plain, labels)[0, 1] > class_balanced(plain, labels)[0, 0]
+    assert knn_probe(Features(bank, labels), query, CLASSES)["recall"]["b"] == 1.0
+    absent = class_balanced(torch.ones(1, 3), torch.tensor([0, 0, 1]))  # class 2 is not in the bank
+    torch.testing.assert_close(absent, torch.tensor([[1.5, 3.0, 0.0]]))
 
 
 def _blobs(n: int, seed: int, shift: float = 3.0) -> Features:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -26,10 +27,11 @@ from ssl import step_store
 from ssl.config import StepConfig
 from ssl.curriculum import main
 from ssl.data import parse_data, unlabelled_images
+from ssl.monitor import Monitor, MonitorConfig
 from ssl.step_store import STEPS_DIR
 from ssl.table import curriculum_label, plan, render, table
 from ssl.tasks import task_names
-from ssl.trainer import PretextData, PretextTrainer, build_task, fit_step
+from ssl.trainer import CRITERION, MONITOR_CRITERION, PretextData, PretextTrainer, build_task, choose_step_lr, fit_step
 from tests.launch import torchrun
 from tests.test_synthetic_store import write_store
 
@@ -42,7 +44,8 @@ SMALL = {  # settings that keep every task fast on 32 px and 64 images
 }
 COMMON = ["--data", "phantom", "--max-images", "64", "--downstream", "phantom", "--version", "3", "--setting", "0s",
           "--length", "96", "--eval-length", "48", "--backbone", "tiny", "--image-size", "32", "--epochs", "1",
-          "--batch-size", "16", "--lr", "0.05", "--downstream-lr-grid", "0.001", "--device", "cpu", "--no-progress"]
+          "--batch-size", "16", "--lr", "0.05", "--downstream-lr-grid", "0.001", "--monitor-images", "32",
+          "--device", "cpu", "--no-progress"]
 
 
 def _run(runs: Path, *args: str) -> None:
@@ -118,6 +121,41 @@ def test_a_curriculum_chains_its_steps_exports_backbones_and_records_the_run(tmp
     assert 0 <= down["balanced_accuracy"] <= 1 and set(down["recall"]) == set(down["classes"])
     assert down["ail"] is not None and (run / "downstream" / "attention.png").is_file()
     assert down["lr"]["lr"] == 0.001 and results["ordering"] == "rotation>moco"
+    # the probes of every step's backbone, the run's equal to its last step's; the monitor's values per epoch
+    assert down["knn"] == second["probes"]["knn"] and down["linear"] == second["probes"]["linear"]
+    assert 0 <= first["probes"]["knn"]["balanced_accuracy"] <= 1 and first["probes"]["linear"]["lr"] in (0.1, 0.01,
+                                                                                                         0.001)
+    for step in (first, second):
+        assert 0 <= step["knn_start"] <= 1 and len(step["epoch_knn"]) == 1
+        stored = json.loads((tmp_path / STEPS_DIR / step["key"] / "step.json").read_text())
+        assert (stored["knn_start"], stored["epoch_knn"]) == (step["knn_start"], step["epoch_knn"])
+
+
+def test_the_monitor_scores_every_epoch_and_chooses_the_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = dataclasses.replace(_step("rotation", epochs=2), lr=None, lr_grid=(0.05, 1e-6), monitor={})
+    monitor = Monitor(MonitorConfig("phantom", None, 3, "0s", 32), 32)
+    data = dataclasses.replace(_data(), monitor=monitor)
+    choice = choose_step_lr(cfg, data, CPU)
+    assert choice.criterion == MONITOR_CRITERION and choice.maximise
+    assert choice.lr == max(choice.trials, key=lambda t: t.score).lr and len(choice.trials) == 2
+    state = fit_step(cfg, data, CPU, 0.05, 2).state
+    assert state.knn_start is not None and len(state.epoch_knn) == 2
+    assert state.monitored() == {"knn_start": state.knn_start, "epoch_knn": state.epoch_knn}
+    assert state.knn_start == monitor.knn(build_task(cfg, _data()).backbone, CPU, 16)  # the seeded start's
+    trainer = PretextTrainer(build_task(cfg, data), cfg, 0.05, 4, CPU.device, False)
+    trainer.state.knn_start = 0.5
+    assert trainer.step(next(iter(torch.utils.data.DataLoader(data.images, batch_size=16))))["monitor_knn"] == 0.5
+    assert fit_step(cfg, _data(), CPU, 0.05, 1).state.monitored() == {}  # no monitor, nothing recorded
+
+
+def test_without_a_monitor_the_lowest_loss_chooses_the_rate(tmp_path: Path) -> None:
+    at = COMMON.index("--lr")
+    _run(tmp_path, *COMMON[:at], *COMMON[at + 2:], "--tasks", "rotation", "--lr-grid", "0.05,0.01", "--monitor",
+         "none")
+    (key,) = _steps(tmp_path)
+    step = json.loads((tmp_path / STEPS_DIR / key / "step.json").read_text())
+    assert step["lr"]["criterion"] == CRITERION and step["lr"]["best"] == "lowest" and len(step["lr"]["trials"]) == 2
+    assert "knn_start" not in step and "epoch_knn" not in step
 
 
 def test_a_shared_prefix_is_reused_and_a_changed_setting_is_not(

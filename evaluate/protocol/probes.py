@@ -8,8 +8,10 @@ gathered so that every rank holds all of them):
 * **weighted k-NN** (Wu et al. 2018, InstDisc; solo-learn's online probe):
   the training images are the bank, every evaluation image votes with its
   ``k`` nearest bank images by cosine similarity, each vote weighted by
-  ``exp(s / T)`` (:func:`knn_scores`; ``k = 20``, ``T = 0.07``). No choice
-  is made, so the validation images are not used.
+  ``exp(s / T)`` (:func:`knn_scores`; ``k = 20``, ``T = 0.07``), and each
+  class's votes divided by its share of the bank (:func:`class_balanced`:
+  radiograph labels are far from balanced). No choice is made, so the
+  validation images are not used.
 * **linear probe**: a logistic regression on the standardised features
   (:func:`fit_linear_probe`), one per learning rate of a small grid; the
   rate whose probe has the highest balanced accuracy on the validation
@@ -169,12 +171,28 @@ def linear_probe(
 
 
 def knn_probe(train: Features, evaluation: Features, classes: Sequence[str]) -> dict[str, Any]:
-    """The weighted k-NN of ``evaluation`` against the ``train`` bank, scored on its vote shares (``log`` of
-    them as logits, so the AUROC ranks images by the share of their class)."""
-    scores = knn_scores(train.features, train.labels, evaluation.features, len(classes))
+    """The weighted k-NN of ``evaluation`` against the ``train`` bank, each class's score divided by its share
+    of the bank (:func:`class_balanced`), scored on the resulting vote shares (``log`` of them as logits, so the
+    AUROC ranks images by the share of their class)."""
+    scores = class_balanced(knn_scores(train.features, train.labels, evaluation.features, len(classes)), train.labels)
     shares = scores / scores.sum(dim=1, keepdim=True).clamp(min=1e-30)
     return scores_report(shares.clamp(min=1e-30).log(), evaluation.labels, classes) | {
         "k": KNN_K, "temperature": KNN_TEMPERATURE}
+
+
+def class_balanced(scores: torch.Tensor, bank_labels: torch.Tensor) -> torch.Tensor:
+    """``score_ic / pi_c`` with ``pi_c`` the share of class ``c`` in the bank (classes absent from it keep 0).
+
+    InstDisc's vote assumes classes as balanced as ImageNet's; on a bank of
+    radiographs that are 90% "No Finding" the majority wins nearly every
+    vote by its numbers alone and the balanced accuracy sits at chance
+    (measured: 0.25 of 4 classes, every image called "No Finding"). Dividing
+    by the prior makes the vote a likelihood ratio, as balanced accuracy
+    weighs every class alike.
+    """
+    counts = torch.bincount(bank_labels.long(), minlength=scores.shape[1]).to(scores.dtype)
+    share = counts / counts.sum().clamp(min=1)
+    return torch.where(share > 0, scores / share.clamp(min=1e-30), torch.zeros_like(scores))
 
 
 def probe_subset(dataset: Dataset, seed: int, limit: int = PROBE_TRAIN_IMAGES) -> Dataset:

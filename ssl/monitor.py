@@ -1,0 +1,72 @@
+"""The online monitor of a pretext step: the k-NN balanced accuracy of its backbone on labelled images.
+
+A pretext loss says little about what a backbone learnt (MoCo's loss can
+rise while its features improve, ODC's can sit at ``ln(clusters)`` while
+nothing is learnt), so solo-learn and lightly watch a k-NN probe while they
+pre-train. Here, with a labelled data set at hand (``--monitor``, by
+default the downstream task's), :class:`Monitor` scores the backbone with
+the weighted k-NN of :mod:`evaluate.protocol.probes`: its training images
+(a seeded subset of at most :attr:`MonitorConfig.images`) are the bank and
+its validation images (as many at most) the queries, the same images for
+every step and seed (drawn with seed 0). A step scores its start before it
+trains and its backbone after every epoch (:func:`ssl.trainer.fit_step`):
+the values go to ``step.json`` (``knn_start``, ``epoch_knn``), a line per
+epoch, the progress bar and TensorBoard (``train/monitor_knn``), and the
+learning-rate trials keep the rate whose backbone scores highest instead of
+the one with the lowest loss. Cost: one forward pass over ``2 x images``
+images per epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from evaluate.protocol.probes import collect_features, knn_probe, probe_subset
+from evaluate.protocol.task_data import DataChoice, task_classes, training_sets
+from plumbing.runtime import Runtime
+
+MONITOR_IMAGES = 500
+"""Bank and query images of the monitor (each at most)."""
+MONITOR_SEED = 0
+"""The seed of the monitor's validation split and subsets: the same images for every step and run."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Which labelled images the monitor reads (part of a step's configuration: it chooses the learning rate)."""
+
+    data: str
+    root: str | None
+    version: int | None
+    setting: str | None
+    images: int = MONITOR_IMAGES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        task = "" if self.version is None else f" v{self.version}-{self.setting}"
+        return f"{self.data}{task} ({self.images} + {self.images} images at most)"
+
+
+class Monitor:
+    """The monitor's bank and queries at one image size (module docstring); :meth:`knn` scores a backbone."""
+
+    def __init__(self, cfg: MonitorConfig, image_size: int) -> None:
+        choice = DataChoice(cfg.data, cfg.root, cfg.version, cfg.setting, None)
+        train, validation = training_sets(choice, image_size, MONITOR_SEED)
+        self.cfg = cfg
+        self.classes = task_classes(choice)
+        self.bank = probe_subset(train, MONITOR_SEED, cfg.images)
+        self.queries = probe_subset(validation, MONITOR_SEED, cfg.images)
+
+    def knn(self, backbone: nn.Module, runtime: Runtime, batch_size: int) -> float:
+        """The weighted k-NN balanced accuracy of ``backbone`` on the queries against the bank (every rank
+        takes part and gets the same value); the backbone is left in eval mode."""
+        kwargs = {"batch_size": batch_size, "workers": 0, "device": runtime.device, "amp": runtime.bf16}
+        bank = collect_features(backbone, self.bank, **kwargs)
+        queries = collect_features(backbone, self.queries, **kwargs)
+        return float(knn_probe(bank, queries, self.classes)["balanced_accuracy"])
