@@ -65,7 +65,7 @@ def bench_task(
                      image_size=image_size, epochs=1, batch_size=batch_size, lr=LR, lr_grid=(LR,), lr_trial_epochs=1,
                      weight_decay=1e-4, momentum=0.9, seed=0, start="scratch", bf16=amp, processes=1,
                      store_workers=workers)
-    trainer = PretextTrainer(build_task(cfg, PretextData(images, channels)), cfg, LR, 10**6, device, amp)
+    trainer = PretextTrainer(build_task(cfg, PretextData(images, channels), 10**6), cfg, LR, 10**6, device, amp)
     trainer.task.start_epoch(1)  # past SwAV's first epoch, whose prototypes stay frozen
     stream = iter(training_batches(images, batch_size, 0, 0, workers, device))
     first = next(stream)

@@ -80,13 +80,14 @@ class PretextData:
     monitor: Monitor | None = None
 
 
-def build_task(cfg: StepConfig, data: PretextData) -> PretextTask:
-    """The step's task on a backbone seeded by the step's seed and loaded with the start weights."""
+def build_task(cfg: StepConfig, data: PretextData, total_steps: int) -> PretextTask:
+    """The step's task on a backbone seeded by the step's seed and loaded with the start weights, for a run of
+    ``total_steps`` optimiser steps."""
     torch.manual_seed(derive_seed(cfg.seed, "pretext", cfg.task))
     backbone = build_backbone(cfg.backbone, data.channels)
     if data.start is not None:
         backbone.load_state_dict(data.start)
-    context = TaskContext(cfg.image_size, len(data.images), cfg.batch_size, cfg.seed)
+    context = TaskContext(cfg.image_size, len(data.images), cfg.batch_size, cfg.seed, total_steps)
     return get_task(cfg.task).task(backbone, task_settings(cfg.task, cfg.settings), context)
 
 
@@ -157,8 +158,8 @@ def fit_step(
     checkpoint: dict[str, Any] | None = None,
 ) -> PretextTrainer:
     """Train ``epochs`` at ``lr``: the full step into ``run_dir`` (resumed from ``checkpoint``) or a trial."""
-    task = build_task(cfg, data)
     steps = steps_per_epoch(data.images, cfg.batch_size, runtime.workers)
+    task = build_task(cfg, data, steps * epochs)
     trainer = PretextTrainer(task, cfg, lr, steps * epochs, runtime.device, runtime.bf16)
     monitor = data.monitor
     if checkpoint is not None:

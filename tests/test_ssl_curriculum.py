@@ -86,7 +86,7 @@ def _steps(runs: Path) -> list[str]:
 @pytest.mark.parametrize("task", task_names())
 def test_every_registered_task_runs_one_step(task: str) -> None:
     data = _data()
-    trainer = PretextTrainer(build_task(_step(task), data), _step(task), 0.05, 4, CPU.device, False)
+    trainer = PretextTrainer(build_task(_step(task), data, 4), _step(task), 0.05, 4, CPU.device, False)
     if task == "odc":
         trainer.task.initialise((b["image"], torch.as_tensor(b["index"])) for b in
                                 torch.utils.data.DataLoader(data.images, batch_size=16))
@@ -141,8 +141,8 @@ def test_the_monitor_scores_every_epoch_and_chooses_the_rate(capsys: pytest.Capt
     state = fit_step(cfg, data, CPU, 0.05, 2).state
     assert state.knn_start is not None and len(state.epoch_knn) == 2
     assert state.monitored() == {"knn_start": state.knn_start, "epoch_knn": state.epoch_knn}
-    assert state.knn_start == monitor.knn(build_task(cfg, _data()).backbone, CPU, 16)  # the seeded start's
-    trainer = PretextTrainer(build_task(cfg, data), cfg, 0.05, 4, CPU.device, False)
+    assert state.knn_start == monitor.knn(build_task(cfg, _data(), 8).backbone, CPU, 16)  # the seeded start's
+    trainer = PretextTrainer(build_task(cfg, data, 4), cfg, 0.05, 4, CPU.device, False)
     trainer.state.knn_start = 0.5
     assert trainer.step(next(iter(torch.utils.data.DataLoader(data.images, batch_size=16))))["monitor_knn"] == 0.5
     assert fit_step(cfg, _data(), CPU, 0.05, 1).state.monitored() == {}  # no monitor, nothing recorded

@@ -36,7 +36,7 @@ SETTINGS = OdcSettings(feature_dim=32, hidden_dim=64, images_per_cluster=8, kmea
 
 
 def context(n: int = N) -> TaskContext:
-    return TaskContext(image_size=SIZE, num_images=n, batch_size=16, seed=0)
+    return TaskContext(image_size=SIZE, num_images=n, batch_size=16, seed=0, total_steps=100)
 
 
 def make_task(settings: OdcSettings = SETTINGS, n: int = N) -> Odc:

@@ -27,7 +27,7 @@ BATCH = 4
 
 def make_task(settings: SwavSettings = SETTINGS, seed: int = 0) -> Swav:
     torch.manual_seed(seed)
-    return Swav(build_backbone("tiny", 1), settings, TaskContext(32, 64, BATCH, 0))
+    return Swav(build_backbone("tiny", 1), settings, TaskContext(32, 64, BATCH, 0, 100))
 
 
 def views(seed: int = 0) -> torch.Generator:
@@ -196,8 +196,8 @@ def test_queue_fills_from_its_epoch_and_is_used_once_full(
 
 def test_queue_holds_at_most_the_data_set() -> None:
     settings = SwavSettings(prototypes=8, feature_dim=16, hidden_dim=32, queue_length=3840)
-    small = Swav(build_backbone("tiny", 1), settings, TaskContext(32, 64, BATCH, 0))
-    large = Swav(build_backbone("tiny", 1), settings, TaskContext(32, 10_000, BATCH, 0))
+    small = Swav(build_backbone("tiny", 1), settings, TaskContext(32, 64, BATCH, 0, 100))
+    large = Swav(build_backbone("tiny", 1), settings, TaskContext(32, 10_000, BATCH, 0, 100))
     assert small.queue_capacity() == 64 and large.queue_capacity() == 3840
 
 

@@ -40,12 +40,14 @@ from plumbing.errors import UserError
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a task knows of its run: the image size, the number of images, the global batch and the step's seed."""
+    """What a task knows of its run: the image size, the number of images, the global batch, the step's seed and
+    how many optimiser steps the run takes (a schedule spans them)."""
 
     image_size: int
     num_images: int
     batch_size: int
     seed: int
+    total_steps: int
 
 
 def in_unit_interval(settings: Any, *names: str) -> dict[str, bool]:

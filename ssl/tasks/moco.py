@@ -6,9 +6,25 @@ probability ``grayscale_p``, Gaussian blur with probability ``blur_p``, a
 mirror for RGB only). The query ``q`` is the L2-normalised output of the
 backbone and the MLP head ``D -> D -> ReLU -> feature_dim``; the key ``k`` that of
 a *key encoder*, a copy of both that is not trained by gradients but follows
-them by ``theta_k <- m theta_k + (1 - m) theta_q`` (``m`` = ``momentum``)
-before each step. The loss is :func:`ssl.losses.info_nce` of ``q``, ``k`` and
-the queue; then the keys of the global batch replace the oldest queue entries.
+them by ``theta_k <- m_t theta_k + (1 - m_t) theta_q`` before step ``t``
+(:func:`key_momentum`). The loss is :func:`ssl.losses.info_nce` of ``q``,
+``k`` and the queue; then the keys of the global batch replace the oldest
+queue entries.
+
+The key encoder's momentum. The reference keeps ``m = 0.999`` for 200
+ImageNet epochs (about 1,000,000 steps): the key encoder averages the last
+``1 / (1 - m) = 1000`` steps, a thousandth of the run. In a run of a few
+dozen steps the same ``m`` leaves the key encoder where it started - the
+keys stay those of the random initialisation and the loss rises towards
+``ln(queue + 1)`` (measured: 24 steps at 0.999). The rule here: a base
+momentum ``m_0 = min(momentum, 1 - 1 / (momentum_lag * T))`` for a run of
+``T`` steps, so the key encoder never lags more than ``momentum_lag`` of the
+run (default a tenth: ``m_0`` = 0.58 for 24 steps, 0.96 for 240, capped by
+``momentum`` = 0.99 from 1,000 steps on), raised to 1 by a cosine over the
+run as BYOL and MoCo v3 do (``momentum_schedule = "cosine"``):
+``m_t = 1 - (1 - m_0) (1 + cos(pi t / T)) / 2``. The reference's constant
+0.999: ``--set moco.momentum=0.999 --set moco.momentum_schedule=constant
+--set moco.momentum_lag=0``.
 
 The queue holds ``min(queue_length, N_b)`` keys, ``N_b`` the training images
 rounded down to whole global batches (at least one batch): a queue longer
@@ -27,6 +43,7 @@ shuffle changes nothing.
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -47,7 +64,9 @@ from .base import PretextTask, TaskContext, check_settings, in_unit_interval
 class MocoSettings:
     queue_length: int = 65536
     feature_dim: int = 128
-    momentum: float = 0.999
+    momentum: float = 0.99
+    momentum_schedule: str = "cosine"
+    momentum_lag: float = 0.1
     temperature: float = 0.2
     crop_scale: tuple[float, float] = (0.2, 1.0)
     jitter_p: float = 0.8
@@ -59,9 +78,29 @@ class MocoSettings:
         object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
         check_settings("moco", {
             "queue_length >= 1": self.queue_length >= 1, "feature_dim >= 1": self.feature_dim >= 1,
-            "0 <= momentum < 1": 0 <= self.momentum < 1, "temperature > 0": self.temperature > 0,
+            "0 <= momentum < 1": 0 <= self.momentum < 1,
+            "momentum_schedule in (constant, cosine)": self.momentum_schedule in MOMENTUM_SCHEDULES,
+            "momentum_lag >= 0": self.momentum_lag >= 0, "temperature > 0": self.temperature > 0,
             "0 < crop_scale[0] <= crop_scale[1] <= 1": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
         } | in_unit_interval(self, "jitter_p", "jitter_amount", "grayscale_p", "blur_p"))
+
+
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+
+def base_momentum(momentum: float, lag: float, total_steps: int) -> float:
+    """``m_0 = min(momentum, 1 - 1 / (lag * T))`` (``momentum`` itself for ``lag = 0``; never below 0)."""
+    if lag == 0:
+        return momentum
+    return max(0.0, min(momentum, 1 - 1 / (lag * max(total_steps, 1))))
+
+
+def key_momentum(step: int, total_steps: int, base: float, schedule: str) -> float:
+    """``m_t`` before step ``t`` (counted from 0) of ``T`` = ``total_steps``: ``base`` (``constant``) or
+    ``1 - (1 - base) (1 + cos(pi t / T)) / 2`` (``cosine``: ``base`` at the start, 1 at the end)."""
+    if schedule == "constant":
+        return base
+    return 1 - (1 - base) * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1))) / 2
 
 
 def queue_size(settings: MocoSettings, context: TaskContext) -> int:
@@ -86,6 +125,8 @@ class Moco(PretextTask):
         queue = F.normalize(torch.randn(queue_size(settings, context), settings.feature_dim), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed: the schedule resumes
+        self.base_momentum = base_momentum(settings.momentum, settings.momentum_lag, context.total_steps)
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.settings
@@ -94,11 +135,19 @@ class Moco(PretextTask):
         x = random_grayscale(x, s.grayscale_p, generator)
         return gaussian_blur(x, s.blur_p, generator)
 
-    def momentum_update(self) -> None:
-        """``theta_k <- m theta_k + (1 - m) theta_q`` for the backbone's and the head's parameters
-        (:func:`plumbing.ema.ema_update`); the key encoder keeps its own batch-norm statistics."""
+    def momentum(self) -> float:
+        """``m_t`` of the coming step (:func:`key_momentum`)."""
+        total = self.context.total_steps
+        return key_momentum(int(self.step), total, self.base_momentum, self.settings.momentum_schedule)
+
+    def momentum_update(self) -> float:
+        """``theta_k <- m_t theta_k + (1 - m_t) theta_q`` for the backbone's and the head's parameters
+        (:func:`plumbing.ema.ema_update`; the key encoder keeps its own batch-norm statistics); returns ``m_t``."""
+        m = self.momentum()
         for online, key in ((self.backbone, self.key_backbone), (self.head, self.key_head)):
-            ema_update(key, online, self.settings.momentum, buffers="keep")
+            ema_update(key, online, m, buffers="keep")
+        self.step += 1
+        return m
 
     @torch.no_grad()
     def keys(self, views: torch.Tensor) -> torch.Tensor:
@@ -128,9 +177,9 @@ class Moco(PretextTask):
         self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         query_views, key_views = self.views(images, generator), self.views(images, generator)
-        self.momentum_update()
+        momentum = self.momentum_update()
         query = F.normalize(self.head(self.backbone(query_views)).float(), dim=1)
         key = self.keys(key_views)
         loss = info_nce(query, key, self.queue.clone(), self.settings.temperature)
         self.enqueue(key)
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": float(loss.detach()), "momentum": momentum}
