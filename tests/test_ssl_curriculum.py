@@ -148,6 +148,24 @@ def test_the_monitor_scores_every_epoch_and_chooses_the_rate(capsys: pytest.Capt
     assert fit_step(cfg, _data(), CPU, 0.05, 1).state.monitored() == {}  # no monitor, nothing recorded
 
 
+def test_a_synthetic_store_as_the_downstream_task_with_held_out_phantoms(tmp_path: Path) -> None:
+    """The store's train split trains (and is the probes' bank, and the monitor's), its val split validates, the
+    phantoms of --downstream-eval are scored."""
+    store = tmp_path / "store.zarr"
+    write_store(store)  # v1-0s
+    at = COMMON.index("--downstream")
+    args = [*COMMON[:at], *COMMON[at + 8:], "--downstream", "synthetic", "--downstream-root", str(store), "--version",
+            "1", "--setting", "0s", "--downstream-eval", "phantom"]
+    _run(tmp_path / "runs", *args, "--tasks", "rotation")
+    results = json.loads((tmp_path / "runs" / "ssl-synthetic-v1-0s-rotation-seed0" / "results.json").read_text())
+    down = results["downstream"]
+    assert down["classes"] == ["No Finding", "Pneumothorax"]
+    assert 0 <= down["balanced_accuracy"] <= 1
+    for probe in (down["knn"], down["linear"]):
+        assert 0 <= probe["balanced_accuracy"] <= 1 and probe["n"] == 48  # the held-out phantoms
+    assert len(results["steps"][0]["epoch_knn"]) == 1
+
+
 def test_without_a_monitor_the_lowest_loss_chooses_the_rate(tmp_path: Path) -> None:
     at = COMMON.index("--lr")
     _run(tmp_path, *COMMON[:at], *COMMON[at + 2:], "--tasks", "rotation", "--lr-grid", "0.05,0.01", "--monitor",
