@@ -148,9 +148,9 @@ def _train(args: argparse.Namespace, rows: Sequence[Row]) -> None:
         run_module(["synth.generate", "--version", "1", "--setting", "0s", "--out", str(store), "--train-per-class",
                     str(args.train_per_class), "--val-per-class", str(max(args.train_per_class // 5, 1)),
                     "--device", args.device])
-    ssl_run = _ssl_backbone(args) if any(row.ssl for row in rows) else None
+    ssl_file = _ssl_backbone(args) if any(row.ssl for row in rows) else None
     starts = {CEILING: (CEILING, "scratch")} | {
-        row.start: (row.source, f"ssl:{ssl_run}" if row.ssl else "scratch") for row in rows}
+        row.start: (row.source, str(ssl_file) if row.ssl else "scratch") for row in rows}
     for name, (source, init) in starts.items():
         _train_start(args, name, _source_args(source, store), init)
     for row in rows:
@@ -165,8 +165,9 @@ def _source_args(source: str, store: Path) -> list[str]:
     return ["--source", "synthetic", "--source-store", str(store)] if source == "synthetic" else ["--source", source]
 
 
-def _ssl_backbone(args: argparse.Namespace) -> str:
-    """The SSL run whose backbone row d starts from: Relative Location on unlabelled phantoms of both domains."""
+def _ssl_backbone(args: argparse.Namespace) -> Path:
+    """The backbone file row d's start is trained from: Relative Location on unlabelled phantoms of both domains
+    (an ``ssl.curriculum`` run; its path, as the starts live in another runs folder)."""
     prefix = "ssl-backbone"
     run_module(["ssl.curriculum", "run", "--tasks", "relloc", "--no-singles", "--data", "phantom,phantom-nih",
                 "--max-images", str(args.ssl_images), "--backbone", args.backbone, "--image-size",
@@ -175,9 +176,10 @@ def _ssl_backbone(args: argparse.Namespace) -> str:
                 "--eval-length", "500", "--downstream-epochs", "1", "--downstream-lr-grid", "3e-4",
                 "--prefix", prefix, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"])
     run = f"{prefix}-phantom-nih-v1-0s-relloc-seed0"  # ssl.curriculum's PREFIX-DOWNSTREAM-TASK-ORDERING-seedS
-    if not (args.runs_dir / run / "backbone.safetensors").is_file():
+    backbone = args.runs_dir / run / "backbone.safetensors"
+    if not backbone.is_file():
         raise UserError(f"the SSL run {args.runs_dir / run} holds no backbone.safetensors")
-    return run
+    return backbone.resolve()
 
 
 def _target_args(args: argparse.Namespace, target_prior: str) -> list[str]:
