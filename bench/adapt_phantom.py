@@ -174,7 +174,8 @@ def _ssl_backbone(args: argparse.Namespace) -> Path:
                 str(args.image_size), "--epochs", str(args.ssl_epochs), "--lr-grid", "0.01,0.05",
                 "--downstream", "phantom-nih", "--version", "1", "--setting", "0s", "--length", "500",
                 "--eval-length", "500", "--downstream-epochs", "1", "--downstream-lr-grid", "3e-4",
-                "--prefix", prefix, "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"])
+                "--monitor", "none", "--prefix", prefix, "--runs-dir", str(args.runs_dir), "--device", args.device,
+                "--no-progress"])
     run = f"{prefix}-phantom-nih-v1-0s-relloc-seed0"  # ssl.curriculum's PREFIX-DOWNSTREAM-TASK-ORDERING-seedS
     backbone = args.runs_dir / run / "backbone.safetensors"
     if not backbone.is_file():

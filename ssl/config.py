@@ -24,6 +24,10 @@ from plumbing.config import dataclass_from_dict
 KEY_LENGTH = 16
 
 
+def _without_absent_monitor(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if not (k == "monitor" and v is None)}
+
+
 @dataclass(frozen=True)
 class StepConfig:
     task: str
@@ -48,7 +52,10 @@ class StepConfig:
     """The monitor's :class:`ssl.monitor.MonitorConfig` record (``None``: no monitor): it chooses the rate."""
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self) | {"data": list(self.data), "lr_grid": list(self.lr_grid)}))
+        """The JSON record (its key's text); without a monitor there is no ``monitor`` entry, so a step recorded
+        before the monitor existed keeps its key."""
+        out = asdict(self) | {"data": list(self.data), "lr_grid": list(self.lr_grid)}
+        return json.loads(json.dumps(_without_absent_monitor(out)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepConfig:
@@ -86,8 +93,9 @@ class CurriculumConfig:
     """The steps' monitor (:class:`ssl.monitor.MonitorConfig` record; ``None``: none)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON record; without a monitor there is no ``monitor`` entry (as :meth:`StepConfig.to_dict`)."""
         out = asdict(self) | {"tasks": list(self.tasks), "data": list(self.data), "lr_grid": list(self.lr_grid)}
-        return json.loads(json.dumps(out | {"downstream": self.downstream.to_dict()}))
+        return json.loads(json.dumps(_without_absent_monitor(out | {"downstream": self.downstream.to_dict()})))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CurriculumConfig:

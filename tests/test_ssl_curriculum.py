@@ -166,6 +166,13 @@ def test_a_synthetic_store_as_the_downstream_task_with_held_out_phantoms(tmp_pat
     assert len(results["steps"][0]["epoch_knn"]) == 1
 
 
+def test_a_monitor_is_part_of_a_steps_key_and_its_absence_keeps_the_older_key() -> None:
+    plain = _step("rotation")
+    assert "monitor" not in plain.to_dict()  # recorded as before the monitor existed: the same key
+    watched = dataclasses.replace(plain, monitor=MonitorConfig("phantom", None, 3, "0s").to_dict())
+    assert watched.to_dict()["monitor"]["images"] == 500 and watched.key() != plain.key()
+
+
 def test_without_a_monitor_the_lowest_loss_chooses_the_rate(tmp_path: Path) -> None:
     at = COMMON.index("--lr")
     _run(tmp_path, *COMMON[:at], *COMMON[at + 2:], "--tasks", "rotation", "--lr-grid", "0.05,0.01", "--monitor",
