@@ -227,3 +227,15 @@ def gather_shards(local: torch.Tensor, length: int) -> torch.Tensor:
     padded[: len(local)] = local
     gathered = idist.all_gather(padded.unsqueeze(0))  # [world, rows, ...]
     return gathered.transpose(0, 1).reshape(rows * world, *local.shape[1:])[:length]
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The rows of every rank concatenated in rank order (ranks may hold different numbers of rows)."""
+    world = idist.get_world_size()
+    if world == 1:
+        return rows
+    counts = idist.all_gather(torch.tensor([rows.shape[0]], device=rows.device)).tolist()
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = idist.all_gather(padded).view(world, max(counts), *rows.shape[1:])
+    return torch.cat([gathered[r, :count] for r, count in enumerate(counts)])

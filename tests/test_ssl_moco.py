@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backbones import build_backbone
+from plumbing.seeding import generator as seeded_generator
 from ssl.losses import info_nce, position_cross_entropy
 from ssl.tasks import TaskContext, task_settings
 from ssl.tasks.moco import Moco, base_momentum, key_momentum, queue_size
@@ -107,3 +108,16 @@ def test_the_key_encoder_follows_the_schedule_step_by_step_and_resumes_it() -> N
     assert int(again.step) == 3 and again.momentum() == pytest.approx(key_momentum(3, 100, 0.9, "cosine"))
     _, logs = moco.loss(torch.rand(8, 1, 32, 32), torch.arange(8), torch.Generator().manual_seed(0))
     assert logs["momentum"] == pytest.approx(key_momentum(3, 100, 0.9, "cosine"))
+
+
+def test_the_queue_starts_with_keys_of_real_images() -> None:
+    moco = _moco(queue_length=16, feature_dim=4)  # 64 images, batch 8: a queue of 16
+    images = torch.rand(24, 1, 32, 32)
+    moco.initialise((images[i : i + 8], torch.arange(i, i + 8)) for i in range(0, 24, 8))
+    assert int(moco.pointer) == 0 and moco.queue.shape == (16, 4)
+    torch.testing.assert_close(moco.queue.norm(dim=1), torch.ones(16))
+    with torch.no_grad():  # the first two batches' keys, their views drawn as initialise draws them
+        draw = seeded_generator(0, "moco queue", 0)
+        expected = [F.normalize(moco.key_head(moco.key_backbone(moco.views(images[i : i + 8], draw))), dim=1)
+                    for i in (0, 8)]
+    torch.testing.assert_close(moco.queue, torch.cat(expected))

@@ -26,6 +26,12 @@ run as BYOL and MoCo v3 do (``momentum_schedule = "cosine"``):
 0.999: ``--set moco.momentum=0.999 --set moco.momentum_schedule=constant
 --set moco.momentum_lag=0``.
 
+The queue starts filled with the key encoder's keys of views of the first
+training images (:meth:`Moco.initialise`), not with random unit vectors as in
+the reference: random vectors are easy negatives, so the reference's loss
+climbs while the queue fills with real keys (measured: 4.1 to 5.2 over 24
+steps, towards ``ln(queue + 1)``) and says nothing of learning until then.
+
 The queue holds ``min(queue_length, N_b)`` keys, ``N_b`` the training images
 rounded down to whole global batches (at least one batch): a queue longer
 than the data set would hold several stale keys of every image, the one being
@@ -45,6 +51,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import ignite.distributed as idist
@@ -53,7 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import Backbone
+from plumbing.distributed import gather_rows
 from plumbing.ema import ema_update
+from plumbing.seeding import generator as seeded_generator
 
 from ..losses import info_nce
 from ..views import gaussian_blur, intensity_jitter, random_grayscale, resized_crops
@@ -127,6 +136,25 @@ class Moco(PretextTask):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed: the schedule resumes
         self.base_momentum = base_momentum(settings.momentum, settings.momentum_lag, context.total_steps)
+
+    @torch.no_grad()
+    def initialise(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fill the queue with keys of views of the first training images: each rank keys up to its share of the
+        queue from its own images (views drawn with the step's seed and the rank), the keys of every rank are
+        gathered in rank order and the first ``queue`` of them kept, so the queues are identical."""
+        size = self.queue.shape[0]
+        share = -(-size // idist.get_world_size())
+        draw = seeded_generator(self.context.seed, "moco queue", idist.get_rank())
+        keys = [self.queue.new_zeros(0, self.queue.shape[1])]
+        for images, _ in batches:
+            if sum(len(k) for k in keys) >= share:
+                break
+            views = self.views(images.to(self.queue.device), draw)
+            keys.append(F.normalize(self.key_head(self.key_backbone(views)).float(), dim=1).to(self.queue.dtype))
+        mine = torch.cat(keys)[:share]
+        everything = gather_rows(mine)[:size]
+        self.queue[: len(everything)] = everything
+        self.pointer.fill_(len(everything) % size)
 
     def views(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.settings

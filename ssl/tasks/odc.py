@@ -57,7 +57,7 @@ one is empty). With the defaults and ``N = 640`` that is 64 clusters of at
 least 5 images. At least 2 images are needed.
 
 Several processes: each rank's batch features and indices are gathered
-(:func:`gather_rows`), so every rank applies the same memory update to an
+(:func:`plumbing.distributed.gather_rows`), so every rank applies the same memory update to an
 identical samples memory and relabels the same rows. The clustering steps that
 sum many rows (k-means, centroid refresh, re-split; on a GPU their sums use
 atomic additions whose rounding may differ between processes) run on rank 0
@@ -77,7 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import Backbone
-from plumbing.distributed import is_main_process
+from plumbing.distributed import gather_rows, is_main_process
 from plumbing.seeding import generator as seeded_generator
 
 from ..losses import odc_loss
@@ -195,18 +195,6 @@ def split_small_clusters(
         labels[rows[two_way_split(memory[rows], min_size, iterations, generator)]] = empty
         for cluster in (largest, empty):
             centroids[cluster] = F.normalize(memory[labels == cluster].sum(dim=0), dim=0)
-
-
-def gather_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The rows of every rank concatenated in rank order (ranks may hold different numbers of rows)."""
-    world = idist.get_world_size()
-    if world == 1:
-        return rows
-    counts = idist.all_gather(torch.tensor([rows.shape[0]], device=rows.device)).tolist()
-    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = idist.all_gather(padded).view(world, max(counts), *rows.shape[1:])
-    return torch.cat([gathered[r, :count] for r, count in enumerate(counts)])
 
 
 def broadcast_from_main(*tensors: torch.Tensor) -> None:
