@@ -119,6 +119,8 @@ def choose_lr(
     return select_lr(grid, trial, criterion=criterion, maximise=maximise, on_trial=report)
 
 
-def resumed_choice(saved: Mapping[str, Any], maximise: bool) -> LrChoice:
-    """The choice recorded in a checkpoint (:meth:`LrChoice.to_dict`): its rate and criterion, without the trials."""
-    return LrChoice(float(saved["lr"]), (), saved["criterion"], maximise)
+def resumed_choice(saved: Mapping[str, Any], maximise: bool | None = None) -> LrChoice:
+    """The choice recorded in a checkpoint (:meth:`LrChoice.to_dict`): its rate and criterion, without the trials;
+    whether higher was better as the record says (``best``) unless ``maximise`` is given."""
+    return LrChoice(float(saved["lr"]), (), saved["criterion"],
+                    saved["best"] == "highest" if maximise is None else maximise)

@@ -304,15 +304,21 @@ def _monitor(args: argparse.Namespace) -> MonitorConfig | None:
                          args.monitor_images)
 
 
+def _check_channels(option: str, name: str, channels: int) -> None:
+    """One :class:`UserError` line when the data set ``name`` of ``option`` has other channels than the pretext
+    images."""
+    if get_spec(name).channels != channels:
+        raise UserError(f"{option} {name} has {get_spec(name).channels}-channel images, the pretext images "
+                        f"{channels}-channel ones; one backbone cannot take both")
+
+
 def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
     """Before any training: ImageNet weights on disk when asked for, and downstream data that fits the images."""
     if cfg.init == "imagenet" and not imagenet_weights_file(cfg.backbone).is_file():
         raise UserError(f"--init imagenet: no ImageNet weights of {cfg.backbone} at "
                         f"{imagenet_weights_file(cfg.backbone)}; download them there or start from scratch")
     d = cfg.downstream
-    if get_spec(d.data).channels != channels:
-        raise UserError(f"--downstream {d.data} has {get_spec(d.data).channels}-channel images, the pretext images "
-                        f"{channels}-channel ones; one backbone cannot take both")
+    _check_channels("--downstream", d.data, channels)
     task_data(*d.data_choices(), d.image_size, d.seed)  # its root, label task and splits
 
 
@@ -359,9 +365,7 @@ def _build_monitor(cfg: CurriculumConfig, channels: int) -> Monitor | None:
     if cfg.monitor is None:
         return None
     monitor_cfg = MonitorConfig(**cfg.monitor)
-    if get_spec(monitor_cfg.data).channels != channels:
-        raise UserError(f"--monitor {monitor_cfg.data} has {get_spec(monitor_cfg.data).channels}-channel images, the "
-                        f"pretext images {channels}-channel ones; one backbone cannot take both")
+    _check_channels("--monitor", monitor_cfg.data, channels)
     monitor = Monitor(monitor_cfg, cfg.image_size)
     print_on_main(f"monitor: k-NN balanced accuracy on {monitor_cfg.describe()}")
     return monitor

@@ -62,6 +62,14 @@ class Monitor:
         self.classes = task_classes(choice)
         self.bank = probe_subset(train, MONITOR_SEED, cfg.images)
         self.queries = probe_subset(validation, MONITOR_SEED, cfg.images)
+        self._starts: dict[str, float] = {}
+
+    def start_knn(self, key: str, backbone: nn.Module, runtime: Runtime, batch_size: int) -> float:
+        """:meth:`knn` of the start of the step ``key`` (a step's key covers its start and seed), scored once:
+        the learning-rate trials and the full step of one step all start from the same weights."""
+        if key not in self._starts:
+            self._starts[key] = self.knn(backbone, runtime, batch_size)
+        return self._starts[key]
 
     def knn(self, backbone: nn.Module, runtime: Runtime, batch_size: int) -> float:
         """The weighted k-NN balanced accuracy of ``backbone`` on the queries against the bank (every rank

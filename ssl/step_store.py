@@ -91,8 +91,7 @@ def train_step(cfg: StepConfig, data: PretextData, runtime: Runtime, command: st
     data = replace(data, start=start)
     run = open_run(runs_dir / STEPS_DIR, key, resume=bool(checkpoints(folder)))
     if run.checkpoint is not None:
-        saved = run.checkpoint["run"]["lr_choice"]
-        choice = resumed_choice(saved, maximise=saved.get("best") == "highest")
+        choice = resumed_choice(run.checkpoint["run"]["lr_choice"])
         print_on_main(f"{cfg.task}: resuming step {key} at lr {choice.lr:g}")
     else:
         choice = choose_step_lr(cfg, data, runtime)

@@ -166,7 +166,7 @@ def fit_step(
         restore(trainer.objects(), checkpoint)
     else:
         if monitor is not None:
-            trainer.state.knn_start = monitor.knn(trainer.backbone, runtime, cfg.batch_size)
+            trainer.state.knn_start = monitor.start_knn(cfg.key(), trainer.backbone, runtime, cfg.batch_size)
             if run_dir is not None:
                 print_on_main(f"{cfg.task}: monitor k-NN balanced accuracy of the start {trainer.state.knn_start:.4f}")
         task.initialise(_all_images(data, cfg.batch_size, runtime.device))
