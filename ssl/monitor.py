@@ -5,16 +5,19 @@ rise while its features improve, ODC's can sit at ``ln(clusters)`` while
 nothing is learnt), so solo-learn and lightly watch a k-NN probe while they
 pre-train. Here, with a labelled data set at hand (``--monitor``, by
 default the downstream task's), :class:`Monitor` scores the backbone with
-the weighted k-NN of :mod:`evaluate.protocol.probes`: its training images
-(a seeded subset of at most :attr:`MonitorConfig.images`) are the bank and
-its validation images (as many at most) the queries, the same images for
-every step and seed (drawn with seed 0). A step scores its start before it
+the weighted k-NN of :mod:`evaluate.protocol.probes`. Its bank and queries
+are two disjoint class-balanced draws from the labelled training images
+(:func:`balanced_halves`: of every class up to ``images / C``, at most half
+of the class, for each), the same images for every step and seed (drawn
+with seed 0). Balanced queries make the balanced accuracy a steady signal:
+phantoms' 200 validation images hold 5 of Pneumonia, so that one query moved
+it by 0.05 between epochs. A step scores its start before it
 trains and its backbone after every epoch (:func:`ssl.trainer.fit_step`):
 the values go to ``step.json`` (``knn_start``, ``epoch_knn``), a line per
 epoch, the progress bar and TensorBoard (``train/monitor_knn``), and the
 learning-rate trials keep the rate whose backbone scores highest instead of
-the one with the lowest loss. Cost: one forward pass over ``2 x images``
-images per epoch.
+the one with the lowest loss. Cost: one forward pass over at most
+``2 x images`` images per epoch.
 """
 
 from __future__ import annotations
@@ -22,16 +25,33 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
+from torch.utils.data import Subset
 
-from evaluate.protocol.probes import collect_features, knn_probe, probe_subset
-from evaluate.protocol.task_data import DataChoice, task_classes, training_sets
+from evaluate.protocol.probes import collect_features, knn_probe
+from evaluate.protocol.task_data import DataChoice, labels_of, task_classes, training_sets
 from plumbing.runtime import Runtime
+from plumbing.seeding import numpy_rng
 
 MONITOR_IMAGES = 500
 """Bank and query images of the monitor (each at most)."""
 MONITOR_SEED = 0
-"""The seed of the monitor's validation split and subsets: the same images for every step and run."""
+"""The seed of the monitor's draws: the same images for every step and run."""
+
+
+def balanced_halves(labels: torch.Tensor, num_classes: int, images: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint rows ``(bank, queries)`` in row order: of every class ``c`` with ``n_c`` rows, a seeded
+    ``min(images // C, n_c // 2)`` for the queries and ``min(images // C, n_c - that)`` of the rest for the bank."""
+    rng, per_class = numpy_rng(seed, "monitor rows"), max(1, images // num_classes)
+    bank, queries = [], []
+    for c in range(num_classes):
+        rows = rng.permutation(np.flatnonzero(labels.numpy() == c))
+        asked = min(per_class, len(rows) // 2)
+        queries.append(rows[:asked])
+        bank.append(rows[asked: asked + per_class])
+    return sorted(np.concatenate(bank).tolist()), sorted(np.concatenate(queries).tolist())
 
 
 @dataclass(frozen=True)
@@ -57,11 +77,11 @@ class Monitor:
 
     def __init__(self, cfg: MonitorConfig, image_size: int) -> None:
         choice = DataChoice(cfg.data, cfg.root, cfg.version, cfg.setting, None)
-        train, validation = training_sets(choice, image_size, MONITOR_SEED)
+        train, _ = training_sets(choice, image_size, MONITOR_SEED)
         self.cfg = cfg
         self.classes = task_classes(choice)
-        self.bank = probe_subset(train, MONITOR_SEED, cfg.images)
-        self.queries = probe_subset(validation, MONITOR_SEED, cfg.images)
+        bank, queries = balanced_halves(labels_of(train), len(self.classes), cfg.images, MONITOR_SEED)
+        self.bank, self.queries = Subset(train, bank), Subset(train, queries)
         self._starts: dict[str, float] = {}
 
     def start_knn(self, key: str, backbone: nn.Module, runtime: Runtime, batch_size: int) -> float:

@@ -27,7 +27,7 @@ from ssl import step_store
 from ssl.config import StepConfig
 from ssl.curriculum import main
 from ssl.data import parse_data, unlabelled_images
-from ssl.monitor import Monitor, MonitorConfig
+from ssl.monitor import Monitor, MonitorConfig, balanced_halves
 from ssl.step_store import STEPS_DIR
 from ssl.table import curriculum_label, plan, render, table
 from ssl.tasks import task_names
@@ -146,6 +146,15 @@ def test_the_monitor_scores_every_epoch_and_chooses_the_rate(capsys: pytest.Capt
     trainer.state.knn_start = 0.5
     assert trainer.step(next(iter(torch.utils.data.DataLoader(data.images, batch_size=16))))["monitor_knn"] == 0.5
     assert fit_step(cfg, _data(), CPU, 0.05, 1).state.monitored() == {}  # no monitor, nothing recorded
+
+
+def test_the_monitor_draws_disjoint_class_balanced_bank_and_queries() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 1)
+    bank, queries = balanced_halves(labels, 3, 30, seed=0)
+    assert not set(bank) & set(queries) and bank == sorted(bank) and queries == sorted(queries)
+    counts = [torch.bincount(labels[rows], minlength=3).tolist() for rows in (bank, queries)]
+    assert counts == [[10, 4, 1], [10, 3, 0]]  # up to 30 // 3 a class, at most half of a class for the queries
+    assert (bank, queries) == balanced_halves(labels, 3, 30, seed=0)
 
 
 def test_a_synthetic_store_as_the_downstream_task_with_held_out_phantoms(tmp_path: Path) -> None:
