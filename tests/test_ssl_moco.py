@@ -12,7 +12,7 @@ from models.backbones import build_backbone
 from plumbing.seeding import generator as seeded_generator
 from ssl.losses import info_nce, position_cross_entropy
 from ssl.tasks import TaskContext, task_settings
-from ssl.tasks.moco import Moco, base_momentum, key_momentum, queue_size
+from ssl.tasks.moco import Moco, key_momentum, queue_size
 
 
 def _moco(**overrides: object) -> Moco:
@@ -61,7 +61,7 @@ def test_enqueue_replaces_the_oldest_keys_and_wraps_around() -> None:
 
 
 def test_key_encoder_follows_by_momentum_and_gets_no_gradient() -> None:
-    moco = _moco(momentum=0.9, momentum_schedule="constant", momentum_lag=0.0)
+    moco = _moco(momentum=0.9, momentum_schedule="constant")
     online = [p.detach().clone() for p in moco.backbone.parameters()]
     with torch.no_grad():
         for p in moco.backbone.parameters():
@@ -79,15 +79,6 @@ def test_key_encoder_follows_by_momentum_and_gets_no_gradient() -> None:
     assert int(moco.pointer) == 8  # the batch's keys entered the queue
 
 
-def test_the_base_momentum_keeps_the_key_encoder_within_a_tenth_of_the_run() -> None:
-    assert base_momentum(0.99, 0.1, 24) == pytest.approx(1 - 1 / 2.4)  # 0.583: a lag of 2.4 steps
-    assert base_momentum(0.99, 0.1, 240) == pytest.approx(1 - 1 / 24)  # 0.958
-    assert base_momentum(0.99, 0.1, 1000) == pytest.approx(0.99)  # from here on the cap
-    assert base_momentum(0.99, 0.1, 1_000_000) == 0.99
-    assert base_momentum(0.999, 0.0, 24) == 0.999  # the reference: no lag rule
-    assert base_momentum(0.99, 0.1, 5) == 0.0  # a lag under one step: the key encoder copies the query encoder
-
-
 def test_the_cosine_schedule_rises_from_the_base_to_one() -> None:
     assert key_momentum(0, 100, 0.9, "cosine") == pytest.approx(0.9)
     assert key_momentum(50, 100, 0.9, "cosine") == pytest.approx(0.95)
@@ -99,11 +90,10 @@ def test_the_cosine_schedule_rises_from_the_base_to_one() -> None:
 
 
 def test_the_key_encoder_follows_the_schedule_step_by_step_and_resumes_it() -> None:
-    moco = _moco(momentum=0.99)  # 100 steps: base min(0.99, 1 - 1 / 10) = 0.9
-    assert moco.base_momentum == pytest.approx(0.9)
+    moco = _moco(momentum=0.9)  # 100 steps from 0.9
     used = [moco.momentum_update() for _ in range(3)]
     assert used == pytest.approx([key_momentum(t, 100, 0.9, "cosine") for t in range(3)])
-    again = _moco(momentum=0.99)
+    again = _moco(momentum=0.9)
     again.load_state_dict(moco.state_dict())  # the step counter is a buffer: a checkpoint resumes the schedule
     assert int(again.step) == 3 and again.momentum() == pytest.approx(key_momentum(3, 100, 0.9, "cosine"))
     _, logs = moco.loss(torch.rand(8, 1, 32, 32), torch.arange(8), torch.Generator().manual_seed(0))

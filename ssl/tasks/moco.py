@@ -11,20 +11,17 @@ them by ``theta_k <- m_t theta_k + (1 - m_t) theta_q`` before step ``t``
 ``k`` and the queue; then the keys of the global batch replace the oldest
 queue entries.
 
-The key encoder's momentum. The reference keeps ``m = 0.999`` for 200
-ImageNet epochs (about 1,000,000 steps): the key encoder averages the last
-``1 / (1 - m) = 1000`` steps, a thousandth of the run. In a run of a few
-dozen steps the same ``m`` leaves the key encoder where it started - the
-keys stay those of the random initialisation and the loss rises towards
-``ln(queue + 1)`` (measured: 24 steps at 0.999). The rule here: a base
-momentum ``m_0 = min(momentum, 1 - 1 / (momentum_lag * T))`` for a run of
-``T`` steps, so the key encoder never lags more than ``momentum_lag`` of the
-run (default a tenth: ``m_0`` = 0.58 for 24 steps, 0.96 for 240, capped by
-``momentum`` = 0.99 from 1,000 steps on), raised to 1 by a cosine over the
-run as BYOL and MoCo v3 do (``momentum_schedule = "cosine"``):
-``m_t = 1 - (1 - m_0) (1 + cos(pi t / T)) / 2``. The reference's constant
-0.999: ``--set moco.momentum=0.999 --set moco.momentum_schedule=constant
---set moco.momentum_lag=0``.
+The key encoder's momentum: ``m_t = 1 - (1 - m_0) (1 + cos(pi t / T)) / 2``
+before step ``t`` of a run of ``T`` steps (:func:`key_momentum`,
+``momentum_schedule = "cosine"``), from ``m_0`` = ``momentum`` (0.99) to 1,
+as BYOL and MoCo v3 do; the reference keeps ``m = 0.999`` constant for about
+a million steps (``--set moco.momentum=0.999 --set
+moco.momentum_schedule=constant``). A faster key encoder does not make short
+runs learn: with ``m_0`` = 0.79 (the key encoder a tenth of a 48-step run
+behind) the queries collapsed on phantoms (mean cosine between the images of
+a batch 0.997) and the loss climbed back to ``ln(queue + 1)``, while from
+0.99 it fell; the MoCo paper's ablation also finds 0.9 worse than 0.99 and no
+learning at 0.
 
 The queue starts filled with the key encoder's keys of views of the first
 training images (:meth:`Moco.initialise`), not with random unit vectors as in
@@ -75,7 +72,6 @@ class MocoSettings:
     feature_dim: int = 128
     momentum: float = 0.99
     momentum_schedule: str = "cosine"
-    momentum_lag: float = 0.1
     temperature: float = 0.2
     crop_scale: tuple[float, float] = (0.2, 1.0)
     jitter_p: float = 0.8
@@ -89,19 +85,12 @@ class MocoSettings:
             "queue_length >= 1": self.queue_length >= 1, "feature_dim >= 1": self.feature_dim >= 1,
             "0 <= momentum < 1": 0 <= self.momentum < 1,
             "momentum_schedule in (constant, cosine)": self.momentum_schedule in MOMENTUM_SCHEDULES,
-            "momentum_lag >= 0": self.momentum_lag >= 0, "temperature > 0": self.temperature > 0,
+            "temperature > 0": self.temperature > 0,
             "0 < crop_scale[0] <= crop_scale[1] <= 1": 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
         } | in_unit_interval(self, "jitter_p", "jitter_amount", "grayscale_p", "blur_p"))
 
 
 MOMENTUM_SCHEDULES = ("constant", "cosine")
-
-
-def base_momentum(momentum: float, lag: float, total_steps: int) -> float:
-    """``m_0 = min(momentum, 1 - 1 / (lag * T))`` (``momentum`` itself for ``lag = 0``; never below 0)."""
-    if lag == 0:
-        return momentum
-    return max(0.0, min(momentum, 1 - 1 / (lag * max(total_steps, 1))))
 
 
 def key_momentum(step: int, total_steps: int, base: float, schedule: str) -> float:
@@ -135,7 +124,6 @@ class Moco(PretextTask):
         self.register_buffer("queue", queue)
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # checkpointed: the schedule resumes
-        self.base_momentum = base_momentum(settings.momentum, settings.momentum_lag, context.total_steps)
 
     @torch.no_grad()
     def initialise(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -166,7 +154,7 @@ class Moco(PretextTask):
     def momentum(self) -> float:
         """``m_t`` of the coming step (:func:`key_momentum`)."""
         total = self.context.total_steps
-        return key_momentum(int(self.step), total, self.base_momentum, self.settings.momentum_schedule)
+        return key_momentum(int(self.step), total, self.settings.momentum, self.settings.momentum_schedule)
 
     def momentum_update(self) -> float:
         """``theta_k <- m_t theta_k + (1 - m_t) theta_q`` for the backbone's and the head's parameters
