@@ -112,7 +112,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--batch-size", type=int, default=64, help="global minibatch size")
     model.add_argument("--lr", type=float, default=None, help="SGD learning rate of every step (none: chosen)")
     model.add_argument("--lr-grid", default=STEP_LR_GRID,
-                       help="learning rates tried per step, each for --lr-trial-epochs; the lowest loss wins")
+                       help="learning rates tried per step, each for --lr-trial-epochs; the monitor's highest k-NN "
+                            "wins (without a monitor the lowest loss)")
     model.add_argument("--lr-trial-epochs", type=int, default=1, help="epochs of each learning-rate trial")
     model.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     model.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
