@@ -1,6 +1,6 @@
 """Does attention inside the lungs (AIL) see a shortcut? The same classifier with and without a label-correlated mark.
 
-    python -m bench.attention_shortcut --device cpu      # resnet18, 128 px, 3 seeds (about 25 minutes on 2 cores)
+    python -m bench.attention_shortcut --device cpu      # resnet18, 128 px, 3 seeds (about 35 minutes on 2 cores)
 
 For each seed, one classifier is trained (the :mod:`evaluate.protocol.training`
 loop: AdamW, class-balanced loss, fixed learning rate) on phantom radiographs
@@ -48,7 +48,7 @@ from evaluate.ail.cam import attention_inside_lungs, overlay_grid, saliency_maps
 from evaluate.ail.sanity import SANITY_MAX_CORRELATION, randomised_copy, rank_correlation
 from evaluate.protocol.task_data import TaskData, labels_of
 from evaluate.protocol.training import FinetuneConfig, score, train_classifier
-from models.backbones import Classifier, backbone_names
+from models.backbones import Classifier, backbone_names, build_backbone
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -74,6 +74,8 @@ def _mean_std(values: list[float]) -> str:
 def finding_images(dataset: torch.utils.data.Dataset, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(images, labels, lung masks)`` of the first ``limit`` images of ``dataset`` whose class is a finding."""
     rows = torch.nonzero(labels_of(dataset) > 0).flatten()[:limit].tolist()
+    if not rows:
+        raise UserError(f"none of the {len(dataset)} test images has a finding; pass a larger --test-images")
     samples = [dataset[i] for i in rows]
     return (torch.stack([s[IMAGE] for s in samples]), torch.tensor([int(s[LABEL]) for s in samples]),
             torch.stack([s[MASK] for s in samples]))
@@ -137,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.layers = "backbone.body.layer3,backbone.body.layer4" if args.backbone.startswith("resnet") else ""
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in MODELS}
     layers: list[str] = [name for name in args.layers.split(",") if name]
+    modules = dict(Classifier(build_backbone(args.backbone, 1), len(TASK.classes)).named_modules())
+    if unknown := [name for name in layers if name not in modules]:
+        raise UserError(f"--layers: {', '.join(unknown)} not in the {args.backbone} classifier (e.g. "
+                        f"backbone.body.layer3 of a ResNet)")
     for seed in range(args.seeds):
         for name, shortcut in zip(MODELS, (None, args.shortcut), strict=True):
             train = _phantoms("train", args.train_images, res, seed, shortcut)
@@ -165,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     scores[f"rank corr. {short}, {test}"] = float(rank_correlation(maps, random_maps).mean())
                     if args.grids is not None and seed == 0:
                         k = min(16, len(images))
+                        with torch.no_grad():
+                            predicted = model(images[:k].to(device)).argmax(dim=1).cpu()
                         file = f"trained-{name}_{short}_{test}.png".replace(" ", "-")
-                        overlay_grid(images[:k], maps[:k], masks[:k], labels[:k].tolist(), labels[:k].tolist(),
+                        overlay_grid(images[:k], maps[:k], masks[:k], labels[:k].tolist(), predicted.tolist(),
                                      TASK.classes, args.grids / file)
             for key, value in scores.items():
                 rows[name].setdefault(key, []).append(value)

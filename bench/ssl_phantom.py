@@ -11,11 +11,13 @@ three best single tasks, over seeds.
    task's class-balanced training images), which also chooses its learning
    rate from ``--lr-grid``.
 3. The three single tasks with the best mean downstream figure
-   (``--label-by``, the fine-tune's by default), then ``--tasks A,B,C
-   --orderings all --max-length 2``: their six two-task orderings, each a
-   Curriculum (C: the single tasks' figures rise along it) or an
-   Anti-Curriculum (AC). First steps are the singles' steps, not trained
-   again.
+   (``--label-by``, the fine-tune's by default) over every single-task run
+   in ``--runs-dir`` (which holds one benchmark's runs), then ``--tasks
+   A,B,C --orderings all --max-length 2`` for every seed those runs have:
+   their six two-task orderings, each a Curriculum (C: the single tasks'
+   figures rise along it) or an Anti-Curriculum (AC). First steps are the
+   singles' steps, not trained again. A later part that changes the three
+   best thus also gives the earlier seeds the new pairs.
 4. The runs table (``python -m ssl.curriculum runs``: k-NN, linear probe
    and fine-tune balanced accuracy and AIL per ordering, mean +- std over
    seeds), whether each single task's monitor k-NN rose clearly (by
@@ -135,14 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               "--eval-length", str(args.eval_length), "--backbone", args.backbone, "--image-size",
               str(args.image_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
               "--lr-grid", args.lr_grid, "--downstream-epochs", str(args.downstream_epochs),
-              "--downstream-lr-grid", args.downstream_lr, "--label-by", args.label_by, "--seeds", args.seeds,
+              "--downstream-lr-grid", args.downstream_lr, "--label-by", args.label_by,
               "--runs-dir", str(args.runs_dir), "--device", args.device, "--no-progress"]
     tasks = [t for t in args.tasks.split(",") if t]
-    run_module([*common, "--tasks", "none"])
-    run_module([*common, "--tasks", ",".join(tasks), "--orderings", "all", "--max-length", "1"])
-    best = best_singles(read_runs(args.runs_dir), tasks, args.label_by)
+    run_module([*common, "--seeds", args.seeds, "--tasks", "none"])
+    run_module([*common, "--seeds", args.seeds, "--tasks", ",".join(tasks), "--orderings", "all", "--max-length", "1"])
+    singles = [r for r in read_runs(args.runs_dir) if len(r["tasks"]) == 1]
+    best = best_singles(singles, tasks, args.label_by)
     if len(best) > 1:
-        run_module([*common, "--tasks", ",".join(best), "--orderings", "all", "--max-length", "2"])
+        seeds = ",".join(str(seed) for seed in sorted({r["seed"] for r in singles}))
+        run_module([*common, "--seeds", seeds, "--tasks", ",".join(best), "--orderings", "all", "--max-length", "2"])
     run_module(["ssl.curriculum", "runs", "--runs-dir", str(args.runs_dir), "--label-by", args.label_by])
     runs = read_runs(args.runs_dir)
     print(f"\nThe three best single tasks by {args.label_by}: {', '.join(best)}.")

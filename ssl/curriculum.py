@@ -135,9 +135,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     down.add_argument("--mode", choices=MODES, default=DOWNSTREAM.mode, help="fine-tune or linear probe")
     watch = p.add_argument_group("monitor (k-NN of every step's backbone after every epoch; it chooses the rate)")
     watch.add_argument("--monitor", default=MONITOR_DOWNSTREAM,
-                       help=f"labelled data set whose training images are the k-NN bank and validation images the "
-                            f"queries ({MONITOR_DOWNSTREAM}: the downstream task's; {NONE}: no monitor, the rate by "
-                            "the lowest loss)")
+                       help=f"labelled data set whose training images give the k-NN bank and queries (two "
+                            f"class-balanced halves; {MONITOR_DOWNSTREAM}: the downstream task's; {NONE}: no "
+                            "monitor, the rate by the lowest loss)")
     watch.add_argument("--monitor-root", default=None, help="its root (else its environment variable)")
     watch.add_argument("--monitor-images", type=int, default=MONITOR_IMAGES,
                        help="bank and query images of the monitor, each at most")

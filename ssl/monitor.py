@@ -32,6 +32,7 @@ from torch.utils.data import Subset
 
 from evaluate.protocol.probes import collect_features, knn_probe
 from evaluate.protocol.task_data import DataChoice, labels_of, task_classes, training_sets
+from plumbing.errors import UserError
 from plumbing.runtime import Runtime
 from plumbing.seeding import numpy_rng
 
@@ -39,11 +40,14 @@ MONITOR_IMAGES = 500
 """Bank and query images of the monitor (each at most)."""
 MONITOR_SEED = 0
 """The seed of the monitor's draws: the same images for every step and run."""
+MONITOR_DRAW = "class-balanced halves of the training images"
+"""How the bank and queries are drawn (:func:`balanced_halves`); part of the record, so steps watched by an
+earlier draw (bank of training, queries of validation images) are not taken for steps of this one."""
 
 
 def balanced_halves(labels: torch.Tensor, num_classes: int, images: int, seed: int) -> tuple[list[int], list[int]]:
-    """Disjoint rows ``(bank, queries)`` in row order: of every class ``c`` with ``n_c`` rows, a seeded
-    ``min(images // C, n_c // 2)`` for the queries and ``min(images // C, n_c - that)`` of the rest for the bank."""
+    """Disjoint rows ``(bank, queries)`` in row order: with ``m = max(1, images // C)``, of every class ``c`` with
+    ``n_c`` rows a seeded ``min(m, n_c // 2)`` for the queries and ``min(m, n_c - that)`` of the rest for the bank."""
     rng, per_class = numpy_rng(seed, "monitor rows"), max(1, images // num_classes)
     bank, queries = [], []
     for c in range(num_classes):
@@ -63,6 +67,7 @@ class MonitorConfig:
     version: int | None
     setting: str | None
     images: int = MONITOR_IMAGES
+    draw: str = MONITOR_DRAW
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +86,9 @@ class Monitor:
         self.cfg = cfg
         self.classes = task_classes(choice)
         bank, queries = balanced_halves(labels_of(train), len(self.classes), cfg.images, MONITOR_SEED)
+        if not queries:
+            raise UserError(f"monitor {cfg.describe()}: no class has two training images, so there is nothing to "
+                            "query; pass another --monitor or --monitor none")
         self.bank, self.queries = Subset(train, bank), Subset(train, queries)
         self._starts: dict[str, float] = {}
 

@@ -20,6 +20,8 @@ from ssl.trainer import PretextData, fit_step
 
 SIZE, IMAGES, BATCH = 32, 256, 32
 CPU = Runtime(torch.device("cpu"), False, 0, False, Path("runs"))
+STEPS = 100
+"""Supervised steps of the monitor's positive control."""
 LEARNING = {  # task: (learning rate, epochs of IMAGES / BATCH steps)
     "odc": (0.03, 8),
     "relloc": (0.1, 6),
@@ -47,12 +49,14 @@ def test_a_short_pretext_step_lowers_its_loss_and_raises_the_knn_above_its_start
 
 
 def test_the_monitor_sees_a_supervised_backbone_learn(monitor: Monitor) -> None:
-    """The positive control: 60 supervised steps on the labelled phantoms (class-balanced batches) raise the k-NN
+    """The positive control: STEPS supervised steps on the labelled phantoms (class-balanced batches) raise the k-NN
     far above the random start, so a pretext step whose k-NN stays put has learnt nothing the labels need."""
     train, _ = training_sets(DataChoice("phantom", None, 3, "0s", None), SIZE, 0)
+    queries = set(monitor.queries.indices)  # the monitor's queries are not trained on (its bank may be)
+    train = torch.utils.data.Subset(train, [i for i in range(len(train)) if i not in queries])
     labels = labels_of(train)
     weights = (1.0 / torch.bincount(labels).float())[labels]
-    sampler = torch.utils.data.WeightedRandomSampler(weights, 60 * BATCH, generator=torch.Generator().manual_seed(0))
+    sampler = torch.utils.data.WeightedRandomSampler(weights, STEPS * BATCH, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = Classifier(build_backbone("tiny", 1), len(monitor.classes))
     start = monitor.knn(model.backbone, CPU, 64)
@@ -63,4 +67,4 @@ def test_the_monitor_sees_a_supervised_backbone_learn(monitor: Monitor) -> None:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    assert monitor.knn(model.backbone, CPU, 64) > start + 0.15
+    assert monitor.knn(model.backbone, CPU, 64) > start + 0.1  # measured: 0.31 to 0.47

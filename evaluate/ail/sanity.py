@@ -7,9 +7,10 @@ edge detector's output through (maps alike for trained and random weights)
 says nothing about the model, and neither would an AIL computed from it.
 
 * :func:`randomised_copy`: a copy of a model with every parameter re-drawn by
-  its module's own initialisation (``reset_parameters``, seeded) and every
-  batch-norm's running statistics reset - the last stage of the paper's
-  cascading randomisation, where all layers are random.
+  its module's own initialisation (``reset_parameters``, seeded, on the CPU
+  so that the draw is the same on every device; a batch norm's also resets
+  its running statistics) - the last stage of the paper's cascading
+  randomisation, where all layers are random.
 * :func:`rank_correlation`: the Spearman rank correlation of two maps of each
   image, ``rho = cov(r(a), r(b)) / (std(r(a)) std(r(b)))`` with ``r`` the
   ranks of the pixels (ties get their mean rank), after average pooling both
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plumbing.errors import UserError
+
 SANITY_MAX_CORRELATION = 0.5
 """The mean rank correlation below which a model's maps count as differing from its randomised copy's."""
 POOLED_SIZE = 16
@@ -38,18 +41,17 @@ POOLED_SIZE = 16
 
 @torch.no_grad()
 def randomised_copy(model: nn.Module, seed: int) -> nn.Module:
-    """A deep copy of ``model`` whose parameters are re-drawn by each module's ``reset_parameters`` under
-    ``torch.manual_seed(seed)`` (the global RNG is restored afterwards) and whose batch-norm statistics are reset."""
-    out = copy.deepcopy(model)
+    """A deep copy of ``model`` on ``model``'s device whose parameters are re-drawn on the CPU by each module's
+    ``reset_parameters`` from the CPU generator seeded with ``seed`` (its state is restored afterwards)."""
+    device = next(model.parameters()).device
+    out = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         for module in out.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
-    return out
+    return out.to(device)
 
 
 def _mean_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -63,9 +65,9 @@ def _mean_ranks(values: torch.Tensor) -> torch.Tensor:
 def rank_correlation(first: torch.Tensor, second: torch.Tensor, size: int = POOLED_SIZE) -> torch.Tensor:
     """Spearman's ``rho`` ``[B]`` of the maps ``first`` and ``second`` ``[B, 1, H, W]`` of each image, both
     average-pooled to ``size x size`` (module docstring)."""
-    if first.shape != second.shape or first.ndim != 4:
-        raise ValueError(f"two [B, 1, H, W] maps of one shape are needed, not {tuple(first.shape)} and "
-                         f"{tuple(second.shape)}")
+    if first.shape != second.shape or first.ndim != 4 or first.shape[1] != 1:
+        raise UserError(f"two [B, 1, H, W] maps of one shape are needed, not {tuple(first.shape)} and "
+                        f"{tuple(second.shape)}")
     ranks = [_mean_ranks(F.adaptive_avg_pool2d(m.float(), size).flatten(1).contiguous()) for m in (first, second)]
     centred = [r - r.mean(dim=1, keepdim=True) for r in ranks]
     norms = centred[0].norm(dim=1) * centred[1].norm(dim=1)
