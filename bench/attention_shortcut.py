@@ -138,8 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.layers is None:
         args.layers = "backbone.body.layer3,backbone.body.layer4" if args.backbone.startswith("resnet") else ""
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in MODELS}
-    layers: list[str] = [name for name in args.layers.split(",") if name]
-    modules = dict(Classifier(build_backbone(args.backbone, 1), len(TASK.classes)).named_modules())
+    architecture = Classifier(build_backbone(args.backbone, 1), len(TASK.classes))
+    layers = [name for name in args.layers.split(",") if name] or [architecture.cam_layer]
+    modules = dict(architecture.named_modules())
     if unknown := [name for name in layers if name not in modules]:
         raise UserError(f"--layers: {', '.join(unknown)} not in the {args.backbone} classifier (e.g. "
                         f"backbone.body.layer3 of a ResNet)")
@@ -157,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            amp=amp)["balanced_accuracy"] for test in TESTS}
             scores["dependence"] = scores["BA, marked"] - scores["BA, no mark"]
             random_model = randomised_copy(model, seed)
-            layers = layers or [model.cam_layer]
             for layer in layers:
                 short = layer.rsplit(".", 1)[-1]
                 for test, (images, labels, masks) in findings.items():

@@ -49,9 +49,9 @@ def balanced_halves(labels: torch.Tensor, num_classes: int, images: int, seed: i
     """Disjoint rows ``(bank, queries)`` in row order: with ``m = max(1, images // C)``, of every class ``c`` with
     ``n_c`` rows a seeded ``min(m, n_c // 2)`` for the queries and ``min(m, n_c - that)`` of the rest for the bank."""
     rng, per_class = numpy_rng(seed, "monitor rows"), max(1, images // num_classes)
-    bank, queries = [], []
+    bank, queries, classes = [], [], labels.numpy()
     for c in range(num_classes):
-        rows = rng.permutation(np.flatnonzero(labels.numpy() == c))
+        rows = rng.permutation(np.flatnonzero(classes == c))
         asked = min(per_class, len(rows) // 2)
         queries.append(rows[:asked])
         bank.append(rows[asked: asked + per_class])
