@@ -23,8 +23,16 @@ CPU = Runtime(torch.device("cpu"), False, 0, False, Path("runs"))
 STEPS = 100
 """Supervised steps of the monitor's positive control."""
 LEARNING = {  # task: (learning rate, epochs of IMAGES / BATCH steps)
+    "moco": (0.1, 8),
     "odc": (0.03, 8),
     "relloc": (0.1, 6),
+    "rotation": (0.1, 8),
+    "swav": (0.1, 8),
+}
+BLIND = {
+    "rotation": "rotation is solved from the radiograph's orientation alone (loss 0.97 to 0.01 in 64 steps) and its "
+                "features do not carry the phantom findings: k-NN 0.32 at the start, 0.25-0.31 after every epoch; "
+                "crops of 8-30 % or 50-100 % of the image and lr 0.01-0.1 did not change that",
 }
 
 
@@ -40,11 +48,15 @@ def _step(task: str, lr: float, epochs: int) -> StepConfig:
 
 
 @pytest.mark.parametrize("task", sorted(LEARNING))
-def test_a_short_pretext_step_lowers_its_loss_and_raises_the_knn_above_its_start(task: str, monitor: Monitor) -> None:
+def test_a_short_pretext_step_lowers_its_loss_and_raises_the_knn_above_its_start(
+    task: str, monitor: Monitor, request: pytest.FixtureRequest
+) -> None:
     lr, epochs = LEARNING[task]
     images, channels = unlabelled_images(parse_data("phantom"), SIZE, IMAGES, 0)
     state = fit_step(_step(task, lr, epochs), PretextData(images, channels, monitor=monitor), CPU, lr, epochs).state
     assert state.epoch_losses[-1] < 0.9 * state.epoch_losses[0]
+    if task in BLIND:  # the loss falls, the k-NN does not rise: strict, so a change that fixes it is seen
+        request.applymarker(pytest.mark.xfail(reason=BLIND[task], strict=True))
     assert state.knn_start is not None and state.epoch_knn[-1] > state.knn_start + 0.02
 
 

@@ -9,7 +9,10 @@ backbone sees the crops of one resolution as one batch; the projection head
 ``D -> hidden_dim -> BN -> ReLU -> feature_dim`` sees all of them, and its
 output is L2-normalised: the embeddings ``z``. The ``K`` prototypes ``c_k``
 (rows of a bias-free linear layer) are set to unit norm at the start of every
-step, so the scores ``s = z C^T`` are cosine similarities.
+step, so the scores ``s = z C^T`` are cosine similarities. ``K`` is
+``prototypes`` but at most one prototype per :data:`IMAGES_PER_PROTOTYPE`
+training images (:func:`prototype_count`): ImageNet's 3,000 share about 430
+images each.
 
 Codes: the detached scores of each large crop ``i`` give
 ``q_i = sinkhorn(s_i)`` (:func:`ssl.losses.sinkhorn` with ``epsilon`` and
@@ -35,6 +38,19 @@ are kept. A queue holds at most the data set's ``N`` images (a longer one
 would hold the same images twice). The queues and their fill count are buffers, so a checkpoint holds
 them. The epoch is a plain attribute: the trainer calls :meth:`Swav.start_epoch`
 at the start of every epoch, the first one after a resume included.
+
+Short runs. With the reference's views (2 x 224 + 6 x 96 crops, large ones
+down to 14 % of the image, intensity jitter at p = 0.8) the loss went to
+``ln K`` on phantoms and stayed there: every embedding alike, the codes even,
+nothing learnt (256 images at 32 px, ``tiny``, 64 steps at lr 0.1: 3.73 to
+3.40 with 30 prototypes, 7.88 to 7.52 with 3,000 and the views below). Small
+crops of 5-14 % of a 32 px radiograph hold nothing an image's other crops
+could be told from, and the jitter scrambles the intensities by which a
+random backbone tells radiographs apart. The defaults here are two crops of
+at least half the image, no small crops, no jitter and the prototype cap:
+with them the loss fell from 3.60 to 2.59 and the monitor's k-NN rose from
+0.27 to 0.35 in the same 64 steps. The reference's views: ``--set
+swav.large_scale=[0.14,1] --set swav.small_crops=6 --set swav.jitter_p=0.8``.
 
 Several processes: Sinkhorn normalises over the global batch
 (:func:`plumbing.distributed.sum_over_ranks`); each rank keeps its own queue
@@ -67,6 +83,8 @@ from ..views import gaussian_blur, intensity_jitter, resized_crops
 from .base import PretextTask, TaskContext, check_settings, in_unit_interval
 
 SMALLEST_CROP = 8
+IMAGES_PER_PROTOTYPE = 8
+"""At most one prototype per this many training images (:func:`prototype_count`)."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +96,14 @@ class SwavSettings:
     epsilon: float = 0.05
     sinkhorn_iterations: int = 3
     large_crops: int = 2
-    small_crops: int = 6
-    large_scale: tuple[float, float] = (0.14, 1.0)
+    small_crops: int = 0
+    large_scale: tuple[float, float] = (0.5, 1.0)
     small_scale: tuple[float, float] = (0.05, 0.14)
     small_fraction: float = 96 / 224
     freeze_prototypes_epochs: int = 1
     queue_length: int = 3840
     queue_start_epoch: int = 15
-    jitter_p: float = 0.8
+    jitter_p: float = 0.0
     jitter_amount: float = 0.4
     blur_p: float = 0.5
 
@@ -109,6 +127,13 @@ class SwavSettings:
             )
 
 
+def prototype_count(settings: SwavSettings, num_images: int) -> int:
+    """``K = min(prototypes, N // IMAGES_PER_PROTOTYPE)``, at least 2: a prototype per few images leaves the
+    equipartitioned codes of a small data set nothing to agree on (measured on 256 phantoms: 3,000 prototypes
+    learnt nothing where 30 did)."""
+    return max(2, min(settings.prototypes, num_images // IMAGES_PER_PROTOTYPE))
+
+
 def small_crop_size(settings: SwavSettings, image_size: int) -> int:
     """Side of the small crops: ``round(image_size * small_fraction)``, at least 8 pixels."""
     return max(SMALLEST_CROP, round(image_size * settings.small_fraction))
@@ -130,7 +155,7 @@ class Swav(PretextTask):
             fc1=nn.Linear(backbone.feature_dim, hidden), bn=nn.BatchNorm1d(hidden), relu=nn.ReLU(),
             fc2=nn.Linear(hidden, settings.feature_dim),
         ))  # fmt: skip
-        self.prototypes = nn.Linear(settings.feature_dim, settings.prototypes, bias=False)
+        self.prototypes = nn.Linear(settings.feature_dim, prototype_count(settings, context.num_images), bias=False)
         self.register_buffer("queue", torch.zeros(settings.large_crops, settings.queue_length, settings.feature_dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.epoch = 0
