@@ -132,6 +132,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                       help=f"downstream training images ({default_counts()} when not given)")
     down.add_argument("--eval-length", type=int, default=None,
                       help=f"downstream evaluation images ({default_counts(held_out=True)} when not given)")
+    down.add_argument("--downstream-image-size", type=int, default=None,
+                      help="input size of the downstream runs and their probes (none given: --image-size); the "
+                           "backbone pools globally, so pretext steps at a small size can serve a larger one")
     down.add_argument("--mode", choices=MODES, default=DOWNSTREAM.mode, help="fine-tune or linear probe")
     watch = p.add_argument_group("monitor (k-NN of every step's backbone after every epoch; it chooses the rate)")
     watch.add_argument("--monitor", default=MONITOR_DOWNSTREAM,
@@ -223,6 +226,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
         (args.downstream_epochs is None or args.downstream_epochs >= 1, "--downstream-epochs must be at least 1"),
         (args.batch_size >= 2, "--batch-size must be at least 2"),
         (16 <= args.image_size <= 1024, "--image-size must lie in [16, 1024]"),
+        (args.downstream_image_size is None or 16 <= args.downstream_image_size <= 1024,
+         "--downstream-image-size must lie in [16, 1024]"),
         (args.lr is None or 0 < args.lr < float("inf"), "--lr must be a positive finite number"),
         (args.weight_decay >= 0 and 0 <= args.momentum < 1, "--weight-decay must be >= 0, --momentum in [0, 1)"),
         (args.max_images is None or args.max_images >= args.batch_size,
@@ -281,7 +286,8 @@ def _configs(args: argparse.Namespace, wanted: list[tuple[str, ...]]) -> list[tu
                 setting=args.setting if findings else None,
                 length=spec.image_count(args.length), eval_data=eval_data, eval_root=args.downstream_eval_root,
                 eval_length=get_spec(eval_data).image_count(args.eval_length, held_out=True),
-                backbone=args.backbone, init="scratch", mode=args.mode, image_size=args.image_size,
+                backbone=args.backbone, init="scratch", mode=args.mode,
+                image_size=args.downstream_image_size or args.image_size,
                 epochs=args.downstream_epochs or args.epochs, batch_size=args.batch_size,
                 lr_grid=lr_grid, lr_trial_epochs=args.lr_trial_epochs, seed=seed,
             )

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from adapt.train import main as adapt_main
 from datasets.batches import training_batches
 from datasets.synthetic import SyntheticDataset
-from models.model_file import BACKBONE_FILE, read_model_info
+from models.model_file import BACKBONE_FILE, CLASSIFIER_FILE, read_model_info
 from plumbing import engine
 from plumbing.cli import run_cli
 from plumbing.files import sha256_file
@@ -103,7 +103,7 @@ def test_a_short_rotation_step_on_phantoms_lowers_its_loss() -> None:
 
 
 def test_a_curriculum_chains_its_steps_exports_backbones_and_records_the_run(tmp_path: Path) -> None:
-    _run(tmp_path, *COMMON, "--tasks", "rotation,moco", "--no-singles")
+    _run(tmp_path, *COMMON, "--tasks", "rotation,moco", "--no-singles", "--downstream-image-size", "48")
     run = tmp_path / "ssl-phantom-v3-0s-rotation-moco-seed0"
     results = json.loads((run / "results.json").read_text())
     first, second = results["steps"]
@@ -120,6 +120,7 @@ def test_a_curriculum_chains_its_steps_exports_backbones_and_records_the_run(tmp
     down = results["downstream"]
     assert 0 <= down["balanced_accuracy"] <= 1 and set(down["recall"]) == set(down["classes"])
     assert down["ail"] is not None and (run / "downstream" / "attention.png").is_file()
+    assert read_model_info(run / "downstream" / CLASSIFIER_FILE).image_size == 48  # steps at 32 px, downstream at 48
     assert down["lr"]["lr"] == 0.001 and results["ordering"] == "rotation>moco"
     # the probes of every step's backbone, the run's equal to its last step's; the monitor's values per epoch
     assert down["knn"] == second["probes"]["knn"] and down["linear"] == second["probes"]["linear"]
@@ -395,6 +396,8 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
                                         "--downstream-root", str(tmp_path))
     assert "chexpert" in _error(tmp_path, capsys, *base, "--tasks", "rotation", "--downstream", "chexpert",
                                 "--downstream-root", str(tmp_path / "nowhere"))
+    assert "--downstream-image-size must lie" in _error(tmp_path, capsys, *base, "--tasks", "rotation",
+                                                        "--downstream-image-size", "8")
     assert "no finished curriculum run" in _error(tmp_path, capsys, "runs")
     assert not list(tmp_path.iterdir())  # nothing written
 
