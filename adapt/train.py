@@ -59,6 +59,7 @@ from plumbing.lookup import look_up
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, open_run, record_config, run_name_or
 from plumbing.runtime import Runtime
+from plumbing.storage import add_storage_option_arg, apply_storage_options
 from plumbing.training import checkpoints
 
 from .config import ALIGNMENTS, BN_MODES, PRIOR_CORRECTIONS, AdaptConfig, check_prior_correction, with_preset
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the synthetic store of --source synthetic (default: --source-root, $CXR_SYNTHETIC_ROOT, "
                            f"else ./{DEFAULT_STORE} as synth.generate writes it)")
     data.add_argument("--source-root", default=None, help="root of a real source (else its environment variable)")
+    add_storage_option_arg(data)
     data.add_argument("--target", default="chexpert", help="unlabelled target data set (its labels only score)")
     data.add_argument("--target-root", default=None, help="root of the target (else its environment variable)")
     data.add_argument("--target-prior", default=d.target_prior,
@@ -219,6 +221,7 @@ def grid(args: argparse.Namespace, base: AdaptConfig) -> list[Cell[AdaptConfig]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_storage_options(args.storage_option, [args.source_store, args.source_root])
     device = resolve_device(args.device)
     check_output_folder(args.runs_dir, "--runs-dir")
     base = base_config(args)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
+from plumbing.storage import add_storage_option_arg, apply_storage_options
 
 from .synthetic_store.integrity import damage_message
 from .synthetic_store.reader import open_synthetic, verify_store
@@ -27,11 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("store", help="the store: a local path or an fsspec URL")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_option_arg(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_storage_options(args.storage_option, [args.store])
     store = open_synthetic(args.store, check=False)
     total = sum(len(split) for split in store.splits.values())
     with tqdm(total=total, desc="verify", unit="img", disable=True if args.no_progress else None, leave=False) as bar:

@@ -39,6 +39,7 @@ from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line
 from plumbing.runtime import Runtime
+from plumbing.storage import add_storage_option_arg, apply_storage_options
 
 PROG = "python -m evaluate.synthetic"
 DEFAULTS = QualityConfig()
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "coverage, label fidelity, usefulness, memorisation; writes a Markdown report.")
     parser.add_argument("store", help="the synthetic store (a synth.generate output: local folder or URL)")
     data = parser.add_argument_group("data")
+    add_storage_option_arg(data)
     data.add_argument("--reference", default=d.reference, help=f"reference data set with the store's classes "
                       f"({', '.join(n for n in names() if n != 'synthetic')})")
     data.add_argument("--reference-root", default=None, help="root of a real reference (else its environment "
@@ -134,6 +136,7 @@ def _out_folder(store: str, out: Path | None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_storage_options(args.storage_option, [args.store])
     cfg = _config(args)
     device = resolve_device(args.device)
     store = open_synthetic(args.store)

@@ -57,6 +57,7 @@ from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import check_run_name, command_line
 from plumbing.runtime import Runtime
+from plumbing.storage import add_storage_option_arg, apply_storage_options
 from ssl.curriculum_run import CurriculumRunner, curriculum_cells, read_results, run_name
 from ssl.monitor import MONITOR_IMAGES, Monitor, MonitorConfig
 
@@ -104,6 +105,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
                       help=f"NAME or NAME=ROOT, comma-separated ({', '.join(names())}); labels are not used")
     data.add_argument("--max-images", type=int, default=None,
                       help="at most this many images, a seeded subset (default: every image of --data)")
+    add_storage_option_arg(data)
     data.add_argument("--workers", type=int, default=None, help="DataLoader workers (none given: 0 on a CPU)")
     model = p.add_argument_group("backbone and pretext steps")
     model.add_argument("--backbone", choices=backbone_names(), default="resnet50", help="backbone architecture")
@@ -331,6 +333,8 @@ def _check_start_and_downstream(cfg: CurriculumConfig, channels: int) -> None:
 
 def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
+    roots = [item.partition("=")[2] for item in args.data.split(",")]
+    apply_storage_options(args.storage_option, [*roots, args.downstream_root, args.downstream_eval_root])
     configs = _configs(args, _wanted(args, singles_only=args.orderings == "curriculum"))
     device = resolve_device(args.device)
     check_output_folder(args.runs_dir, "--runs-dir")

@@ -20,6 +20,7 @@ from datasets.label_tasks import SETTINGS, VERSIONS, label_task
 from datasets.synthetic import DEFAULT_STORE
 from plumbing.cli import add_device_arg, make_parser, resolve_device, run_cli
 from plumbing.errors import UserError
+from plumbing.storage import add_storage_option_arg, apply_storage_options
 
 from .conditions import DEVICE_POLICIES
 from .export import DEMO_GENERATOR, load_generator
@@ -63,12 +64,14 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
                         help="images per store block, the unit of writing and resuming (a power of two); default: "
                         "the store's own when resuming, else by resolution (1024 up to 128 px, 256 at 256 px)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    add_storage_option_arg(parser)
     add_device_arg(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_storage_options(args.storage_option, [args.out])
     if args.train_per_class < 1 or args.val_per_class < 1 or args.batch_size < 1:
         raise UserError("--train-per-class, --val-per-class and --batch-size must be positive")
     if not 0.0 <= args.truncation <= 2.0:

@@ -17,6 +17,8 @@ from zarr.core.sync import sync
 from zarr.errors import BaseZarrError
 from zarr.storage import FsspecStore, LocalStore
 
+from plumbing.storage import missing_file_system
+
 from .format import SPLITS
 
 
@@ -34,7 +36,10 @@ def make_store(url: str | Path, *, read_only: bool) -> Store:
     Local paths use ``LocalStore`` (atomic object writes); other URLs ``FsspecStore``.
     """
     if _is_url(url):
-        return FsspecStore.from_url(str(url), read_only=read_only)
+        try:
+            return FsspecStore.from_url(str(url), read_only=read_only)
+        except ImportError as exc:  # fsspec knows the protocol, its package (s3fs, gcsfs, ...) is not installed
+            raise missing_file_system(str(url), exc) from None
     path = str(url)[len("file://") :] if str(url).startswith("file://") else url
     return LocalStore(Path(path).expanduser(), read_only=read_only)
 
