@@ -55,6 +55,7 @@ from plumbing.cli import (
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main, processes
 from plumbing.errors import UserError
 from plumbing.grid import Cell, Status, cell_status, check_cells, run_here
+from plumbing.launch import add_launcher_args, check_launcher_args, launch, only_cell
 from plumbing.lookup import look_up
 from plumbing.precision import add_amp_arg, use_bf16_autocast
 from plumbing.run_folders import command_line, open_run, record_config, run_name_or
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runs_dir_arg(parser)
     add_device_arg(parser)
+    add_launcher_args(parser)
     return parser
 
 
@@ -224,8 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_storage_options(args.storage_option, [args.source_store, args.source_root])
     device = resolve_device(args.device)
     check_output_folder(args.runs_dir, "--runs-dir")
+    check_launcher_args(args)
     base = base_config(args)
     cells = grid(args, base)
+    if args.only_cell is not None:
+        cells = only_cell(cells, args.only_cell)
+    if args.launcher == "submitit":
+        check_cells(cells)
+        return launch(cells, args, "adapt.train", argv)
     source = "--source-store" if args.source == "synthetic" else "--source-root"
     roles = {"source": source, "train": source, "target": "--target-root", "evaluation": "--target-root"}
     with data_options(roles):

@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -51,7 +52,8 @@ from plumbing.cli import (
 )
 from plumbing.distributed import local_batch_size, on_every_process, print_on_main
 from plumbing.errors import UserError
-from plumbing.grid import check_cells, run_here
+from plumbing.grid import Cell, check_cells, run_here
+from plumbing.launch import add_launcher_args, check_launcher_args, launch, only_cell
 from plumbing.lookup import unknown_name
 from plumbing.lr_selection import parse_lr_grid
 from plumbing.precision import add_amp_arg, use_bf16_autocast
@@ -155,6 +157,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_runs_dir_arg(p)
     add_device_arg(p)
+    add_launcher_args(p)
 
 
 def _add_runs_parser(sub: argparse._SubParsersAction) -> None:
@@ -335,15 +338,32 @@ def _run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """Train the runs; ``--orderings curriculum`` trains the singles first, then the orderings they label C."""
     roots = [item.partition("=")[2] for item in args.data.split(",")]
     apply_storage_options(args.storage_option, [*roots, args.downstream_root, args.downstream_eval_root])
+    check_launcher_args(args)
+    if args.launcher == "submitit" and args.orderings == "curriculum":
+        raise UserError("--orderings curriculum chooses its orderings after the singles finish; with --launcher "
+                        "submitit run the singles first (--max-length 1), then --orderings all or listed ones")
     configs = _configs(args, _wanted(args, singles_only=args.orderings == "curriculum"))
     device = resolve_device(args.device)
     check_output_folder(args.runs_dir, "--runs-dir")
+    if args.launcher == "submitit":
+        return launch(_planned_cells(args, configs), args, "ssl.curriculum", argv)
     own_eval_root = args.downstream_eval_root is not None or args.downstream_eval not in (None, args.downstream)
     roles = {"pretext": "--data NAME=ROOT", "train": "--downstream-root",
              "evaluation": "--downstream-eval-root" if own_eval_root else "--downstream-root",
              "evaluation_data": "--downstream-eval"}
     with data_options(roles):
         return on_every_process(device, lambda here: _run_here(args, configs, command_line(PROG, argv), here))
+
+
+def _planned_cells(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfig]]) -> list[Cell[Any]]:
+    """The grid's cells as the jobs will see them: on GPUs when the jobs have GPUs (bf16 unless ``--amp off``,
+    a part of every step's key), checked against the folders; nothing is trained."""
+    jobs_on_gpus = args.gpus_per_cell > 0
+    device = torch.device("cuda" if jobs_on_gpus else "cpu")
+    bf16 = args.amp != "off" if jobs_on_gpus else use_bf16_autocast(args.amp, device)
+    first = configs[0][1]
+    images, _ = unlabelled_images(tuple(parse_data(",".join(first.data))), first.image_size, first.max_images, 0)
+    return check_cells(curriculum_cells(configs, images, Runtime(device, bf16, 0, False, args.runs_dir)))
 
 
 def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfig]], command: str,
@@ -359,6 +379,8 @@ def _run_here(args: argparse.Namespace, configs: list[tuple[str, CurriculumConfi
     for name, _ in configs:
         read_results(args.runs_dir / name)  # a damaged results.json of a finished run stops here, before any training
     cells = check_cells(curriculum_cells(configs, images, runtime))
+    if args.only_cell is not None:
+        cells = only_cell(cells, args.only_cell)
     print_on_main(f"{len(configs)} run(s) on {len(images)} unlabelled images of {', '.join(first.data)}; "
                   f"downstream {first.downstream.data}; {here}")
     runner = CurriculumRunner(images, channels, runtime, command, _build_monitor(first, channels))
