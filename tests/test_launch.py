@@ -160,6 +160,20 @@ def test_a_curriculum_grid_as_jobs_trains_a_shared_step_once_and_equals_the_grid
         assert json.loads(got) == json.loads(want)
 
 
+@pytest.mark.slow
+def test_a_job_at_its_time_limit_is_requeued_and_its_command_resumes(tmp_path: Path) -> None:
+    """The local executor signals the job 4 s before its 16 s limit, as Slurm does ahead of a time limit: the
+    command is stopped mid-count, the job requeued, and the count resumes from its file to the end."""
+    count = tmp_path / "count"
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit", max_num_timeout=5)  # takes a limit in seconds
+    executor.update_parameters(timeout_min=16 / 60, signal_delay_s=4)
+    job = executor.submit(CellJob("tests.resumable_counter", [str(count), "100"],
+                                  Resources(0, 1, 1, 1, None, (), None), str(Path.cwd())))
+    job.result()
+    log = Path(job.paths.stdout).read_text()
+    assert log.count("Requeued job") >= 1 and count.read_text() == "100"  # 10 s of counting after the start
+
+
 def test_cell_arguments_drop_the_launcher_options() -> None:
     argv = ["--alignment", "none", "--launcher", "submitit", "--gpus-per-cell=2", "--dry-run", "--slurm-setup",
             "module load cuda", "--steps", "3", "--wait", "--submitit-dir", "logs"]
