@@ -81,7 +81,10 @@ def settings_group(run: Mapping[str, Any]) -> str:
     shared = {k: v for k, v in run["settings"].items() if k not in UNGROUPED}
     shared["downstream"] = {k: v for k, v in shared["downstream"].items() if k not in DOWNSTREAM_UNGROUPED}
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{run['downstream_task']} ({run['backbone']}, {run['image_size']} px, settings {digest})"
+    pretext = run["image_size"]
+    downstream = run["settings"]["downstream"].get("image_size", pretext)
+    size = f"{pretext} px" if pretext == downstream else f"pretext {pretext} px, downstream {downstream} px"
+    return f"{run['downstream_task']} ({run['backbone']}, {size}, settings {digest})"
 
 
 def config_group(cfg: CurriculumConfig) -> str:
