@@ -152,7 +152,8 @@ def _gap_lines(rows: Sequence[dict[str, Any]], settings: Sequence[str]) -> list[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, "The adaptation runs' balanced accuracy per target, source and alignment "
-                               "(mean +- std over seeds, collapse flags), best first.")
+                               "(mean +- std over seeds, collapse flags), best first.",
+                         example="python -m adapt.report --runs-dir runs --format csv")
     parser.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
     parser.add_argument("--figure", choices=tuple(CRITERIA), default="final",
                         help="final step | the choice of a label-free criterion (source_validation, "

@@ -76,7 +76,8 @@ WEIGHT_OPTIONS = ("feature_mmd", "output_mmd", "regulariser", "entropy")
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     parser = make_parser(PROG, "Adapt a classifier from labelled source images (a synthetic store or a real data "
-                               "set) to unlabelled target images with domain-conditioned channel attention (DCAN).")
+                               "set) to unlabelled target images with domain-conditioned channel attention (DCAN).",
+                         example="python -m adapt.train --source synthetic --target chexpert --alignment none,ours")
     data = parser.add_argument_group("data")
     data.add_argument("--source", default="synthetic", help=f"labelled source data set ({', '.join(names())})")
     data.add_argument("--source-store", default=None,

@@ -148,7 +148,8 @@ def bench_label_free(device: torch.device, backbone: str, image_size: int, selec
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.adapt",
                          "Benchmark the DCAN, ours and ours+em steps beside a plain classifier step (images/s) "
-                         "and the label-free figures of an evaluation (s).")
+                         "and the label-free figures of an evaluation (s).",
+                         example="python -m bench.adapt --backbone resnet18 --image-size 64 --device cuda")
     residual = sorted(n for n, s in BACKBONES.items() if s.residual)
     parser.add_argument("--backbone", choices=residual, default="resnet50", help="residual backbone")
     parser.add_argument("--image-size", type=int, default=224, help="square input size in pixels")

@@ -99,7 +99,8 @@ CEILING = "phantom-nih"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(PROG, "Adaptation on the phantom shift: alignment and prior correction against source only.")
+    parser = make_parser(PROG, "Adaptation on the phantom shift: alignment and prior correction against source only.",
+                         example="python -m bench.adapt_phantom --rows a,b --seeds 0")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/adapt-phantom"), help="folder of every run")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to run ({', '.join(ROWS)})")
     parser.add_argument("--store", type=Path, default=None,

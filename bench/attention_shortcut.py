@@ -100,7 +100,8 @@ def _verdict(rows: dict[str, dict[str, list[float]]], key: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.attention_shortcut",
-                         "Balanced accuracy and AIL of classifiers trained with and without a shortcut mark.")
+                         "Balanced accuracy and AIL of classifiers trained with and without a shortcut mark.",
+                         example="python -m bench.attention_shortcut --seeds 0,1,2 --device cpu")
     parser.add_argument("--backbone", choices=backbone_names(), default="resnet18", help="backbone architecture")
     parser.add_argument("--image-size", type=int, default=128, help="square input size in pixels")
     parser.add_argument("--train-images", type=int, default=1500, help="training images (10%% more for validation)")

@@ -70,7 +70,8 @@ def bench_finetune(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.finetune",
-                         "Benchmark classifier training: images/s through the data path beside the model step alone.")
+                         "Benchmark classifier training: images/s through the data path beside the model step alone.",
+                         example="python -m bench.finetune --backbone resnet50 --image-size 224 --device cuda")
     add_data_path_args(parser, steps=10, warmup=5)
     parser.add_argument("--store-images", type=int, default=4096, help="images in the temporary store")
     add_amp_arg(parser)

@@ -56,7 +56,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m bench.phantom", "Phantom radiographs rendered per second.")
+    parser = make_parser("python -m bench.phantom", "Phantom radiographs rendered per second.",
+                         example="python -m bench.phantom --resolutions 64 256")
     parser.add_argument(
         "--resolutions", type=int, nargs="+", default=[64, 128, 256], help="image sides to time (32-512)"
     )

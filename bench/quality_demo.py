@@ -64,7 +64,8 @@ def _tasks(text: str) -> list[tuple[int, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m bench.quality_demo", "Label fidelity and usefulness of generators' stores.")
+    parser = make_parser("python -m bench.quality_demo", "Label fidelity and usefulness of generators' stores.",
+                         example="python -m bench.quality_demo --generator demo=gen.safetensors")
     parser.add_argument("--generator", action="append", default=[], help="NAME=PATH of a generator (repeatable)")
     parser.add_argument("--tasks", default="v1-0s,v3-0s,v3-Xs", help="label tasks, comma-separated")
     parser.add_argument("--truncations", default="1.0,0.7", help="truncation psi values, comma-separated")

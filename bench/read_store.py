@@ -249,7 +249,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser: argparse.ArgumentParser = make_parser("python -m bench.read_store", __doc__.splitlines()[0])
+    parser: argparse.ArgumentParser = make_parser("python -m bench.read_store", __doc__.splitlines()[0],
+                                                  example="python -m bench.read_store --n 4096 --resolutions 64 256")
     parser.add_argument("--n", type=int, default=4096, help="images per resolution")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256], help="image sizes in px")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -76,7 +76,8 @@ def bench_task(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m bench.ssl",
-                         "Benchmark pretext steps: images/s through the data path beside the model step alone.")
+                         "Benchmark pretext steps: images/s through the data path beside the model step alone.",
+                         example="python -m bench.ssl --tasks moco,swav --device cuda")
     parser.add_argument("--tasks", default="moco,swav", help=f"comma-separated tasks ({', '.join(task_names())})")
     add_data_path_args(parser, steps=5, warmup=2)
     parser.add_argument("--images", type=int, default=2048, help="images in the temporary store (or phantoms)")

@@ -61,7 +61,8 @@ CLEAR_RISE = 0.03
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(PROG, "Curricular SSL on phantoms: scratch, single tasks, and the Curriculum and "
-                               "Anti-Curriculum pairs of the best three, over seeds.")
+                               "Anti-Curriculum pairs of the best three, over seeds.",
+                         example="python -m bench.ssl_phantom --runs-dir runs/ssl-phantom --seeds 0")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ssl-phantom"), help="folder of every run")
     parser.add_argument("--tasks", default=TASKS, help="pretext tasks")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

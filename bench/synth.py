@@ -102,7 +102,8 @@ def bench_generation(device: torch.device, resolution: int, preset: str, n: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m bench.synth", "Benchmark GAN training (s/kimg) and store generation (img/s).")
+    parser = make_parser("python -m bench.synth", "Benchmark GAN training (s/kimg) and store generation (img/s).",
+                         example="python -m bench.synth --resolution 64 --preset tiny")
     parser.add_argument("--resolution", type=int, default=64,
                         help="image size in px (trained at this size, no growing)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",

@@ -19,7 +19,8 @@ def _number(value: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("python -m bench.table", "Print benchmark rows as one Markdown table.")
+    parser = make_parser("python -m bench.table", "Print benchmark rows as one Markdown table.",
+                         example="python -m bench.table runs/bench-rows.tsv")
     parser.add_argument("rows", type=Path, help="file of tab-separated rows written with --rows-out")
     add_device_arg(parser)
     args = parser.parse_args(argv)

@@ -124,8 +124,8 @@ def save_atomically(image: Any, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(
-        "python -m datasets.phantom_grid", "Write a labelled picture grid of phantom chest radiographs."
-    )
+        "python -m datasets.phantom_grid", "Write a labelled picture grid of phantom chest radiographs.",
+                         example="python -m datasets.phantom_grid --n 32 --out phantom-grid.png")
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--out", type=Path, default=Path("grid.png"), help="output PNG")
     parser.add_argument("--domain", default="phantom", choices=sorted(SPECS), help="phantom domain")

@@ -69,8 +69,8 @@ def format_table(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(
-        "python -m datasets.summary", "Count the images of each class of a label task in a label file."
-    )
+        "python -m datasets.summary", "Count the images of each class of a label task in a label file.",
+                         example="python -m datasets.summary chexpert --version 3 --setting 0s")
     parser.add_argument("dataset", help=f"one of {', '.join(tabled())}")
     parser.add_argument("--version", default="3", help=f"label-task version ({', '.join(map(str, VERSIONS))})")
     parser.add_argument("--setting", default="0s", help=f"label-task setting ({', '.join(SETTINGS)})")

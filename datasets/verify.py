@@ -24,8 +24,8 @@ from .synthetic_store.reader import open_synthetic, verify_store
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
-        "python -m datasets.verify", "Re-read every block of a synthetic store and compare it with its checksum."
-    )
+        "python -m datasets.verify", "Re-read every block of a synthetic store and compare it with its checksum.",
+                         example="python -m datasets.verify runs/demo/v3-Xs.zarr")
     parser.add_argument("store", help="the store: a local path or an fsspec URL")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_storage_option_arg(parser)

@@ -34,7 +34,8 @@ PROG = "python -m evaluate.attention"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(PROG, "Attention inside the lungs (AIL) of a fine-tuned classifier, with an overlay grid.")
+    parser = make_parser(PROG, "Attention inside the lungs (AIL) of a fine-tuned classifier, with an overlay grid.",
+                         example="python -m evaluate.attention --run finetune-phantom-resnet18 --method gradcam")
     parser.add_argument("--run", required=True,
                         help="evaluate.finetune or adapt.train run folder (a path, or a name in --runs-dir)")
     parser.add_argument("--method", choices=METHODS, default="gradcam", help="saliency maps")

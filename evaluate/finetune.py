@@ -60,7 +60,8 @@ RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     parser = make_parser(PROG, "Train a classifier on a labelled task (fine-tune or linear probe) and score it on "
-                               "held-out images.")
+                               "held-out images.",
+                         example="python -m evaluate.finetune --data phantom --backbone resnet18 --image-size 64")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=d.data, help=f"registered data set ({', '.join(names())})")
     data.add_argument("--data-root", default=None,

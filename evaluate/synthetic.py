@@ -48,7 +48,8 @@ DEFAULTS = QualityConfig()
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
     parser = make_parser(PROG, "Measure a synthetic store against a labelled reference data set: fidelity, "
-                               "coverage, label fidelity, usefulness, memorisation; writes a Markdown report.")
+                               "coverage, label fidelity, usefulness, memorisation; writes a Markdown report.",
+                         example="python -m evaluate.synthetic v3-Xs.zarr --reference phantom")
     parser.add_argument("store", help="the synthetic store (a synth.generate output: local folder or URL)")
     data = parser.add_argument_group("data")
     add_storage_option_arg(data)

@@ -49,7 +49,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: ...)`` to an option's help, except for a ``None`` default or help that states one."""
+    """Appends ``(default: ...)`` to an option's help, except for a ``None`` default or help that states one;
+    the description and the epilog are wrapped line by line, so an epilog's lines (the example) stay lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            super(DefaultsHelpFormatter, self)._fill_text(line, width, indent + " " * (len(line) - len(line.lstrip())))
+            if line.strip() else "" for line in text.splitlines()
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -74,13 +81,20 @@ def program_name(module: str | None = None) -> str:
     return f"python -m {module}" if _MODULE_NAME.fullmatch(module) else module
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose ``--help`` lists the defaults and whose errors fit on one line.
+def make_parser(prog: str, description: str, *, example: str) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` whose ``--help`` lists the defaults, ends with ``example`` (one command line) and
+    whose errors fit on one line.
 
     ``prog`` is the command's module (``datasets.summary``) or its full
     ``python -m datasets.summary`` form; usage lines show the latter.
     """
-    return _Parser(prog=program_name(prog), description=description, formatter_class=DefaultsHelpFormatter)
+    return _Parser(prog=program_name(prog), description=description, epilog=example_epilog(example),
+                   formatter_class=DefaultsHelpFormatter)
+
+
+def example_epilog(example: str, before: str = "") -> str:
+    """The ``--help`` epilog: ``before`` (lines kept as written), then ``example:`` and the command line."""
+    return f"{before}\n\n" * bool(before) + f"example:\n  {example}"
 
 
 def default_device() -> str:

@@ -43,6 +43,7 @@ from plumbing.cli import (
     check_options,
     check_output_folder,
     data_options,
+    example_epilog,
     make_parser,
     parse_list,
     parse_seeds,
@@ -77,16 +78,15 @@ STEP_LR_GRID = "0.01,0.03,0.1"
 DOWNSTREAM = FinetuneConfig()
 
 
-class TasksHelpFormatter(DefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Option defaults, and the epilog's list of tasks kept line by line."""
+RUN_EXAMPLE = "python -m ssl.curriculum run --tasks rotation,moco --data phantom --downstream phantom"
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train curricula and their downstream classifiers",
                        description="Train the pretext tasks in order, then the downstream classifier; record a run.",
-                       epilog="pretext tasks:\n" + "\n".join(f"  {n:<9} {get_task(n).description}"
-                                                            for n in task_names()),
-                       formatter_class=TasksHelpFormatter)
+                       epilog=example_epilog(RUN_EXAMPLE, "pretext tasks:\n" + "\n".join(
+                           f"  {n:<9} {get_task(n).description}" for n in task_names())),
+                       formatter_class=DefaultsHelpFormatter)
     tasks = p.add_argument_group("curriculum")
     tasks.add_argument("--tasks", required=True,
                        help=f"comma-separated pretext tasks in order ({', '.join(task_names())}), or {NONE} "
@@ -163,6 +163,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
 def _add_runs_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="print the runs table (or --plan)",
                        description="The curriculum runs per downstream task, best first; or the proposed orderings.",
+                       epilog=example_epilog("python -m ssl.curriculum runs --runs-dir runs --label-by knn"),
                        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--format", choices=FORMATS, default="markdown", help="output format")
     p.add_argument("--plan", action="store_true",
@@ -180,7 +181,8 @@ def _add_label_by_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser(PROG, "Curricular self-supervised pre-training: run curricula, print their table.")
+    parser = make_parser(PROG, "Curricular self-supervised pre-training: run curricula, print their table.",
+                         example=RUN_EXAMPLE)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,runs}")
     _add_run_parser(sub)
     _add_runs_parser(sub)

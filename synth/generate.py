@@ -34,7 +34,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     parser = make_parser(
         "python -m synth.generate",
         "Generate a versioned synthetic chest X-ray data set (a Zarr store) with a conditional GAN.",
-    )
+                         example="python -m synth.generate --version 3 --setting Xs")
     parser.add_argument("--version", type=int, choices=sorted(VERSIONS), default=DEFAULTS.version,
                         help="label-task version")
     parser.add_argument("--setting", choices=SETTINGS, default=DEFAULTS.setting,

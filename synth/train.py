@@ -68,7 +68,8 @@ FROM_COMMAND = "--kimg, --workers, --device, --amp, --data-root and --no-progres
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    parser = make_parser(PROG, "Train the class-conditional StyleGAN2-ADA-style GAN on a data set.")
+    parser = make_parser(PROG, "Train the class-conditional StyleGAN2-ADA-style GAN on a data set.",
+                         example="python -m synth.train --data phantom --resolution 64 --kimg 150")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=d.data, help=f"registered data set with finding vectors ({', '.join(names())})")
     data.add_argument("--data-root", default=None, help="root of a real data set (else its environment variable)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -43,6 +44,11 @@ COMMANDS = (
     "synth.generate",
     "synth.train",
 )
+EVERY_COMMAND = (
+    *COMMANDS, "adapt.report", "adapt.train", "bench.adapt", "bench.adapt_phantom", "bench.attention_shortcut",
+    "bench.finetune", "bench.quality_demo", "bench.ssl", "bench.ssl_phantom", "evaluate.attention",
+    "evaluate.finetune", "evaluate.synthetic", "ssl.curriculum",
+)
 MESSAGE = "chestxray8: image file /data/images/00000001_000.png could not be decoded (truncated)"
 
 
@@ -62,7 +68,7 @@ def help_text(module: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captu
 
 
 def test_help_formatter_appends_a_default_only_where_the_help_states_none() -> None:
-    parser = make_parser("pkg.tool", "A tool.")
+    parser = make_parser("pkg.tool", "A tool.", example="python -m pkg.tool --size 4")
     parser.add_argument("--size", type=int, default=3, help="a size")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: torch's own)")
     parser.add_argument("--name", default=None, help="a name")
@@ -81,6 +87,15 @@ def test_every_command_shows_each_default_once_and_its_python_m_name(module: str
     assert "(default: None)" not in text
     for line in text.splitlines():
         assert len(re.findall(r"\bdefault\b", line, re.IGNORECASE)) <= 1, line
+
+
+@pytest.mark.parametrize("module", EVERY_COMMAND)
+def test_every_commands_help_ends_with_an_example_its_parser_takes(module: str, monkeypatch, capsys) -> None:
+    lines = help_text(module, monkeypatch, capsys).rstrip().splitlines()
+    assert lines[-2] == "example:" and lines[-1].startswith(f"  python -m {module} "), lines[-2:]
+    build = getattr(importlib.import_module(module), "build_parser", None)
+    if build is not None:  # the commands whose parser can be had without running them
+        build().parse_args(shlex.split(lines[-1])[3:])
 
 
 @pytest.mark.parametrize("module", COMMANDS)

@@ -70,7 +70,7 @@ def test_record_keeps_the_command_and_appends_resume_commands(tmp_path: Path) ->
 
 
 def test_given_options_ignore_defaults() -> None:
-    parser = make_parser("python -m x", "test")
+    parser = make_parser("python -m x", "test", example="python -m x")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--flag", action="store_true")
     parser.add_argument("--name", default=None)

@@ -145,7 +145,8 @@ def build(source: Path, size: int = SIZE) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = make_parser("datasets.assets.build_lung_masks", __doc__.splitlines()[0])
+    parser = make_parser("datasets.assets.build_lung_masks", __doc__.splitlines()[0],
+                         example="python -m datasets.assets.build_lung_masks --size 256")
     parser.add_argument("--source", type=Path, default=None, help="the lung-mask zip (default: torchxrayvision's)")
     parser.add_argument("--size", type=int, default=SIZE, help="side of the stored masks in pixels")
     parser.add_argument("--out", type=Path, default=OUT, help="output .npz")
