@@ -33,9 +33,10 @@ its learning test); the downstream runs, their k-NN and linear probes and
 AIL see ``--downstream-image-size`` (128: the backbone pools globally, so
 its weights serve both sizes). AIL is Grad-CAM of the predicted class at
 the backbone's last feature map (16 x 16 for ``tiny`` at 128 px),
-upsampled to the image, against the exact lung masks. The defaults fit
-about an hour on 2 CPU cores for three seeds. A finished run is skipped, so
-the benchmark resumes where it stopped and can run seed by seed.
+upsampled to the image, against the exact lung masks. With the defaults
+three seeds took about 2 h 10 min on 2 CPU cores beside other work, so run
+it seed by seed (a part under an hour). A finished run is skipped, so the
+benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
