@@ -48,6 +48,7 @@ from typing import Any
 import submitit
 
 from .errors import UserError
+from .files import write_json_atomic
 from .grid import Cell, cell_status, in_dependency_order
 
 LAUNCHERS = ("local", "submitit")
@@ -311,8 +312,7 @@ def _read_jobs(folder: Path) -> dict[str, str]:
 
 
 def _record_jobs(folder: Path, jobs: dict[str, str]) -> None:
-    path = folder / JOBS_FILE
-    path.write_text(json.dumps(_read_jobs(folder) | jobs, indent=2, sort_keys=True))
+    write_json_atomic(folder / JOBS_FILE, _read_jobs(folder) | jobs)
 
 
 def check_launcher_args(args: argparse.Namespace) -> None:
