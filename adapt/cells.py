@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluate.metrics import MISSING, missing_classes_note
+from evaluate.plots import adaptation_pictures
 from models.model_file import CLASSIFIER_FILE, training_record
 from plumbing.distributed import is_main_process
 from plumbing.files import write_json_atomic
@@ -102,7 +103,8 @@ def prior_record(cfg: AdaptConfig, data: AdaptData) -> dict[str, Any]:
 
 
 def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: AdaptData) -> dict[str, Any]:
-    """``results.json`` and the exported classifier (rank 0); returns the results on every rank."""
+    """``results.json``, the exported classifier and the pictures (:func:`evaluate.plots.adaptation_pictures`:
+    ``curves.png``, ``confusion.png``) (rank 0); returns the results on every rank."""
     history = trainer.state.history
     chosen = select(history)
     final = chosen["final"]
@@ -134,6 +136,7 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
     if is_main_process():
         training = training_record(TRAINED_BY, record, alignment=cfg.label, steps=cfg.steps)
         export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)
+        adaptation_pictures(run_dir, results)
         write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
 

@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 DEVICE="${CXR_BENCH_DEVICE:-cuda}"
-if ! "$PY" -c "import monai, ignite, zarr, torchxrayvision, pydicom" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! "$PY" -c "import monai, ignite, zarr, torchxrayvision, pydicom, matplotlib" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     SITE="$(mktemp -d)"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"

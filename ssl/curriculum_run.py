@@ -6,9 +6,10 @@ that ran it), ``backbone.safetensors`` (the backbone the downstream training
 starts from: the last step's, or the scratch / ImageNet initialisation of a
 baseline; ``adapt.train --init ssl:RUN`` reads it), ``downstream/`` (an
 ``evaluate.finetune`` run folder: its checkpoints, the chosen learning rate
-with every trial, ``classifier.safetensors``, ``results.json`` and, where the
-evaluation images have lung masks, ``attention.json`` / ``attention.png``)
-and, once finished, ``results.json``: the ordering, every step's key,
+with every trial, ``classifier.safetensors``, ``results.json``,
+``confusion.png`` and, where the evaluation images have lung masks,
+``attention.json`` / ``attention.png``) and, once finished, ``pretext.png``
+(a run with steps: loss and monitor per epoch) and ``results.json``: the ordering, every step's key,
 learning rate and losses with the k-NN and linear probes of its backbone
 (:mod:`evaluate.protocol.probes`, on the downstream task), and the
 downstream figures: the fine-tune's, AIL, and under ``knn`` / ``linear`` the
@@ -35,6 +36,7 @@ from datasets.synthetic import SyntheticDataset
 from evaluate.ail.lung_masks import MaskSource
 from evaluate.ail.measurement import measure_attention, write_attention
 from evaluate.metrics import MISSING, missing_classes_note, missing_classes_warning
+from evaluate.plots import PRETEXT_CURVES, pretext_curves, save
 from evaluate.protocol.probes import probe_backbone
 from evaluate.protocol.task_data import TaskData, task_data
 from evaluate.protocol.training import run_protocol
@@ -246,7 +248,7 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
                command: str, probe_cache: dict[str, dict[str, Any]] | None = None) -> None:
     """Record the run (``config.json``: its command, or a resume command when the run started before), export
     its start backbone from its finished steps ``step_keys``, train the downstream protocol and write
-    ``results.json``."""
+    ``pretext.png`` (:func:`evaluate.plots.pretext_curves`, for a run with steps) and ``results.json``."""
     steps = []
     for key in step_keys:
         step = finished_step(runtime.runs_dir, key)
@@ -275,6 +277,8 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         "downstream": downstream, "settings": cfg.to_dict(),
     }
     if is_main_process():
+        if steps:
+            save(pretext_curves(results["steps"], folder.name), folder / PRETEXT_CURVES)
         write_json_atomic(folder / RESULTS_FILE, results)
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)

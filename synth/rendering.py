@@ -8,7 +8,9 @@ truncation toward the average w of each sample's condition
 uint8 by ``round((x + 1) * 127.5)``. Nothing depends on the batch, so the
 batch size changes pixels only by floating-point rounding.
 :func:`write_contact_sheet` draws the PNG that ``synth.generate`` writes
-beside a store.
+beside a store: one row of validation images per class, each row named in a
+white left margin (the quality report's row labels,
+:mod:`evaluate.quality.row_labels`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 import fsspec
 import numpy as np
 import torch
-from torchvision.utils import save_image
+from PIL import Image, ImageDraw, ImageFont
 
 from datasets.sample import to_uint8
 from datasets.synthetic_store.reader import open_synthetic
+from evaluate.quality.row_labels import draw_row_label, label_width
 from plumbing.errors import UserError
 from plumbing.seeding import derive_seed, generator
 
@@ -83,25 +86,42 @@ def render(
     return np.concatenate(out)
 
 
+CONTACT_PADDING = 2
+"""White pixels around and between the contact sheet's tiles."""
+
+
 def write_contact_sheet(url: str, per_class: int = 8) -> str:
     """A PNG beside the store: the first ``per_class`` validation images of each class, one row per class.
+
+    The path is the store's with ``.zarr`` replaced by ``-contact.png`` (any
+    fsspec URL). A grey picture on white: a left margin with each row's class
+    name (:func:`evaluate.quality.row_labels.label_width` wide), then the
+    row's tiles ``CONTACT_PADDING`` pixels apart and from the edges, black
+    where a class has fewer than ``per_class`` images.
 
     Raises:
         UserError: a damaged block (read through :func:`open_synthetic`), or the PNG cannot be written.
     """
     store = open_synthetic(url)
     split = store.split("val")
-    rows = []
-    for c in range(len(store.classes)):
-        idx = np.flatnonzero(split.labels == c)[:per_class]
-        tiles = np.zeros((per_class, *split.images.shape[1:]), dtype=np.uint8)
-        tiles[: len(idx)] = np.stack([split.read_images(int(i), int(i) + 1)[0] for i in idx])
-        rows.append(tiles)
-    sheet = torch.from_numpy(np.concatenate(rows)).float() / 255.0
+    height, width = split.images.shape[-2:]  # uint8 [N, 1, H, W]
+    pad, font = CONTACT_PADDING, ImageFont.load_default()
+    margin = label_width(store.classes, font)
+    size = (margin + per_class * (width + pad) + pad, len(store.classes) * (height + pad) + pad)
+    sheet = Image.new("L", size, "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(store.classes):
+        top = pad + c * (height + pad)
+        draw_row_label(draw, name, top, height, font)
+        tiles = np.zeros((per_class, height, width), dtype=np.uint8)
+        for j, i in enumerate(np.flatnonzero(split.labels == c)[:per_class]):
+            tiles[j] = split.read_images(int(i), int(i) + 1)[0, 0]
+        row = np.pad(tiles, ((0, 0), (0, 0), (0, pad)), constant_values=255).transpose(1, 0, 2).reshape(height, -1)
+        sheet.paste(Image.fromarray(np.ascontiguousarray(row)), (margin + pad, top))
     path = url.rstrip("/").removesuffix(".zarr") + "-contact.png"
     try:
         with fsspec.open(path, "wb") as f:
-            save_image(sheet, f, nrow=per_class, padding=2, pad_value=1.0, format="png")
+            sheet.save(f, format="PNG")
     except OSError as exc:
         raise UserError(f"cannot write the contact sheet {path}: {exc.strerror or exc}") from exc
     return path

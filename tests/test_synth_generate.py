@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from PIL import Image, ImageDraw, ImageFont
 
 from datasets.findings import CHEXPERT
 from datasets.label_tables import read_chexpert_table
 from datasets.synthetic_store.format import content_attrs
 from datasets.synthetic_store.reader import open_synthetic
+from evaluate.quality.row_labels import draw_row_label, label_width
 from plumbing.cli import run_cli
 from plumbing.errors import UserError
 from synth.conditions import ConditionSampler
@@ -330,6 +332,36 @@ def test_contact_sheet_of_a_damaged_store_is_one_line(reference: Path, tmp_path:
     with pytest.raises(UserError, match=r"val block 0 \(images unreadable") as exc:
         write_contact_sheet(str(out))
     assert "\n" not in str(exc.value) and str(out) in str(exc.value)
+
+
+def test_contact_sheet_names_each_row_left_of_its_tiles(reference: Path) -> None:
+    store = open_synthetic(reference)
+    val, n = store.split("val"), len(store.classes)
+    sheet = np.asarray(Image.open(reference.with_name("ref-contact.png")).convert("L"))
+    margin, tiles_width = label_width(store.classes, ImageFont.load_default()), 8 * (32 + 2) + 2  # per_class = 8
+    assert margin >= 120 and sheet.shape == (n * (32 + 2) + 2, margin + tiles_width)
+    labels = []
+    for c in range(n):
+        top = 2 + c * (32 + 2)
+        label = sheet[top - 2 : top + 32, :margin]
+        assert (label < 100).sum() > 20 and (label > 200).mean() > 0.5, store.classes[c]  # dark text on white
+        labels.append(label.tobytes())
+        tiles = sheet[top : top + 32, margin + 2 :].reshape(32, 8, 34)[:, :, :32].transpose(1, 0, 2)
+        rows = np.flatnonzero(val.labels == c)
+        assert np.array_equal(tiles[: len(rows)], val.read_images(0, len(val))[rows, 0])  # the class's images
+        assert not tiles[len(rows) :].any()  # black where the class has fewer than 8
+    assert len(set(labels)) == n  # each row its own name
+
+
+def test_row_labels_widen_the_margin_for_long_names() -> None:
+    font = ImageFont.load_default()
+    assert label_width(["No Finding", "Pneumothorax"], font) == 120
+    width = label_width(["No Finding", "Enlarged Cardiomediastinum"], font)
+    assert width > 120
+    picture = Image.new("L", (width, 32), "white")
+    draw_row_label(ImageDraw.Draw(picture), "Enlarged Cardiomediastinum", 0, 32, font)
+    ink = np.flatnonzero((np.asarray(picture) < 100).any(axis=0))
+    assert ink.min() >= 2 and ink.max() < width - 2  # the whole name inside the margin
 
 
 def test_help_shows_one_short_default_per_option(capsys: pytest.CaptureFixture[str]) -> None:

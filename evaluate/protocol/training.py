@@ -44,6 +44,7 @@ from torch import nn
 
 from datasets.batches import checkpoint_position, evaluation_batches, steps_per_epoch, training_batches
 from evaluate.metrics import classification_metrics, metrics_report
+from evaluate.plots import write_confusion
 from evaluate.protocol.losses import class_weights, weighted_cross_entropy
 from evaluate.protocol.task_data import DataChoice, TaskData
 from models.backbones import Classifier, build_backbone
@@ -266,7 +267,8 @@ def choose_classifier_lr(cfg: FinetuneConfig, data: TaskData, runtime: Runtime) 
 
 
 def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrainer, data: TaskData) -> dict:
-    """``results.json``: the evaluation metrics, the chosen rate with every trial, the best epoch and set sizes."""
+    """``results.json``: the evaluation metrics, the chosen rate with every trial, the best epoch and set sizes; and
+    ``confusion.png``, the evaluation's confusion matrix (:func:`evaluate.plots.write_confusion`)."""
     results = report | {
         "classes": list(data.classes),
         "lr": trainer.state.lr_choice,
@@ -275,6 +277,7 @@ def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrai
         "images": data.sizes(),
     }
     if is_main_process():
+        write_confusion(run_dir, results["confusion_matrix"], results["classes"], f"{run_dir.name}: best epoch")
         write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
 

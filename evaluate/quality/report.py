@@ -1,6 +1,7 @@
 """Write a quality report: ``quality.json``, ``quality.md`` and its PNG figures (PIL, no plotting library).
 
-* ``samples.png``: one row per class, synthetic images on the left, real
+* ``samples.png``: one row per class, named in a left margin
+  (:mod:`evaluate.quality.row_labels`), synthetic images on the left, real
   held-out images of the same class on the right;
 * ``nearest.png``: the closest synthetic / training pairs of each space
   (synthetic above, training image below, the distance and a red frame when
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from evaluate.quality.image_sets import ImageSet
 from evaluate.quality.measurement import Measured
+from evaluate.quality.row_labels import draw_row_label, label_width
 from plumbing.files import atomic_path, write_json_atomic
 
 SAMPLES_PER_SIDE = 6
@@ -36,7 +38,7 @@ def _tile(image: torch.Tensor, size: int = TILE) -> Image.Image:
 
 def samples_picture(synthetic: ImageSet, reference: ImageSet, classes: Sequence[str]) -> Image.Image:
     font = ImageFont.load_default()
-    label_w, gap, k = 120, 16, SAMPLES_PER_SIDE
+    label_w, gap, k = label_width(classes, font), 16, SAMPLES_PER_SIDE
     width = label_w + 2 * k * (TILE + 2) + gap
     picture = Image.new("RGB", (width, 16 + len(classes) * (TILE + 4)), "white")
     draw = ImageDraw.Draw(picture)
@@ -44,7 +46,7 @@ def samples_picture(synthetic: ImageSet, reference: ImageSet, classes: Sequence[
     draw.text((label_w + k * (TILE + 2) + gap, 2), "real (held out)", fill=REFERENCE_COLOUR, font=font)
     for c, name in enumerate(classes):
         y = 16 + c * (TILE + 4)
-        draw.text((2, y + TILE // 2 - 6), name, fill="black", font=font)
+        draw_row_label(draw, name, y, TILE, font)
         for side, images in enumerate((synthetic, reference)):
             rows = images.of_class(c)[:k]
             x0 = label_w + side * (k * (TILE + 2) + gap)

@@ -1,0 +1,139 @@
+"""The store, GAN, runs and overview pages of the study report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from evaluate import plots
+from evaluate.study.assets import Assets
+from evaluate.study.html import Raw, esc, figure, link, markdown, table
+from evaluate.study.survey import QUALITY_FILE, Run, Store, Survey
+
+GRIDS_SHOWN = 6
+"""Sample grids shown per GAN run: evenly spaced over its snapshots, the last one always among them."""
+
+
+def _provenance_rows(attrs: Mapping[str, Any]) -> list[list[Any]]:
+    generator = attrs.get("generator") or {}
+    training = generator.get("training") or {}
+    counts = attrs.get("counts") or {}
+    rows = [
+        ["task", f"v{attrs.get('version')}-{attrs.get('setting')}"],
+        ["classes", ", ".join(attrs.get("classes") or [])],
+        *[[f"images ({split})", ", ".join(f"{c} {n}" for c, n in per_class.items())]
+          for split, per_class in counts.items()],
+        ["resolution", f"{attrs.get('resolution')} px"],
+        ["generator sha256", generator.get("sha256")],
+        ["generator trained on", f"{training.get('data', '-')} ({training.get('kimg_done', '-')} kimg)"],
+        ["trained on phantoms", generator.get("trained_on_phantoms")],
+        ["seed, truncation", f"{attrs.get('seed')}, {attrs.get('truncation')}"],
+        ["condition policy", attrs.get("condition_policy")],
+        ["created", attrs.get("created")],
+        ["complete", attrs.get("complete")],
+        ["libraries", ", ".join(f"{k} {v}" for k, v in (attrs.get("library_versions") or {}).items())],
+    ]
+    return [[k, None if v is None else str(v)] for k, v in rows]
+
+
+def _quality(folder: Any, assets: Assets) -> str:
+    report = folder / "quality.md"
+    if not report.is_file():
+        return f'<p class="flag">{esc(folder.name)} holds {QUALITY_FILE} but no quality.md.</p>'
+
+    def source(name: str) -> str | None:
+        return assets.copy(folder / name, folder.name) if (folder / name).is_file() else None
+
+    return markdown(report.read_text(), source, shift=2)
+
+
+def stores_page(found: Survey, assets: Assets) -> str:
+    """Each store: provenance, contact sheet (one row per class), quality report; then lone quality reports."""
+    if not found.stores and not found.qualities:
+        return "<p>No synthetic store in this runs folder (<code>python -m synth.generate</code> writes one).</p>"
+    parts = []
+    for store in found.stores:
+        parts.append(_store(store, assets))
+    for folder in found.qualities:
+        parts.append(f'<h2 id="{esc(folder.name)}">{esc(folder.name)}</h2>'
+                     "<p>A quality report of a store that is not in this runs folder.</p>" + _quality(folder, assets))
+    return "\n".join(parts)
+
+
+def _store(store: Store, assets: Assets) -> str:
+    parts = [f'<h2 id="{esc(store.path.name)}">{esc(store.path.name)}</h2>',
+             table(["provenance", ""], _provenance_rows(store.attrs))]
+    if store.contact_sheet is not None:
+        parts.append(figure(assets.copy(store.contact_sheet, store.path.name),
+                            "contact sheet: the first validation images of each class, one row per class"))
+    if store.quality is not None:
+        parts.append(_quality(store.quality, assets))
+    else:
+        parts.append(f"<p>No quality report yet: <code>python -m evaluate.synthetic {esc(store.path)} --reference "
+                     "DATASET</code> writes one.</p>")
+    return "\n".join(parts)
+
+
+def _fidelity(run: Run) -> list[dict[str, Any]]:
+    path = run.path / "samples" / "label_fidelity.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def gan_page(found: Survey, assets: Assets) -> str:
+    """Each GAN run: label fidelity over training and sample grids over training."""
+    runs = found.of_kind("gan")
+    if not runs:
+        return "<p>No GAN run in this runs folder (<code>python -m synth.train</code> trains one).</p>"
+    parts = []
+    for run in runs:
+        parts.append(f'<h2 id="{esc(run.name)}">{esc(run.name)}</h2><p>'
+                     + link(f"runs.html#{run.name}", "configuration and command") + "</p>")
+        records = _fidelity(run)
+        if records:
+            parts.append(figure(assets.draw(plots.fidelity_curves(records, run.name), run.name, "fidelity.png"),
+                                "label fidelity per class over training (the probe's agreement with the asked class)"))
+        grids = sorted((run.path / "samples").glob("grid-*.png"))
+        step = max(1, -(-len(grids) // GRIDS_SHOWN))
+        for grid in [*grids[:-1:step], grids[-1]][-GRIDS_SHOWN:]:
+            kimg = grid.stem.removeprefix("grid-").removesuffix("kimg").lstrip("0") or "0"
+            parts.append(figure(assets.copy(grid, run.name), f"samples at {kimg} kimg (rows: conditions)", 360))
+    return "\n".join(parts)
+
+
+def runs_page(found: Survey) -> str:
+    """Every run: its kind, the exact command (and resume commands) and its recorded configuration."""
+    if not found.runs:
+        return "<p>No run folder here.</p>"
+    parts = []
+    for run in found.runs:
+        config = dict(run.config)
+        command = config.pop("command", None)
+        resumed = config.pop("resumed_with", [])
+        commands = [command, *resumed] if command else list(resumed)
+        parts.append(f'<h3 id="{esc(run.name)}">{esc(run.name)}</h3><p>{esc(run.kind)} run'
+                     f"{'' if run.results is not None or run.kind == 'gan' else ' (unfinished)'}</p>"
+                     + "".join(f"<pre>{esc(c)}</pre>" for c in commands)
+                     + f"<details><summary>configuration</summary><pre>{esc(json.dumps(config, indent=2))}</pre>"
+                       "</details>")
+    return "\n".join(parts)
+
+
+def overview(found: Survey) -> str:
+    """What the runs folder holds, with links to the pages, and every folder that is not shown and why."""
+    counts = [("synthetic stores", len(found.stores), "stores.html"),
+              ("quality reports", sum(s.quality is not None for s in found.stores) + len(found.qualities),
+               "stores.html"),
+              ("adaptation runs", len(found.of_kind("adaptation")), "adaptation.html"),
+              ("curriculum runs", len(found.of_kind("curriculum")), "curricula.html"),
+              ("GAN runs", len(found.of_kind("gan")), "gan.html"),
+              ("downstream (fine-tune) runs", len(found.of_kind("finetune")), "runs.html")]
+    parts = [f"<p>Runs folder <code>{esc(found.runs_dir.resolve())}</code>. Every page is built from what its "
+             "run folders hold; nothing is trained again. Run the same command again to update it.</p>",
+             table(["what", "found", "page"], [[what, n, Raw(link(href, href))] for what, n, href in counts])]
+    if found.others:
+        parts.append(table(["folder", "what it is"], [[o.path.name, o.what] for o in found.others],
+                           "Folders not shown on the pages"))
+    return "\n".join(parts)
