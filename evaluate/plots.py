@@ -85,10 +85,12 @@ def confusion_picture(matrix: Sequence[Sequence[int]], classes: Sequence[str], t
 
 
 def pretext_curves(steps: Sequence[Mapping[str, Any]], title: str) -> Figure:
-    """Pretext loss (left) and monitor k-NN balanced accuracy (right) per epoch of each step of a curriculum run,
-    the steps one after the other; the k-NN before the first epoch (``knn_start``) is drawn at epoch 0."""
-    figure = Figure(figsize=(8.0, 3.0))
-    loss_ax, knn_ax = figure.subplots(1, 2)
+    """Pretext loss (left) and monitor k-NN balanced accuracy (right; left out for steps trained without a
+    monitor) per epoch of each step of a curriculum run, the steps one after the other; the k-NN before the first
+    epoch (``knn_start``) is drawn at the step's start."""
+    monitored = any(step.get("epoch_knn") for step in steps)
+    figure = Figure(figsize=(8.0 if monitored else 4.5, 3.0))
+    loss_ax, knn_ax = figure.subplots(1, 2) if monitored else (figure.add_subplot(), None)
     offset = 0
     for step in steps:
         name = str(step.get("task") or step.get("key", "step"))
@@ -96,14 +98,15 @@ def pretext_curves(steps: Sequence[Mapping[str, Any]], title: str) -> Figure:
         knn = list(step.get("epoch_knn") or [])
         epochs = np.arange(offset + 1, offset + len(losses) + 1)
         loss_ax.plot(epochs, losses, "o-", markersize=3, label=name)
-        if knn:
+        if knn and knn_ax is not None:
             start = step.get("knn_start")
             xs = ([offset] if start is not None else []) + list(range(offset + 1, offset + len(knn) + 1))
             knn_ax.plot(xs, ([start] if start is not None else []) + knn, "o-", markersize=3, label=name)
         offset += len(losses)
     loss_ax.set(xlabel="epoch", ylabel="pretext loss", title=f"{title}: pretext loss")
-    knn_ax.set(xlabel="epoch", ylabel="monitor k-NN balanced accuracy", title="monitor", ylim=(0.0, 1.02))
-    for ax in (loss_ax, knn_ax):
+    if knn_ax is not None:
+        knn_ax.set(xlabel="epoch", ylabel="monitor k-NN balanced accuracy", title="monitor", ylim=(0.0, 1.02))
+    for ax in (loss_ax, knn_ax)[: 2 if monitored else 1]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

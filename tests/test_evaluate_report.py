@@ -29,6 +29,10 @@ CURRICULUM = ["run", "--tasks", "rotation", "--data", "phantom", "--max-images",
               "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--lr", "0.05",
               "--downstream-lr-grid", "0.001", "--monitor-images", "32", "--device", "cpu", "--no-progress"]
 STORE = ["--version", "1", "--setting", "0s", "--train-per-class", "4", "--val-per-class", "4"]
+GAN = ["--data", "phantom", "--data-length", "64", "--resolution", "32", "--start-resolution", "16", "--stable-kimg",
+       "0.016", "--fade-kimg", "0.032", "--batch-size", "8", "--r1-interval", "2", "--ada-kimg", "0.1",
+       "--ada-target", "0.0", "--snapshot-kimg", "0.032", "--kimg", "0.064", "--fidelity-images", "4", "--name", "gan",
+       "--device", "cpu", "--no-progress"]
 
 
 def _command(*argv: str) -> None:
@@ -37,11 +41,14 @@ def _command(*argv: str) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store from the shipped generator, one adaptation cell, one single-task curriculum run."""
+    """One store from the shipped generator, one adaptation cell, one single-task curriculum run and a GAN run of
+    two snapshots whose label fidelity the curriculum's downstream classifier measures."""
     folder = tmp_path_factory.mktemp("study")
     _command("synth.generate", *STORE, "--out", str(folder / "v1-0s.zarr"))
     _command("adapt.train", *ADAPT, "--runs-dir", str(folder))
     _command("ssl.curriculum", *CURRICULUM, "--runs-dir", str(folder))
+    probe = folder / "ssl-phantom-v3-0s-rotation-seed0" / "downstream" / "classifier.safetensors"
+    _command("synth.train", *GAN, "--fidelity-classifier", str(probe), "--runs-dir", str(folder))
     return folder
 
 
@@ -113,7 +120,7 @@ def test_the_survey_tells_folders_apart_and_says_why_it_shows_others(runs: Path,
     found = survey(copy)
     assert [s.path.name for s in found.stores] == ["v1-0s.zarr"] and found.stores[0].contact_sheet is not None
     assert [(r.kind, r.name) for r in found.runs] == [
-        ("curriculum", "ssl-phantom-v3-0s-rotation-seed0"), ("adaptation", "tiny-none-seed0")]
+        ("gan", "gan"), ("curriculum", "ssl-phantom-v3-0s-rotation-seed0"), ("adaptation", "tiny-none-seed0")]
     reasons = {o.path.name: o.what for o in found.others}
     assert reasons["damaged-run"].startswith("cannot be read: results.json is not valid JSON")
     assert reasons["notes"].startswith("not a run folder") and "shared pretext step" in reasons["ssl-steps"]
@@ -130,6 +137,9 @@ def test_the_report_holds_the_tables_pictures_and_commands(runs: Path, report: P
     curricula = (report / "curricula.html").read_text()
     assert {"ordering", "k-NN", "linear probe", "fine-tune", "AIL"} <= set(_parsed(report / "curricula.html").headers)
     assert "pretext loss and monitor" in curricula and "Attention inside the lungs" in curricula
+    gan = (report / "gan.html").read_text()
+    assert "label fidelity per class over training" in gan
+    assert "samples at 0.03 kimg" in gan and "samples at 0.06 kimg" in gan
     stores = (report / "stores.html").read_text()
     assert "generator sha256" in stores and "one row per class" in stores
     commands = (report / "runs.html").read_text()

@@ -98,8 +98,9 @@ def gan_page(found: Survey, assets: Assets) -> str:
         grids = sorted((run.path / "samples").glob("grid-*.png"))
         step = max(1, -(-len(grids) // GRIDS_SHOWN))
         for grid in [*grids[:-1:step], grids[-1]][-GRIDS_SHOWN:]:
-            kimg = grid.stem.removeprefix("grid-").removesuffix("kimg").lstrip("0") or "0"
-            parts.append(figure(assets.copy(grid, run.name), f"samples at {kimg} kimg (rows: conditions)", 360))
+            kimg = grid.stem.removeprefix("grid-").removesuffix("kimg")
+            parts.append(figure(assets.copy(grid, run.name), f"samples at {float(kimg):g} kimg (rows: conditions)",
+                                360))
     return "\n".join(parts)
 
 

@@ -16,6 +16,7 @@ from plumbing.run_folders import RESULTS_FILE
 
 ADAPT_SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "init", "target_prior",
                   "alignment")
+ADAPT_HEADERS = ("target", "source", "task", "backbone", "px", "steps", "backbone start", "target prior", "alignment")
 CURRICULUM_COLUMNS = (("ordering", "ordering"), ("label", "label"), ("knn", "k-NN"), ("linear", "linear probe"),
                       ("balanced_accuracy", "fine-tune"), ("delta", "delta vs first task"), ("ail", "AIL"),
                       ("beats_imagenet", "> ImageNet"), ("beats_scratch", "> scratch"), ("seeds", "seeds"))
@@ -33,7 +34,8 @@ def _failed(pillar: PillarTable) -> str:
 def _gaps(rows: Sequence[Mapping[str, Any]], settings: Sequence[str], caption: str) -> str:
     if not rows:
         return "<p>No run records a history with target labels: no criterion can be compared with the oracle.</p>\n"
-    return table([*settings, "criterion", "mean gap", "worst gap", "runs"],
+    return table([*(ADAPT_HEADERS[ADAPT_SETTINGS.index(k)] for k in settings), "criterion", "mean gap", "worst gap",
+                  "runs"],
                  [[*(r[k] for k in settings), r["criterion"], r["mean_gap"], r["worst_gap"], r["runs"]] for r in rows],
                  caption)
 
@@ -49,7 +51,7 @@ def adaptation_tables(pillar: PillarTable) -> str:
              Raw(f'<span class="flag">yes ({r["collapsed"]}/{len(r["seeds"])})</span>') if r["collapsed"] else "no"]
             for r in data["rows"]]
     groups = {tuple(r[k] for k in ADAPT_SETTINGS if k != "alignment") for r in data["selection_groups"]}
-    return (table([*ADAPT_SETTINGS, "balanced accuracy", "seeds", "collapsed"], rows,
+    return (table([*ADAPT_HEADERS, "balanced accuracy", "seeds", "collapsed"], rows,
                   f"Balanced accuracy on the target evaluation set ({data['figure']} figure), mean +- std over seeds")
             + _gaps(data["selection"], (), "Selection table: the oracle's balanced accuracy minus that of each "
                     "label-free criterion's choice, best first")
