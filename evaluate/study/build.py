@@ -18,20 +18,21 @@ PAGES = (("index.html", "Overview"), ("stores.html", "Stores"), ("adaptation.htm
          ("curricula.html", "Curricula"), ("gan.html", "GAN runs"), ("runs.html", "Runs"))
 
 
-def _adaptation(found: Survey, assets: Assets) -> str:
-    runs = found.of_kind("adaptation")
-    if not runs:
-        return "<p>No finished adaptation run in this runs folder (<code>python -m adapt.train</code>).</p>"
-    return (adaptation_tables(pillar_table("adaptation", found.runs_dir)) + "<h2>Cells</h2>\n"
-            + "\n".join(adaptation_run(run, assets) for run in runs))
+RESULT_PAGES = {
+    "adaptation": ("python -m adapt.train", adaptation_tables, adaptation_run, "Cells"),
+    "curriculum": ("python -m ssl.curriculum run", curriculum_tables, curriculum_run, "Runs"),
+}
+"""Per kind of run with a table: the command that makes such runs, the tables' and one run's HTML, the heading."""
 
 
-def _curricula(found: Survey, assets: Assets) -> str:
-    runs = found.of_kind("curriculum")
+def _results_page(found: Survey, assets: Assets, kind: str) -> str:
+    """The pillar's tables over the runs of ``kind``, then one section per finished run."""
+    command, tables, one_run, heading = RESULT_PAGES[kind]
+    runs = found.of_kind(kind)
     if not runs:
-        return "<p>No finished curriculum run in this runs folder (<code>python -m ssl.curriculum run</code>).</p>"
-    return (curriculum_tables(pillar_table("curriculum", found.runs_dir)) + "<h2>Runs</h2>\n"
-            + "\n".join(curriculum_run(run, assets) for run in runs))
+        return f"<p>No finished {kind} run in this runs folder (<code>{command}</code>).</p>"
+    return (tables(pillar_table(kind, found.runs_dir)) + f"<h2>{heading}</h2>\n"
+            + "\n".join(one_run(run, assets) for run in runs))
 
 
 def build_report(runs_dir: Path, out: Path) -> Path:
@@ -52,7 +53,8 @@ def build_report(runs_dir: Path, out: Path) -> Path:
     try:
         assets = Assets(staging)
         bodies = {"index.html": overview(found), "stores.html": stores_page(found, assets),
-                  "adaptation.html": _adaptation(found, assets), "curricula.html": _curricula(found, assets),
+                  "adaptation.html": _results_page(found, assets, "adaptation"),
+                  "curricula.html": _results_page(found, assets, "curriculum"),
                   "gan.html": gan_page(found, assets), "runs.html": runs_page(found)}
         for name, title in PAGES:
             heading = f"Study report: {runs_dir.resolve().name}" if name == "index.html" else title

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from evaluate import plots
@@ -95,7 +96,7 @@ def adaptation_run(run: Run, assets: Assets) -> str:
     if priors:
         parts.append(table(["class prior of the target", *results["classes"]], priors,
                            "Prior estimates at the final step"))
-    return "\n".join(parts)
+    return "\n".join([*parts, attention(run.path, run.name, assets)])
 
 
 def curriculum_tables(pillar: PillarTable) -> str:
@@ -125,11 +126,19 @@ def _downstream(run: Run, assets: Assets) -> list[str]:
         confusion = assets.reuse_or_draw(folder / plots.CONFUSION, f"{run.name}/downstream", lambda: (
             plots.confusion_picture(details["confusion_matrix"], details["classes"], f"{run.name}: fine-tune")))
         parts.append(figure(confusion, "downstream fine-tune: confusion matrix (rows true, columns predicted)"))
-    if (folder / "attention.md").is_file():
-        def source(name: str) -> str | None:
-            return assets.copy(folder / name, f"{run.name}/downstream") if (folder / name).is_file() else None
-        parts.append(markdown((folder / "attention.md").read_text(), source, shift=3))
-    return parts
+    return [*parts, attention(folder, f"{run.name}/downstream", assets)]
+
+
+def attention(folder: Path, asset_folder: str, assets: Assets) -> str:
+    """The attention report a run folder holds (``attention.md`` of ``evaluate.attention`` or of a curriculum's
+    downstream run, with its overlay), or nothing."""
+    if not (folder / "attention.md").is_file():
+        return ""
+
+    def source(name: str) -> str | None:
+        return assets.copy(folder / name, asset_folder) if (folder / name).is_file() else None
+
+    return markdown((folder / "attention.md").read_text(), source, shift=3)
 
 
 def curriculum_run(run: Run, assets: Assets) -> str:
