@@ -46,8 +46,8 @@ COMMANDS = (
 )
 EVERY_COMMAND = (
     *COMMANDS, "adapt.report", "adapt.train", "bench.adapt", "bench.adapt_phantom", "bench.attention_shortcut",
-    "bench.finetune", "bench.quality_demo", "bench.ssl", "bench.ssl_phantom", "evaluate.attention",
-    "evaluate.finetune", "evaluate.report", "evaluate.synthetic", "ssl.curriculum",
+    "bench.finetune", "bench.quality_demo", "bench.readme_pictures", "bench.ssl", "bench.ssl_phantom",
+    "evaluate.attention", "evaluate.finetune", "evaluate.report", "evaluate.synthetic", "ssl.curriculum",
 )
 MESSAGE = "chestxray8: image file /data/images/00000001_000.png could not be decoded (truncated)"
 

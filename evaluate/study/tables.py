@@ -38,8 +38,8 @@ class PillarTable:
 
 def pillar_table(kind: str, runs_dir: Path) -> PillarTable:
     """The JSON tables of ``kind`` (:data:`COMMANDS`) over ``runs_dir``, or the command's error line."""
+    shown = "python -m " + " ".join([*COMMANDS[kind], "--runs-dir", str(runs_dir)])
     argv = [*COMMANDS[kind], "--runs-dir", str(runs_dir.resolve())]
-    shown = "python -m " + " ".join(argv)
     done = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
