@@ -43,6 +43,8 @@ from .config import AdaptConfig
 IDENTITY_BIAS = 4.0
 """Bias of the attention's second FC (weights zero) on pretrained blocks: sigmoid(4) = 0.98, nearly the identity."""
 
+SEED_FIELD = "{seed}"
+"""In ``--init PATH``: the cell's seed."""
 
 class DomainChannelAttention(ChannelAttention):
     """Channel attention with a first FC per domain: rows ``[:source_rows]`` use ``source_fc1``, the rest ``fc1``."""
@@ -94,10 +96,16 @@ def _normal(layer: nn.Linear, std: float, bias: float) -> None:
 
 
 def build_model(cfg: AdaptConfig, channels: int, num_classes: int, runs_dir: Path) -> tuple[Classifier, dict]:
-    """The network of ``cfg`` initialised by ``cfg.init`` (seeded by ``cfg.seed``), and the init's provenance."""
+    """The network of ``cfg`` initialised by ``cfg.init`` (seeded by ``cfg.seed``), and the init's provenance.
+
+    ``{seed}`` in ``cfg.init`` stands for the cell's seed (a start per seed, as
+    ``bench.adapt_phantom`` trains them): the file of that seed is loaded, and
+    the provenance's ``init`` keeps the pattern, so that ``adapt.report``
+    averages the seeds of one setting.
+    """
     torch.manual_seed(derive_seed(cfg.seed, "adapt model"))
     backbone = build_backbone(cfg.backbone, channels, attention=True)
-    provenance = initialise(backbone, cfg.init, runs_dir)
+    provenance = initialise(backbone, cfg.init.replace(SEED_FIELD, str(cfg.seed)), runs_dir) | {"init": cfg.init}
     if cfg.init != "scratch" and not (cfg.init != "imagenet" and read_model_info(Path(provenance["file"])).attention):
         for module in backbone.modules():  # pretrained blocks without attention: start it as (nearly) the identity
             if isinstance(module, ChannelAttention):

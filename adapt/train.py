@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backbone", choices=residual, default=d.backbone, help="residual backbone")
     model.add_argument("--init", default="auto",
                        help="auto (imagenet when torchvision's weights are in torch hub's cache, else scratch) | "
-                            "scratch | imagenet | PATH of a model file | ssl:RUN; DCAN from scratch tends to collapse")
+                            "scratch | imagenet | PATH of a model file ({seed} in it: the cell's seed, a start per "
+                            "seed) | ssl:RUN; DCAN from scratch tends to collapse")
     model.add_argument("--batchnorm", choices=BN_MODES, default=d.batchnorm,
                        help="frozen (official) | train | auto: frozen unless the backbone starts from scratch")
     model.add_argument("--image-size", type=int, default=d.image_size, help="square input size in pixels")
@@ -247,7 +248,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None, cells: list[Cel
     # Every check before any folder exists: data roots and classes, the batch split, --init, cells on disk.
     data = {seed: adapt_data(replace(first, seed=seed)) for seed in dict.fromkeys(c.work.seed for c in cells)}
     local_batch_size(first.batch_size)
-    build_model(first, data[first.seed].channels, len(data[first.seed].classes), args.runs_dir)
+    for seed, seed_data in data.items():  # --init of every seed ({seed} in a PATH)
+        build_model(replace(first, seed=seed), seed_data.channels, len(seed_data.classes), args.runs_dir)
     for cell in cells:
         if cell_status(cell) == "finished":
             finished_results(cell)  # a damaged results.json is named, never taken as finished

@@ -1,7 +1,7 @@
 """The chain of ``bin/demo``: every pillar once, small, on the embedded default, into ``runs/demo/``.
 
 ``bin/demo`` sets up ``.venv`` (``bin/env.sh``) and runs this script from the
-repository root. The chain is :func:`stages`, eight stages of one ``python -m``
+repository root. The chain is :func:`stages`, nine stages of one ``python -m``
 command each:
 
 * ``synth.generate``: a synthetic v1-0s store from the shipped phantom demo
@@ -9,9 +9,11 @@ command each:
 * ``evaluate.synthetic``: its quality report against ``phantom``
   (``v1-0s.zarr.quality/``; the two classifiers and the features are cached
   in ``cache/``);
-* ``adapt.train``: the adaptation grid store -> ``phantom-nih``, source only
-  (``none``) and ``ours`` (the best preset of the adaptation benchmark), two
-  seeds;
+* ``adapt.train``, twice: a source-only start per seed (``starts/``), then
+  the adaptation grid store -> ``phantom-nih`` from each seed's start
+  (``--init`` with ``{seed}``), source only (``none``: the start trained on
+  for as many steps) and ``ours`` (the best preset of the adaptation
+  benchmark), two seeds: row c of ``bench.adapt_phantom``, shortened;
 * ``evaluate.attention``, twice: the attention maps (and AIL) of the seed-0
   cells of both presets;
 * ``ssl.curriculum run``: the curriculum rotation > moco with its single
@@ -84,10 +86,10 @@ def stages(runs: Path, full_store: bool = False) -> list[Stage]:
     Sized for about 6 minutes on 2 CPU cores: the store holds the 1,000
     training images the quality report's synthetic classifier trains on; the
     quality report's classifiers are ``tiny`` at 32 px (with ResNet-18 the
-    report took 4.5 minutes); the adaptation starts from scratch (``auto`` would take
-    ImageNet weights where torch's cache has them) at the rate of
-    ``bench.adapt_phantom``'s starts, 0.01 (the default 1e-4 suits pretrained
-    backbones), on 1,000 evaluation images (about 35 with Pneumothorax);
+    report took 4.5 minutes); the adaptation follows ``bench.adapt_phantom``'s
+    recipe (alignment from scratch tends to collapse): source-only starts of
+    180 steps from scratch at 0.01, then 120 steps from them at 0.001, on
+    1,000 evaluation images (about 35 with Pneumothorax);
     the curriculum is ``bench.ssl_phantom``'s recipe, shortened.
     """
     store, cache = runs / "v1-0s.zarr", runs / "cache"
@@ -99,6 +101,11 @@ def stages(runs: Path, full_store: bool = False) -> list[Stage]:
                   "--downstream-lr-grid", "0.001", "--monitor-images", "200", "--runs-dir", str(runs),
                   "--no-progress")
     ssl_run = "ssl-phantom-v3-0s-{}-seed0"
+    starts = runs / "starts"
+    adapt_common = ("adapt.train", "--source", "synthetic", "--source-store", str(store), "--target", "phantom-nih",
+                    "--version", "1", "--setting", "0s", "--seeds", "0,1", "--backbone", "resnet18", "--batchnorm",
+                    "train", "--image-size", "32", "--target-length", "600", "--eval-length", "1000",
+                    "--no-progress")
     chain = [
         Stage("store", f"synthetic v1-0s store {store}",
               ("synth.generate", "--version", "1", "--setting", "0s", "--train-per-class", "500",
@@ -109,12 +116,14 @@ def stages(runs: Path, full_store: bool = False) -> list[Stage]:
                "1000", "--image-size", "32", "--backbone", "tiny", "--epochs", "4", "--lr", "3e-3",
                "--bootstrap", "20", "--training-images", "1000", "--runs-dir", str(cache), "--no-progress"),
               (runs / "v1-0s.zarr.quality" / "quality.md",)),
-        Stage("adapt", "adaptation grid v1-0s store -> phantom-nih: none, ours; seeds 0, 1",
-              ("adapt.train", "--source", "synthetic", "--source-store", str(store), "--target", "phantom-nih",
-               "--version", "1", "--setting", "0s", "--alignment", "none,ours", "--seeds", "0,1",
-               "--backbone", "resnet18", "--init", "scratch", "--image-size", "32", "--steps", "120",
-               "--eval-every", "60", "--lr", "0.01", "--target-length", "600", "--eval-length", "1000",
-               "--runs-dir", str(runs), "--no-progress"),
+        Stage("starts", "source-only starts on the v1-0s store, seeds 0, 1",
+              (*adapt_common, "--alignment", "none", "--init", "scratch", "--steps", "180", "--eval-every", "180",
+               "--lr", "0.01", "--name", "start", "--runs-dir", str(starts)),
+              tuple(starts / f"start-none-seed{seed}" / "results.json" for seed in (0, 1))),
+        Stage("adapt", "adaptation grid v1-0s store -> phantom-nih from the starts: none, ours; seeds 0, 1",
+              (*adapt_common, "--alignment", "none,ours", "--init",
+               str(starts / "start-none-seed{seed}" / "classifier.safetensors"), "--steps", "120", "--eval-every",
+               "40", "--lr", "0.001", "--runs-dir", str(runs)),
               tuple(runs / cell / "results.json" for cell in adapt_cells)),
         *(Stage(f"attention-{alignment}", f"attention maps of {cell}",
                 ("evaluate.attention", "--run", cell, "--runs-dir", str(runs), "--no-progress"),
@@ -146,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bin/demo",
         f"Run every pillar once, small, on the embedded default (phantom radiographs), into {RUNS_DIR}/: a "
         "synthetic v1-0s store from the shipped demo generator (500 training images per class) and its quality "
-        "report; an adaptation grid from it to phantom-nih (source only and 'ours', seeds 0 and 1, 32 px) and the "
+        "report; source-only starts on it and the adaptation grid from them to phantom-nih (source only and 'ours', "
+        "seeds 0 and 1, 32 px) and the "
         "attention maps of its seed-0 cells; a "
         "curriculum rotation > moco with its single tasks and the scratch baseline (tiny backbone, 32 px); the "
         "study report (evaluate.report). Then it prints the adaptation and curriculum tables and the report's "

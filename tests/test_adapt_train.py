@@ -205,6 +205,35 @@ def test_report_averages_seeds_flags_collapse_and_sorts_best_first(
     assert _error(tmp_path / "empty", capsys, command=report).startswith("python -m adapt.report: error: no finished")
 
 
+@pytest.mark.slow
+def test_a_start_per_seed_through_seed_in_init_and_one_report_row_over_the_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapt.report import main as report
+
+    quick = [a for a in PHANTOMS if a not in ("--init", "scratch")]
+    _train(tmp_path / "start", *quick, "--init", "scratch", "--alignment", "none", "--seeds", "0,1", "--steps", "2",
+           "--name", "start")
+    pattern = str(tmp_path / "start" / "start-none-seed{seed}" / "classifier.safetensors")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    missing = tmp_path / "start" / "start-none-seed2" / "classifier.safetensors"
+    assert _error(tmp_path, capsys, *quick, "--init", pattern, "--seeds", "0,2", "--steps", "2") == (
+        f"python -m adapt.train: error: --init {missing}: no such model file; give scratch, imagenet, ssl:RUN or a "
+        "model file")  # every seed's start is checked before any cell
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    _train(tmp_path, *quick, "--init", pattern, "--alignment", "none", "--seeds", "0,1", "--steps", "2",
+           "--name", "from")
+    for seed in (0, 1):
+        init = _results(tmp_path / f"from-none-seed{seed}")["init"]
+        start = tmp_path / "start" / f"start-none-seed{seed}" / "classifier.safetensors"
+        assert init["init"] == pattern and init["file"] == str(start)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli(report, ["--runs-dir", str(tmp_path), "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["init"], r["seeds"]) for r in rows] == [(pattern, [0, 1])]
+
+
 def test_weights_given_against_a_preset_name_the_cell_and_a_source_only_regulariser_trains(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,7 +43,7 @@ def test_the_chain_is_well_formed() -> None:
         assert all(path.is_relative_to(RUNS) for path in paths), stage.name  # everything inside the runs folder
         if "--runs-dir" in stage.argv:
             runs_dir = Path(stage.argv[stage.argv.index("--runs-dir") + 1])
-            assert runs_dir in (RUNS, RUNS / "cache"), stage.name
+            assert runs_dir in (RUNS, RUNS / "cache", RUNS / "starts"), stage.name
         if stage.argv[0] in ("adapt.train", "ssl.curriculum", "evaluate.synthetic", "evaluate.attention"):
             assert "--no-progress" in stage.argv, stage.name
 
