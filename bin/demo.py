@@ -83,7 +83,7 @@ class Stage:
 def stages(runs: Path, full_store: bool = False) -> list[Stage]:
     """The chain writing into ``runs``; ``full_store`` adds the full-size v3-Xs store before the report.
 
-    Sized for about 6 minutes on 2 CPU cores: the store holds the 1,000
+    Sized for about 8 minutes on 2 CPU cores: the store holds the 1,000
     training images the quality report's synthetic classifier trains on; the
     quality report's classifiers are ``tiny`` at 32 px (with ResNet-18 the
     report took 4.5 minutes); the adaptation follows ``bench.adapt_phantom``'s
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "attention maps of its seed-0 cells; a "
         "curriculum rotation > moco with its single tasks and the scratch baseline (tiny backbone, 32 px); the "
         "study report (evaluate.report). Then it prints the adaptation and curriculum tables and the report's "
-        "path. About 6 minutes on 2 CPU cores (9 while another job shares them).\n\n"
+        "path. About 8 minutes on 2 CPU cores (more while another job shares them).\n\n"
         f"One line per stage; the commands' output goes to {RUNS_DIR}/logs/, and a failed stage names its log. "
         "Stopped (Ctrl-C) and run again, it skips the finished stages.",
         example="bin/demo --full-store",

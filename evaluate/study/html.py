@@ -26,7 +26,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccd; 
 h3 { font-size: 1.05em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
 th, td { border: 1px solid #c8ccd2; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #eef1f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eef1f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.nw { white-space: nowrap; }
 figure { display: inline-block; margin: 0.4em 1em 1em 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #dde; }
 figcaption { font-size: 0.85em; color: #444; max-width: 640px; }
@@ -34,6 +35,10 @@ pre { background: #f5f6f8; padding: 0.6em; overflow-x: auto; font-size: 0.85em; 
 code { background: #f0f1f4; padding: 0 0.2em; }
 .flag { color: #a40000; font-weight: 600; } .muted { color: #666; }
 """
+
+
+SHORT = 24
+"""Table text up to this many characters is not wrapped (figures such as ``0.6137 +- 0.0243``, names)."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ def esc(text: object) -> str:
 
 
 def cell(value: Cell) -> str:
-    """One table cell: numbers right-aligned (floats with 4 decimals), ``None`` as ``-``, :class:`Raw` as given."""
+    """One table cell: numbers right-aligned (floats with 4 decimals), ``None`` as ``-``, :class:`Raw` as given;
+    text of up to :data:`SHORT` characters kept on one line."""
     if isinstance(value, Raw):
         return f"<td>{value.text}</td>"
     if isinstance(value, bool) or value is None:
@@ -61,7 +67,7 @@ def cell(value: Cell) -> str:
         return f'<td class="num">{value:.4f}</td>'
     if isinstance(value, int):
         return f'<td class="num">{value}</td>'
-    return f"<td>{esc(value)}</td>"
+    return f'<td class="nw">{esc(value)}</td>' if len(value) <= SHORT else f"<td>{esc(value)}</td>"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], caption: str | None = None) -> str:
