@@ -136,8 +136,8 @@ def write_results(run_dir: Path, cfg: AdaptConfig, trainer: DcanTrainer, data: A
     if is_main_process():
         training = training_record(TRAINED_BY, record, alignment=cfg.label, steps=cfg.steps)
         export_classifier(run_dir / CLASSIFIER_FILE, trainer.model, cfg, data.classes, training)
-        adaptation_pictures(run_dir, results)
         write_json_atomic(run_dir / RESULTS_FILE, results)
+        adaptation_pictures(run_dir, results)  # after the results: the report draws them for a cell that lacks them
     return results
 
 

@@ -29,8 +29,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from evaluate.plots import ADAPTATION_CURVES, CONFUSION, PRETEXT_CURVES
+
 VOLATILE = ("time", "seconds", "duration", "command", "path", "root", "store", "file", "dir", "host", "date", "started",
             "finished", "created", "sha256", "version_info", "python", "torch")
+PLOTS = (ADAPTATION_CURVES, CONFUSION, PRETEXT_CURVES)
+"""matplotlib's pictures of figures that results.json holds (hashed there): their bytes follow the font library."""
 
 
 def _run(*args: str) -> None:
@@ -116,7 +120,7 @@ def fingerprint(out: Path) -> list[str]:
         elif path.suffix == ".safetensors":
             tensors, metadata = _weights_digests(path, out)
             lines += [f"{name} tensors {tensors}", f"{name} metadata {metadata}"]
-        elif store in path.parents or path.suffix == ".png" and "tb" not in path.parts:
+        elif store in path.parents or path.suffix == ".png" and "tb" not in path.parts and path.name not in PLOTS:
             lines.append(f"{name} {_digest(path.read_bytes())}")
     return lines
 

@@ -44,13 +44,11 @@ def shrink(source: Path, target: Path, width: int) -> None:
     picture.quantize(colors=64).save(target, optimize=True)
 
 
-def screenshot(page: Path, target: Path, width: int, height: int) -> None:
-    """A screenshot of ``page`` (a file) in headless Chromium at ``width`` x ``height``."""
+def screenshot(page: Path, target: Path, width: int, height: int, driver_path: str) -> None:
+    """A screenshot of ``page`` (a file) in headless Chromium (``driver_path``: chromedriver) at ``width`` x
+    ``height``."""
     from selenium import webdriver
 
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None:
-        raise UserError("chromedriver not found (Debian: apt install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     for argument in (*CHROMIUM_ARGS, f"--window-size={width},{height}"):
         options.add_argument(argument)
@@ -76,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [name for name in [*PICTURES.values(), "report/adaptation.html"] if not (args.runs_dir / name).is_file()]
     if missing:
         raise UserError(f"{args.runs_dir} lacks {', '.join(missing)}; run bin/demo first")
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None:  # checked before any picture is replaced
+        raise UserError("chromedriver not found (Debian: apt install chromium chromium-driver)")
     OUT.mkdir(exist_ok=True)
     for target, source in PICTURES.items():
         shrink(args.runs_dir / source, OUT / target, args.width)
     shot = OUT / SCREENSHOT
-    screenshot(args.runs_dir / "report" / "adaptation.html", shot, 1280, 900)
+    screenshot(args.runs_dir / "report" / "adaptation.html", shot, 1280, 900, driver_path)
     shrink(shot, shot, 960)
     for target in [*PICTURES, SCREENSHOT]:
         print(f"{OUT / target} ({(OUT / target).stat().st_size // 1024} KiB)")

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def run_chain(chain: Sequence[Stage], runs: Path) -> int:
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     record_path = logs / RECORD
-    record: dict[str, list[str]] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = _record(record_path)
     ran = False
     for number, stage in enumerate(chain, 1):
         print(f"[{number}/{len(chain)}] {stage.title} ...", end="", flush=True)
@@ -203,6 +204,16 @@ def run_chain(chain: Sequence[Stage], runs: Path) -> int:
         write_json_atomic(record_path, record)
         print(f" done in {duration(time.monotonic() - start)}", flush=True)
     return 0
+
+
+def _record(path: Path) -> dict[str, list[str]]:
+    """The record of finished stages; an unreadable one counts as empty (every stage runs, each command skipping
+    its own finished work)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def call(argv: Sequence[str], out: IO[str]) -> int:
@@ -246,6 +257,7 @@ def duration(seconds: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.chdir(ROOT)  # runs/demo, its logs and record are the repository's, wherever the script is started from
     start = time.monotonic()
     try:
         code = run_chain(stages(RUNS_DIR, args.full_store), RUNS_DIR)

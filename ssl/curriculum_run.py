@@ -277,9 +277,9 @@ def finish_run(cfg: CurriculumConfig, folder: Path, step_keys: Sequence[str], ch
         "downstream": downstream, "settings": cfg.to_dict(),
     }
     if is_main_process():
-        if steps:
-            save(pretext_curves(results["steps"], folder.name), folder / PRETEXT_CURVES)
         write_json_atomic(folder / RESULTS_FILE, results)
+        if steps:  # after the results: the report draws the picture for a run that lacks it
+            save(pretext_curves(results["steps"], folder.name), folder / PRETEXT_CURVES)
         for path in checkpoints(folder / DOWNSTREAM_DIR):  # finished: classifier.safetensors and best.pt stay
             path.unlink(missing_ok=True)
     print_on_main(f"{folder.name}: balanced accuracy {downstream['balanced_accuracy']:.4f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -128,7 +129,7 @@ def test_the_survey_tells_folders_apart_and_says_why_it_shows_others(runs: Path,
 
 @pytest.mark.slow
 def test_the_report_holds_the_tables_pictures_and_commands(runs: Path, report: Path) -> None:
-    assert sorted(p.name for p in report.iterdir()) == sorted([*PAGES, "assets"])
+    assert sorted(p.name for p in report.iterdir()) == sorted([*PAGES, ".study-report", "assets"])
     adaptation = _parsed(report / "adaptation.html")
     assert {"alignment", "balanced accuracy", "collapsed", "criterion", "mean gap"} <= set(adaptation.headers)
     assert "tiny-none-seed0" in adaptation.ids
@@ -144,7 +145,7 @@ def test_the_report_holds_the_tables_pictures_and_commands(runs: Path, report: P
     assert "generator sha256" in stores and "one row per class" in stores
     commands = (report / "runs.html").read_text()
     recorded = json.loads((runs / "tiny-none-seed0" / "config.json").read_text())["command"]
-    assert recorded.replace('"', "&quot;") in commands or recorded in commands
+    assert html.escape(recorded) in commands
     # the runs wrote their pictures themselves; the report shows copies of them
     curriculum = "ssl-phantom-v3-0s-rotation-seed0"
     for picture in ("tiny-none-seed0/curves.png", "tiny-none-seed0/confusion.png", f"{curriculum}/pretext.png",
@@ -154,13 +155,18 @@ def test_the_report_holds_the_tables_pictures_and_commands(runs: Path, report: P
 
 @pytest.mark.slow
 def test_every_page_is_self_contained(report: Path) -> None:
+    _assert_self_contained(report)
+
+
+def _assert_self_contained(report: Path) -> None:
+    """No script; every link and picture relative, inside the report and there, every anchor an element id."""
     for name in PAGES:
         page = _parsed(report / name)
         assert page.scripts == 0, name
         for target in [*page.links, *page.images]:
             parsed = urlparse(target)
             assert not parsed.scheme and not parsed.netloc, (name, target)
-            path = report / parsed.path if parsed.path else report / name
+            path = report / unquote(parsed.path) if parsed.path else report / name
             assert path.resolve().is_relative_to(report.resolve()) and path.is_file(), (name, target)
             if parsed.fragment:
                 assert parsed.fragment in _parsed(path).ids, (name, target)
@@ -180,6 +186,56 @@ def test_running_again_replaces_the_report_and_lists_a_damaged_run(
     assert not (copy / "report" / "stale.html").exists()
     assert "results.json is not valid JSON" in (copy / "report" / "index.html").read_text()
     assert [p.name for p in copy.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+def test_odd_names_and_odd_runs_are_shown_or_flagged_and_every_link_still_resolves(
+    runs: Path, report: Path, tmp_path: Path,
+) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("report"))
+    odd = 'a <b>&"#x'
+    shutil.copytree(copy / "tiny-none-seed0", copy / odd)
+    bare = copy / "tiny-bare-seed0"
+    shutil.copytree(copy / "tiny-none-seed0", bare)
+    results = json.loads((bare / "results.json").read_text())
+    del results["history"]
+    (bare / "results.json").write_text(json.dumps(results))
+    (bare / "curves.png").unlink()  # the report would draw it from the history it lacks
+    (copy / "gan-starting").mkdir()
+    (copy / "gan-starting" / "config.json").write_text('{"network": {}, "training": {}}')
+    stale = copy / ".report-new-killed"
+    stale.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [str(copy)])
+    assert exit_info.value.code == 0
+    out = copy / "report"
+    adaptation = (out / "adaptation.html").read_text()
+    assert "a &lt;b&gt;&amp;&quot;#x" in adaptation and "<b>" not in adaptation
+    assert 'id="a__b____x"' in adaptation
+    assert "This run cannot be shown: its files lack or garble a figure the report reads (KeyError: &#x27;history" \
+        in adaptation
+    assert "a GAN run without a snapshot yet" in (out / "index.html").read_text()
+    assert not stale.exists()
+    _assert_self_contained(out)
+
+
+def test_an_out_folder_that_is_not_a_report_or_holds_the_runs_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "runs").mkdir()
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("keep me")
+    for out, says in ((tmp_path / "runs", "would replace the runs folder"), (tmp_path, "would replace the runs folder"),
+                      (keep, "exists and is not a study report")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main, [str(tmp_path / "runs"), "--out", str(out)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert (keep / "mine.txt").read_text() == "keep me" and list((tmp_path / "runs").iterdir()) == []
 
 
 def test_a_missing_runs_folder_is_one_line_and_writes_nothing(
@@ -203,6 +259,7 @@ def test_the_report_in_headless_chromium(report: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.common.by import By
 
+    assert CHROMEDRIVER is not None, "CXR_REQUIRE_BROWSER is set, chromedriver missing (apt install chromium-driver)"
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -224,7 +281,7 @@ def test_the_report_in_headless_chromium(report: Path) -> None:
         for href in sorted(seen):
             driver.get(href)
             target = urlparse(href)
-            assert target.scheme == "file" and Path(target.path).is_file(), href
+            assert target.scheme == "file" and Path(unquote(target.path)).is_file(), href
             if target.fragment:
                 assert driver.find_elements(By.ID, target.fragment), href
     finally:

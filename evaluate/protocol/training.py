@@ -277,8 +277,8 @@ def write_results(run_dir: Path, report: dict[str, Any], trainer: ClassifierTrai
         "images": data.sizes(),
     }
     if is_main_process():
-        write_confusion(run_dir, results["confusion_matrix"], results["classes"], f"{run_dir.name}: best epoch")
         write_json_atomic(run_dir / RESULTS_FILE, results)
+        write_confusion(run_dir, results["confusion_matrix"], results["classes"], f"{run_dir.name}: best epoch")
     return results
 
 

@@ -15,6 +15,7 @@ import html
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1b1f24; }
@@ -78,10 +79,26 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Cell]], caption: str |
     return f"<table>{title}<thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
 
 
+def anchor(name: str) -> str:
+    """A valid element id, safe in a URL, for a run or store ``name`` (other characters become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def guarded(name: str, render: Callable[[], str]) -> str:
+    """``render()``, or a flagged line saying why the section of ``name`` cannot be shown (a key its files lack,
+    a value of the wrong type): one odd run folder never stops the report."""
+    try:
+        return render()
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        return (f'<h3 id="{anchor(name)}">{esc(name)}</h3><p class="flag">This run cannot be shown: its files lack '
+                f"or garble a figure the report reads ({esc(type(exc).__name__)}: {esc(exc)}).</p>\n")
+
+
 def figure(src: str, caption: str, width: int | None = None) -> str:
-    """An image (a path relative to the page) with its caption, which is also its alternative text."""
+    """An image (a path relative to the page, URL-quoted here) with its caption, which is also its alternative
+    text."""
     size = f' width="{width}"' if width else ""
-    return (f'<figure><img src="{esc(src)}" alt="{esc(caption)}"{size}>'
+    return (f'<figure><img src="{esc(quote(src))}" alt="{esc(caption)}"{size}>'
             f"<figcaption>{esc(caption)}</figcaption></figure>\n")
 
 

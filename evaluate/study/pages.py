@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evaluate import plots
 from evaluate.study.assets import Assets
-from evaluate.study.html import Raw, esc, figure, link, markdown, table
-from evaluate.study.survey import QUALITY_FILE, Run, Store, Survey
+from evaluate.study.html import Raw, anchor, esc, figure, guarded, link, markdown, table
+from evaluate.study.survey import QUALITY_FILE, Run, Store, Survey, snapshots
 
 GRIDS_SHOWN = 6
-"""Sample grids shown per GAN run: evenly spaced over its snapshots, the last one always among them."""
+"""Sample grids shown per GAN run: evenly spaced over its snapshots, the first and the last among them."""
 
 
 def _provenance_rows(attrs: Mapping[str, Any]) -> list[list[Any]]:
@@ -43,6 +46,7 @@ def _quality(folder: Any, assets: Assets) -> str:
         return f'<p class="flag">{esc(folder.name)} holds {QUALITY_FILE} but no quality.md.</p>'
 
     def source(name: str) -> str | None:
+        name = Path(name).name  # a picture beside the report, never a path out of the folder
         return assets.copy(folder / name, folder.name) if (folder / name).is_file() else None
 
     return markdown(report.read_text(), source, shift=2)
@@ -56,30 +60,50 @@ def stores_page(found: Survey, assets: Assets) -> str:
     for store in found.stores:
         parts.append(_store(store, assets))
     for folder in found.qualities:
-        parts.append(f'<h2 id="{esc(folder.name)}">{esc(folder.name)}</h2>'
+        parts.append(f'<h2 id="{anchor(folder.name)}">{esc(folder.name)}</h2>'
                      "<p>A quality report of a store that is not in this runs folder.</p>" + _quality(folder, assets))
     return "\n".join(parts)
 
 
 def _store(store: Store, assets: Assets) -> str:
-    parts = [f'<h2 id="{esc(store.path.name)}">{esc(store.path.name)}</h2>',
+    parts = [f'<h2 id="{anchor(store.path.name)}">{esc(store.path.name)}</h2>',
              table(["provenance", ""], _provenance_rows(store.attrs))]
     if store.contact_sheet is not None:
         parts.append(figure(assets.copy(store.contact_sheet, store.path.name),
                             "contact sheet: the first validation images of each class, one row per class"))
-    if store.quality is not None:
-        parts.append(_quality(store.quality, assets))
-    else:
+    for quality in store.qualities:
+        parts.append(_quality(quality, assets))
+    if not store.qualities:
         parts.append(f"<p>No quality report yet: <code>python -m evaluate.synthetic {esc(store.path)} --reference "
                      "DATASET</code> writes one.</p>")
     return "\n".join(parts)
 
 
 def _fidelity(run: Run) -> list[dict[str, Any]]:
+    """The run's label fidelity records; a line a killed run left half-written is left out."""
     path = run.path / "samples" / "label_fidelity.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def _gan_run(run: Run, assets: Assets) -> str:
+    parts = [f'<h2 id="{anchor(run.name)}">{esc(run.name)}</h2><p>'
+             + link(f"runs.html#{anchor(run.name)}", "configuration and command") + "</p>"]
+    records = _fidelity(run)
+    if records:
+        parts.append(figure(assets.draw(plots.fidelity_curves(records, run.name), run.name, "fidelity.png"),
+                            "label fidelity per class over training (the probe's agreement with the asked class)"))
+    grids = snapshots(run.path)
+    for i in sorted({round(x) for x in np.linspace(0, len(grids) - 1, min(len(grids), GRIDS_SHOWN))}):
+        kimg = grids[i].stem.removeprefix("grid-").removesuffix("kimg")
+        parts.append(figure(assets.copy(grids[i], run.name), f"samples at {float(kimg):g} kimg (rows: conditions)",
+                            360))
+    return "\n".join(parts)
 
 
 def gan_page(found: Survey, assets: Assets) -> str:
@@ -87,21 +111,7 @@ def gan_page(found: Survey, assets: Assets) -> str:
     runs = found.of_kind("gan")
     if not runs:
         return "<p>No GAN run in this runs folder (<code>python -m synth.train</code> trains one).</p>"
-    parts = []
-    for run in runs:
-        parts.append(f'<h2 id="{esc(run.name)}">{esc(run.name)}</h2><p>'
-                     + link(f"runs.html#{run.name}", "configuration and command") + "</p>")
-        records = _fidelity(run)
-        if records:
-            parts.append(figure(assets.draw(plots.fidelity_curves(records, run.name), run.name, "fidelity.png"),
-                                "label fidelity per class over training (the probe's agreement with the asked class)"))
-        grids = sorted((run.path / "samples").glob("grid-*.png"))
-        step = max(1, -(-len(grids) // GRIDS_SHOWN))
-        for grid in [*grids[:-1:step], grids[-1]][-GRIDS_SHOWN:]:
-            kimg = grid.stem.removeprefix("grid-").removesuffix("kimg")
-            parts.append(figure(assets.copy(grid, run.name), f"samples at {float(kimg):g} kimg (rows: conditions)",
-                                360))
-    return "\n".join(parts)
+    return "\n".join(guarded(run.name, lambda run=run: _gan_run(run, assets)) for run in runs)
 
 
 def runs_page(found: Survey) -> str:
@@ -114,8 +124,7 @@ def runs_page(found: Survey) -> str:
         command = config.pop("command", None)
         resumed = config.pop("resumed_with", [])
         commands = [command, *resumed] if command else list(resumed)
-        parts.append(f'<h3 id="{esc(run.name)}">{esc(run.name)}</h3><p>{esc(run.kind)} run'
-                     f"{'' if run.results is not None or run.kind == 'gan' else ' (unfinished)'}</p>"
+        parts.append(f'<h3 id="{anchor(run.name)}">{esc(run.name)}</h3><p>{esc(run.kind)} run</p>'
                      + "".join(f"<pre>{esc(c)}</pre>" for c in commands)
                      + f"<details><summary>configuration</summary><pre>{esc(json.dumps(config, indent=2))}</pre>"
                        "</details>")
@@ -125,7 +134,7 @@ def runs_page(found: Survey) -> str:
 def overview(found: Survey) -> str:
     """What the runs folder holds, with links to the pages, and every folder that is not shown and why."""
     counts = [("synthetic stores", len(found.stores), "stores.html"),
-              ("quality reports", sum(s.quality is not None for s in found.stores) + len(found.qualities),
+              ("quality reports", sum(len(s.qualities) for s in found.stores) + len(found.qualities),
                "stores.html"),
               ("adaptation runs", len(found.of_kind("adaptation")), "adaptation.html"),
               ("curriculum runs", len(found.of_kind("curriculum")), "curricula.html"),

@@ -9,7 +9,7 @@ from typing import Any
 
 from evaluate import plots
 from evaluate.study.assets import Assets
-from evaluate.study.html import Raw, esc, figure, link, markdown, table
+from evaluate.study.html import Raw, anchor, esc, figure, link, markdown, table
 from evaluate.study.survey import Run, json_object
 from evaluate.study.tables import PillarTable
 from plumbing.errors import UserError
@@ -74,11 +74,11 @@ def _prior_rows(results: Mapping[str, Any]) -> list[list[Any]]:
 def adaptation_run(run: Run, assets: Assets) -> str:
     """One adaptation cell: its curves, confusion matrix, figures by criterion, prior estimates."""
     results = run.results or {}
-    parts = [f'<h3 id="{esc(run.name)}">{esc(run.name)}</h3>',
+    parts = [f'<h3 id="{anchor(run.name)}">{esc(run.name)}</h3>',
              f"<p>{esc(results.get('alignment'))}, seed {esc(results.get('seed'))}: "
              f"{esc(results.get('source'))} &rarr; {esc(results.get('target'))}, {esc(results.get('steps'))} steps; "
              + ('<span class="flag">collapsed</span>; ' if results.get("collapsed") else "")
-             + link(f"runs.html#{run.name}", "configuration and command") + "</p>"]
+             + link(f"runs.html#{anchor(run.name)}", "configuration and command") + "</p>"]
     curves = assets.reuse_or_draw(run.path / plots.ADAPTATION_CURVES, run.name,
                                   lambda: plots.adaptation_curves(results["history"], run.name))
     parts.append(figure(curves, "balanced accuracy over the steps (target evaluation and source validation)"))
@@ -136,6 +136,7 @@ def attention(folder: Path, asset_folder: str, assets: Assets) -> str:
         return ""
 
     def source(name: str) -> str | None:
+        name = Path(name).name  # a picture beside the report, never a path out of the folder
         return assets.copy(folder / name, asset_folder) if (folder / name).is_file() else None
 
     return markdown((folder / "attention.md").read_text(), source, shift=3)
@@ -145,11 +146,11 @@ def curriculum_run(run: Run, assets: Assets) -> str:
     """One curriculum run: its steps' pretext curves, the downstream confusion matrix and attention maps."""
     results = run.results or {}
     downstream = results.get("downstream", {})
-    parts = [f'<h3 id="{esc(run.name)}">{esc(run.name)}</h3>',
+    parts = [f'<h3 id="{anchor(run.name)}">{esc(run.name)}</h3>',
              f"<p>{esc(results.get('ordering'))} from {esc(results.get('init'))}, seed {esc(results.get('seed'))}; "
              f"downstream {esc(results.get('downstream_task'))}: fine-tune balanced accuracy "
-             f"{downstream.get('balanced_accuracy', 0.0):.4f}; "
-             + link(f"runs.html#{run.name}", "configuration and command") + "</p>"]
+             f"{downstream['balanced_accuracy']:.4f}; "
+             + link(f"runs.html#{anchor(run.name)}", "configuration and command") + "</p>"]
     steps = results.get("steps") or []
     if steps:
         curves = assets.reuse_or_draw(run.path / plots.PRETEXT_CURVES, run.name,

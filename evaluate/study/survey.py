@@ -2,13 +2,13 @@
 
 * a store: a ``*.zarr`` folder that opens as a synthetic store (its root
   attributes are its provenance); its contact sheet is ``<name>-contact.png``
-  beside it, its quality report the folder ``<name>.zarr.quality`` (the
-  default of ``evaluate.synthetic``) or any quality folder naming it;
+  beside it, its quality reports the folder ``<name>.zarr.quality`` (the
+  default of ``evaluate.synthetic``) and any quality folder naming it;
 * a quality report: a folder with ``quality.json`` (``evaluate.synthetic``);
 * a run: a folder with ``config.json``, its kind from the record's key
   (:data:`KINDS`: ``adapt`` an adaptation cell, ``curriculum`` a curriculum
   run, ``finetune`` a downstream run, ``network`` + ``training`` a GAN run);
-  finished when it holds ``results.json`` (a GAN run: its snapshots);
+  shown when finished: it holds ``results.json`` (a GAN run: a snapshot);
 * anything else is listed with what it is or why it cannot be read: shared
   pretext steps, a store that does not open, a damaged JSON file, a folder
   that is not a run.
@@ -38,8 +38,8 @@ class Store:
     path: Path
     attrs: dict[str, Any]
     contact_sheet: Path | None
-    quality: Path | None
-    """The folder of the store's quality report, when there is one."""
+    qualities: tuple[Path, ...]
+    """The folders of the store's quality reports (one per reference it was measured against)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Run:
     kind: str
     config: dict[str, Any]
     results: dict[str, Any] | None
-    """``results.json``; ``None`` while the run is unfinished (and for GAN runs, which write snapshots)."""
+    """``results.json``; ``None`` for GAN runs, which write snapshots instead."""
 
     @property
     def name(self) -> str:
@@ -70,11 +70,9 @@ class Survey:
     runs: list[Run] = field(default_factory=list)
     others: list[Other] = field(default_factory=list)
 
-    def of_kind(self, kind: str, finished: bool = True) -> list[Run]:
-        """The runs of ``kind``; only those with ``results.json`` when ``finished`` (GAN runs: those with a
-        snapshot)."""
-        return [r for r in self.runs if r.kind == kind and (not finished or r.results is not None
-                                                             or (kind == "gan" and _snapshots(r.path)))]
+    def of_kind(self, kind: str) -> list[Run]:
+        """The runs of ``kind`` (every one finished: with ``results.json``, a GAN run with a snapshot)."""
+        return [r for r in self.runs if r.kind == kind]
 
 
 def json_object(path: Path) -> dict[str, Any]:
@@ -90,7 +88,8 @@ def json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def _snapshots(folder: Path) -> list[Path]:
+def snapshots(folder: Path) -> list[Path]:
+    """A GAN run's sample grids (``samples/grid-<kimg>kimg.png``), oldest first."""
     return sorted((folder / "samples").glob("grid-*.png"))
 
 
@@ -99,17 +98,20 @@ def _run(folder: Path) -> Run | Other:
     kind = next((k for key, k in KINDS.items() if key in config), None)
     if kind is None:
         return Other(folder, f"a run folder of an unknown program (config.json keys: {', '.join(sorted(config))})")
-    results = json_object(folder / RESULTS_FILE) if (folder / RESULTS_FILE).is_file() else None
-    if results is None and kind != "gan":
+    if kind == "gan":
+        if not snapshots(folder):
+            return Other(folder, "a GAN run without a snapshot yet (samples/grid-*.png)")
+        return Run(folder, kind, config, None)
+    if not (folder / RESULTS_FILE).is_file():
         return Other(folder, f"an unfinished {kind} run (no results.json yet): run its command again to finish it")
-    return Run(folder, kind, config, results)
+    return Run(folder, kind, config, json_object(folder / RESULTS_FILE))
 
 
 def _look(folder: Path) -> Store | Run | Other | Path:
     if folder.name.endswith(".zarr"):
         store = open_synthetic(folder, check=False)
         contact = folder.with_name(folder.name.removesuffix(".zarr") + "-contact.png")
-        return Store(folder, store.attrs.to_dict(), contact if contact.is_file() else None, None)
+        return Store(folder, store.attrs.to_dict(), contact if contact.is_file() else None, ())
     if (folder / QUALITY_FILE).is_file():
         json_object(folder / QUALITY_FILE)
         return folder
@@ -118,15 +120,21 @@ def _look(folder: Path) -> Store | Run | Other | Path:
     steps = list(folder.glob(f"*/{STEP_FILE}"))
     if steps:
         return Other(folder, f"{len(steps)} shared pretext step(s) of curriculum runs, shown with the runs")
+    nested = list(folder.glob(f"*/{CONFIG_FILE}"))
+    if nested:
+        return Other(folder, f"a runs folder of its own ({len(nested)} run folder(s)): python -m evaluate.report "
+                             f"{folder} shows it")
     return Other(folder, "not a run folder (no config.json, results.json, quality.json or store)")
 
 
 def survey(runs_dir: Path, skip: Path | None = None) -> Survey:
-    """Every folder directly inside ``runs_dir`` but ``skip`` (the report's own folder) and hidden ones, sorted by
-    name."""
+    """Every folder directly inside ``runs_dir`` but hidden ones and the one that holds ``skip`` (the report's own
+    folder), sorted by name."""
     found = Survey(runs_dir)
     qualities: list[Path] = []
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and p != skip and not p.name.startswith(".")):
+    skipped = skip.resolve() if skip is not None else None
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and not (skipped is not None and skipped.is_relative_to(p.resolve()))):
         try:
             item = _look(folder)
         except UserError as exc:
@@ -139,18 +147,17 @@ def survey(runs_dir: Path, skip: Path | None = None) -> Survey:
             found.others.append(item)
         else:
             qualities.append(item)
+    measured = {q: _quality_of(q) for q in qualities}
     for i, store in enumerate(found.stores):
-        match = next((q for q in qualities if _quality_of(q) == store.path.resolve()), None)
-        if match is not None:
-            qualities.remove(match)
-            found.stores[i] = Store(store.path, store.attrs, store.contact_sheet, match)
-    found.qualities = qualities
+        mine = tuple(q for q in qualities if measured[q] == store.path.resolve())
+        found.stores[i] = Store(store.path, store.attrs, store.contact_sheet, mine)
+    found.qualities = [q for q in qualities if not any(q in s.qualities for s in found.stores)]
     return found
 
 
 def _quality_of(folder: Path) -> Path | None:
-    """The store a quality report measured (its ``store`` figure, relative to the runs folder's parent when it
-    is not absolute; the report's folder name ``<store>.quality`` otherwise)."""
+    """The store a quality report measured: its ``store`` figure where that path exists (as given, or a folder of
+    that name beside the report), else the report's folder name without ``.quality``."""
     figures = json_object(folder / QUALITY_FILE)
     given = figures.get("store")
     if isinstance(given, str) and "://" not in given:
