@@ -14,11 +14,15 @@ import argparse
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from plumbing.cli import make_parser, run_cli
 from plumbing.errors import UserError
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 PROG = "python -m bench.readme_pictures"
 OUT = Path(__file__).resolve().parent / "pictures"
@@ -44,15 +48,20 @@ def shrink(source: Path, target: Path, width: int) -> None:
     picture.quantize(colors=64).save(target, optimize=True)
 
 
-def screenshot(page: Path, target: Path, width: int, height: int, driver_path: str) -> None:
-    """A screenshot of ``page`` (a file) in headless Chromium (``driver_path``: chromedriver) at ``width`` x
-    ``height``."""
+def chromium(driver_path: str, width: int, height: int) -> WebDriver:
+    """Headless Chromium driven through ``driver_path`` (chromedriver) with a ``width`` x ``height`` window; the
+    flags keep it off the network (also used by the study report's browser test)."""
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()
     for argument in (*CHROMIUM_ARGS, f"--window-size={width},{height}"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+def screenshot(page: Path, target: Path, width: int, height: int, driver_path: str) -> None:
+    """A screenshot of ``page`` (a file) in headless Chromium (:func:`chromium`) at ``width`` x ``height``."""
+    driver = chromium(driver_path, width, height)
     try:
         driver.get(page.resolve().as_uri())
         driver.save_screenshot(str(target))

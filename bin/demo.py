@@ -44,7 +44,6 @@ a finished chain it only prints the tables again.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -56,7 +55,9 @@ from pathlib import Path
 from typing import IO
 
 from plumbing.cli import make_parser
+from plumbing.errors import UserError
 from plumbing.files import write_json_atomic
+from plumbing.run_folders import read_json_object
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = Path("runs/demo")
@@ -210,10 +211,9 @@ def _record(path: Path) -> dict[str, list[str]]:
     """The record of finished stages; an unreadable one counts as empty (every stage runs, each command skipping
     its own finished work)."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except UserError:
         return {}
-    return record if isinstance(record, dict) else {}
 
 
 def call(argv: Sequence[str], out: IO[str]) -> int:

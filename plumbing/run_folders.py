@@ -203,13 +203,26 @@ def refuse_changed_options(given: set[str], wanted: Mapping[str, Any], saved: Ma
         raise UserError(f"--resume keeps the run's settings; these options differ from them: {parts}")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a :class:`UserError` that says why it cannot be had otherwise (unreadable,
+    not valid JSON, not an object), naming the file."""
+    try:
+        value = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"{path.name} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UserError(f"{path.name} is not valid JSON ({exc}); a write was interrupted?") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path.name} holds no JSON object")
+    return value
+
+
 def _json_object(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; ``None`` when it is missing, unreadable or not an object."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except UserError:
         return None
-    return value if isinstance(value, dict) else None
 
 
 def read_results_file(path: Path, complete: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from bench.readme_pictures import chromium
 from evaluate.report import main
 from evaluate.study.html import markdown
 from evaluate.study.survey import survey
@@ -256,16 +257,10 @@ CHROMEDRIVER = shutil.which("chromedriver")
 @pytest.mark.skipif(CHROMEDRIVER is None and not os.environ.get("CXR_REQUIRE_BROWSER"),
                     reason="needs Chromium and its driver (Debian: apt install chromium chromium-driver)")
 def test_the_report_in_headless_chromium(report: Path) -> None:
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
 
     assert CHROMEDRIVER is not None, "CXR_REQUIRE_BROWSER is set, chromedriver missing (apt install chromium-driver)"
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1400,1000"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = chromium(CHROMEDRIVER, 1400, 1000)
     try:
         seen = set()
         for name in PAGES:

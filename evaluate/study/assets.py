@@ -14,6 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from evaluate.plots import save
+from evaluate.study.html import markdown
 
 ASSETS = "assets"
 
@@ -40,6 +41,15 @@ class Assets:
         if source.is_file():
             return self.copy(source, folder)
         return self.draw(draw(), folder, source.name)
+
+    def markdown_page(self, document: Path, folder: str, shift: int) -> str:
+        """A run folder's Markdown report ``document`` as HTML (:func:`evaluate.study.html.markdown`), the pictures
+        it shows (files beside it, never a path out of its folder) copied under ``assets/<folder>/``."""
+        def source(name: str) -> str | None:
+            picture = document.parent / Path(name).name
+            return self.copy(picture, folder) if picture.is_file() else None
+
+        return markdown(document.read_text(), source, shift=shift)
 
     def draw(self, figure: Figure, folder: str, name: str) -> str:
         """``figure`` as a PNG under ``assets/<folder>/<name>``; its relative path."""

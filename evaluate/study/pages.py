@@ -11,7 +11,7 @@ import numpy as np
 
 from evaluate import plots
 from evaluate.study.assets import Assets
-from evaluate.study.html import Raw, anchor, esc, figure, guarded, link, markdown, table
+from evaluate.study.html import Raw, anchor, esc, figure, guarded, link, table
 from evaluate.study.survey import QUALITY_FILE, Run, Store, Survey, snapshots
 
 GRIDS_SHOWN = 6
@@ -40,16 +40,11 @@ def _provenance_rows(attrs: Mapping[str, Any]) -> list[list[Any]]:
     return [[k, None if v is None else str(v)] for k, v in rows]
 
 
-def _quality(folder: Any, assets: Assets) -> str:
+def _quality(folder: Path, assets: Assets) -> str:
     report = folder / "quality.md"
     if not report.is_file():
         return f'<p class="flag">{esc(folder.name)} holds {QUALITY_FILE} but no quality.md.</p>'
-
-    def source(name: str) -> str | None:
-        name = Path(name).name  # a picture beside the report, never a path out of the folder
-        return assets.copy(folder / name, folder.name) if (folder / name).is_file() else None
-
-    return markdown(report.read_text(), source, shift=2)
+    return assets.markdown_page(report, folder.name, shift=2)
 
 
 def stores_page(found: Survey, assets: Assets) -> str:

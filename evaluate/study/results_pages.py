@@ -9,11 +9,11 @@ from typing import Any
 
 from evaluate import plots
 from evaluate.study.assets import Assets
-from evaluate.study.html import Raw, anchor, esc, figure, link, markdown, table
-from evaluate.study.survey import Run, json_object
+from evaluate.study.html import Raw, anchor, esc, figure, link, table
+from evaluate.study.survey import Run
 from evaluate.study.tables import PillarTable
 from plumbing.errors import UserError
-from plumbing.run_folders import RESULTS_FILE
+from plumbing.run_folders import RESULTS_FILE, read_json_object
 
 ADAPT_SETTINGS = ("target", "source", "task", "backbone", "image_size", "steps", "init", "target_prior",
                   "alignment")
@@ -119,7 +119,7 @@ def _downstream(run: Run, assets: Assets) -> list[str]:
     folder = run.path / "downstream"
     parts = []
     try:
-        details = json_object(folder / RESULTS_FILE)
+        details = read_json_object(folder / RESULTS_FILE)
     except UserError as exc:
         return [f'<p class="flag">downstream/{esc(exc)}</p>']
     if details.get("confusion_matrix") is not None:
@@ -132,14 +132,8 @@ def _downstream(run: Run, assets: Assets) -> list[str]:
 def attention(folder: Path, asset_folder: str, assets: Assets) -> str:
     """The attention report a run folder holds (``attention.md`` of ``evaluate.attention`` or of a curriculum's
     downstream run, with its overlay), or nothing."""
-    if not (folder / "attention.md").is_file():
-        return ""
-
-    def source(name: str) -> str | None:
-        name = Path(name).name  # a picture beside the report, never a path out of the folder
-        return assets.copy(folder / name, asset_folder) if (folder / name).is_file() else None
-
-    return markdown((folder / "attention.md").read_text(), source, shift=3)
+    document = folder / "attention.md"
+    return assets.markdown_page(document, asset_folder, shift=3) if document.is_file() else ""
 
 
 def curriculum_run(run: Run, assets: Assets) -> str:

@@ -18,14 +18,13 @@ Nothing here writes, trains or imports a pillar: only files are read.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from datasets.synthetic_store.reader import open_synthetic
 from plumbing.errors import UserError
-from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE
+from plumbing.run_folders import CONFIG_FILE, RESULTS_FILE, read_json_object
 
 KINDS = {"adapt": "adaptation", "curriculum": "curriculum", "finetune": "finetune", "network": "gan"}
 """The key of a run's ``config.json`` that tells its kind (checked in this order)."""
@@ -75,26 +74,13 @@ class Survey:
         return [r for r in self.runs if r.kind == kind]
 
 
-def json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; a :class:`UserError` saying why it cannot be read otherwise."""
-    try:
-        value = json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"{path.name} cannot be read: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UserError(f"{path.name} is not valid JSON ({exc}); a write was interrupted?") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path.name} holds no JSON object")
-    return value
-
-
 def snapshots(folder: Path) -> list[Path]:
     """A GAN run's sample grids (``samples/grid-<kimg>kimg.png``), oldest first."""
     return sorted((folder / "samples").glob("grid-*.png"))
 
 
 def _run(folder: Path) -> Run | Other:
-    config = json_object(folder / CONFIG_FILE)
+    config = read_json_object(folder / CONFIG_FILE)
     kind = next((k for key, k in KINDS.items() if key in config), None)
     if kind is None:
         return Other(folder, f"a run folder of an unknown program (config.json keys: {', '.join(sorted(config))})")
@@ -104,17 +90,23 @@ def _run(folder: Path) -> Run | Other:
         return Run(folder, kind, config, None)
     if not (folder / RESULTS_FILE).is_file():
         return Other(folder, f"an unfinished {kind} run (no results.json yet): run its command again to finish it")
-    return Run(folder, kind, config, json_object(folder / RESULTS_FILE))
+    return Run(folder, kind, config, read_json_object(folder / RESULTS_FILE))
 
 
-def _look(folder: Path) -> Store | Run | Other | Path:
+@dataclass(frozen=True)
+class _Quality:
+    path: Path
+    store: Path
+    """The store it measured (:func:`_measured_store`)."""
+
+
+def _look(folder: Path) -> Store | Run | Other | _Quality:
     if folder.name.endswith(".zarr"):
         store = open_synthetic(folder, check=False)
         contact = folder.with_name(folder.name.removesuffix(".zarr") + "-contact.png")
         return Store(folder, store.attrs.to_dict(), contact if contact.is_file() else None, ())
     if (folder / QUALITY_FILE).is_file():
-        json_object(folder / QUALITY_FILE)
-        return folder
+        return _Quality(folder, _measured_store(folder, read_json_object(folder / QUALITY_FILE)))
     if (folder / CONFIG_FILE).is_file():
         return _run(folder)
     steps = list(folder.glob(f"*/{STEP_FILE}"))
@@ -131,7 +123,7 @@ def survey(runs_dir: Path, skip: Path | None = None) -> Survey:
     """Every folder directly inside ``runs_dir`` but hidden ones and the one that holds ``skip`` (the report's own
     folder), sorted by name."""
     found = Survey(runs_dir)
-    qualities: list[Path] = []
+    qualities: list[_Quality] = []
     skipped = skip.resolve() if skip is not None else None
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
                          and not (skipped is not None and skipped.is_relative_to(p.resolve()))):
@@ -147,18 +139,18 @@ def survey(runs_dir: Path, skip: Path | None = None) -> Survey:
             found.others.append(item)
         else:
             qualities.append(item)
-    measured = {q: _quality_of(q) for q in qualities}
     for i, store in enumerate(found.stores):
-        mine = tuple(q for q in qualities if measured[q] == store.path.resolve())
+        mine = tuple(q.path for q in qualities if q.store == store.path.resolve())
         found.stores[i] = Store(store.path, store.attrs, store.contact_sheet, mine)
-    found.qualities = [q for q in qualities if not any(q in s.qualities for s in found.stores)]
+    shown = {q for store in found.stores for q in store.qualities}
+    found.qualities = [q.path for q in qualities if q.path not in shown]
     return found
 
 
-def _quality_of(folder: Path) -> Path | None:
-    """The store a quality report measured: its ``store`` figure where that path exists (as given, or a folder of
-    that name beside the report), else the report's folder name without ``.quality``."""
-    figures = json_object(folder / QUALITY_FILE)
+def _measured_store(folder: Path, figures: dict[str, Any]) -> Path:
+    """The store the quality report in ``folder`` (its ``figures``) measured: its ``store`` figure where that path
+    exists (as given, or a folder of that name beside the report), else the report's folder name without
+    ``.quality``."""
     given = figures.get("store")
     if isinstance(given, str) and "://" not in given:
         path = Path(given)
